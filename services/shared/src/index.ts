@@ -7,3 +7,5 @@ export * from './logger.js';
 export * from './metrics.js';
 export * from './shutdown.js';
 export * from './telemetry.js';
+export * from './model-repository.js';
+export * from './paths.js';
