@@ -19,4 +19,3 @@ export function loadApiDescriptors(): protoLoader.PackageDefinition {
   const health = protoLoader.loadSync(healthProtoPath, { keepCase: true });
   return { ...api, ...health };
 }
-

@@ -75,7 +75,10 @@ export const modelConfigSchema = z
       })
       .prefault({}),
     instanceCount: int(1).max(64).default(1),
-    executionProviders: z.array(executionProviderSchema).min(1).default([{ name: 'cpu' }]),
+    executionProviders: z
+      .array(executionProviderSchema)
+      .min(1)
+      .default([{ name: 'cpu' }]),
     /** When CUDA is requested but unavailable, run on CPU instead of failing to load. */
     allowCpuFallback: z.boolean().default(false),
     sessionOptions: z
