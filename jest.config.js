@@ -1,7 +1,7 @@
 /** One jest run over every package; TypeScript is compiled by swc (type checking is `tsc -b`). */
 /** @type {import('jest').Config} */
 module.exports = {
-  testEnvironment: 'node',
+  testEnvironment: '<rootDir>/jest.environment.js',
   roots: ['<rootDir>/services'],
   testMatch: ['**/test/**/*.test.ts'],
   testPathIgnorePatterns: ['/node_modules/', '/dist/'],
