@@ -1,1 +1,4 @@
-export {};
+export * from './onnx-builder.js';
+export * from './fasttext/ftz.js';
+export * from './fasttext/tokenizer.js';
+export * from './fasttext/convert-lid.js';
