@@ -6,6 +6,7 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { convertLid176 } from './fasttext/convert-lid.js';
+import { convertGlove, fetchGloveVectors } from './glove/convert-glove.js';
 
 function writeJson(path: string, value: unknown): void {
   writeFileSync(path, `${JSON.stringify(value, null, 2)}\n`);
@@ -37,11 +38,36 @@ export function buildLangId(root: string): void {
   });
 }
 
+export function buildGloveEmbed(root: string, cacheDir: string): void {
+  const converted = convertGlove(fetchGloveVectors(cacheDir));
+  const dir = join(root, 'glove-embed');
+  mkdirSync(join(dir, '1'), { recursive: true });
+  writeFileSync(join(dir, '1', 'model.onnx'), converted.onnx);
+  writeFileSync(join(dir, '1', 'tokenizer.json'), JSON.stringify(converted.tokenizer));
+  writeJson(join(dir, 'config.json'), {
+    task: 'embedding',
+    description: 'Sentence embeddings: mean of GloVe 6B 100-d word vectors, L2-normalised (GloVe: PDDL)',
+    maxBatchSize: 64,
+    dynamicBatching: { maxQueueDelayMicroseconds: 200, maxQueueSize: 4096 },
+    versionPolicy: { latest: 1 },
+    sessionOptions: { intraOpNumThreads: 1, interOpNumThreads: 1 },
+    inputs: [
+      { name: 'input_ids', datatype: 'INT64', dims: [-1], ragged: true },
+      { name: 'attention_mask', datatype: 'INT64', dims: [-1], ragged: true },
+    ],
+    outputs: [{ name: 'sentence_embedding', datatype: 'FP32', dims: [converted.dimensions] }],
+    tokenizer: { kind: 'huggingface', file: 'tokenizer.json', maxLength: 4096, addSpecialTokens: false },
+    // The graph pools and normalises already.
+    embedding: { output: 'sentence_embedding', pooling: 'none', normalize: false },
+  });
+}
+
 function main(): void {
   const which = process.argv.slice(2);
   const all = which.length === 0;
   const root = process.env.MODEL_REPOSITORY_OUT ?? join(__dirname, '..', '..', 'repository');
   if (all || which.includes('lang-id')) buildLangId(root);
+  if (all || which.includes('glove-embed')) buildGloveEmbed(root, join(__dirname, '..', '..', '.cache'));
   console.log(`built into ${root}`);
 }
 
