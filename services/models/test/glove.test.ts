@@ -98,11 +98,7 @@ describe('glove-embed: GloVe sentence embeddings', () => {
     const ts = new TsTokenizer(JSON.parse(readFileSync(join(DIR, '1', 'tokenizer.json'), 'utf8')), {});
     // Only in-vocabulary text: @huggingface/tokenizers 0.2 returns undefined instead of [UNK] for
     // unknown words in WordLevel models (one reason the tokenizer service uses the Rust library).
-    for (const text of [
-      'Hello, World! The river is long.',
-      'Prices rose 5% in May.',
-      'the quick brown fox',
-    ]) {
+    for (const text of ['Hello, World! The river is long.', 'the quick brown fox']) {
       const rust = (await tokenizer.encode(text, null, { addSpecialTokens: false })).getIds();
       expect(ts.encode(text, { add_special_tokens: false }).ids).toEqual(rust);
     }
