@@ -2,3 +2,5 @@ export * from './onnx-builder.js';
 export * from './fasttext/ftz.js';
 export * from './fasttext/tokenizer.js';
 export * from './fasttext/convert-lid.js';
+export * from './tokenizer-files.js';
+export * from './glove/convert-glove.js';
