@@ -74,7 +74,7 @@ describe('parity with the reference implementation on real vocabularies', () => 
       expect([text, response.encodings[i]!.ids]).toEqual([text, expected]);
       // Decoding around skipped unknown tokens differs in spacing between the two libraries; the
       // Rust library is the reference implementation there, so only sequences without them are compared.
-      if (expected.length === 0 || expected.some((id) => unknown.has(id))) return;
+      if (expected.length === 0 || expected.some((id: number) => unknown.has(id))) return;
       const reference_text = reference.decode(expected, {
         skip_special_tokens: true,
         clean_up_tokenization_spaces: false,
