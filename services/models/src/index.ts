@@ -4,3 +4,4 @@ export * from './fasttext/tokenizer.js';
 export * from './fasttext/convert-lid.js';
 export * from './tokenizer-files.js';
 export * from './glove/convert-glove.js';
+export * from './fixtures.js';

@@ -1,0 +1,3 @@
+export * from './engine.js';
+export * from './metrics.js';
+export * from './sampling.js';

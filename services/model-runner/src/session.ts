@@ -1,0 +1,77 @@
+/**
+ * Creates onnxruntime sessions as a model's config asks: CPU with explicit
+ * thread counts, or CUDA — which fails loudly when onnxruntime-node's CUDA
+ * binaries are not installed, unless the config allows falling back to CPU.
+ */
+import { existsSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import * as ort from 'onnxruntime-node';
+import type { Logger, ModelConfig } from '@maas/shared';
+
+export interface ThreadDefaults {
+  intraOpNumThreads: number;
+  interOpNumThreads: number;
+}
+
+export interface CreatedSession {
+  session: ort.InferenceSession;
+  provider: 'cpu' | 'cuda';
+}
+
+/** Where onnxruntime-node keeps its native libraries; the CUDA provider is a separate library there. */
+export function cudaProviderPath(): string {
+  const binding = join(
+    dirname(require.resolve('onnxruntime-node')),
+    '..',
+    'bin',
+    'napi-v6',
+    process.platform,
+    process.arch,
+  );
+  return join(binding, 'libonnxruntime_providers_cuda.so');
+}
+
+export class CudaUnavailableError extends Error {}
+
+export async function createSession(
+  modelPath: string,
+  config: ModelConfig,
+  defaults: ThreadDefaults,
+  logger: Logger,
+): Promise<CreatedSession> {
+  const options: ort.InferenceSession.SessionOptions = {
+    intraOpNumThreads: config.sessionOptions.intraOpNumThreads || defaults.intraOpNumThreads,
+    interOpNumThreads: config.sessionOptions.interOpNumThreads || defaults.interOpNumThreads,
+    graphOptimizationLevel: config.sessionOptions.graphOptimizationLevel,
+    enableCpuMemArena: config.sessionOptions.enableCpuMemArena,
+    executionMode: 'sequential',
+  };
+  const cuda = config.executionProviders.find((p) => p.name === 'cuda');
+  if (cuda && cuda.name === 'cuda') {
+    const library = cudaProviderPath();
+    let problem: string | undefined;
+    if (!existsSync(library)) {
+      problem =
+        `CUDA execution provider requested (device ${cuda.deviceId}) but onnxruntime-node's CUDA runtime is not installed ` +
+        `(${library} is missing). Use the GPU image, or reinstall onnxruntime-node with ONNXRUNTIME_NODE_INSTALL=cuda12 ` +
+        `on a machine with CUDA 12 and cuDNN 9; or set "allowCpuFallback": true in the model config to run on CPU.`;
+    } else {
+      try {
+        const session = await ort.InferenceSession.create(modelPath, {
+          ...options,
+          executionProviders: [{ name: 'cuda', deviceId: cuda.deviceId }],
+        });
+        return { session, provider: 'cuda' };
+      } catch (error) {
+        problem = `CUDA execution provider requested (device ${cuda.deviceId}) but could not start: ${(error as Error).message}`;
+      }
+    }
+    if (!config.allowCpuFallback) throw new CudaUnavailableError(problem);
+    logger.warn(
+      { model: config.name, reason: problem },
+      'CUDA unavailable, falling back to CPU as the config allows',
+    );
+  }
+  const session = await ort.InferenceSession.create(modelPath, { ...options, executionProviders: ['cpu'] });
+  return { session, provider: 'cpu' };
+}
