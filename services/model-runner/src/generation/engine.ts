@@ -84,6 +84,8 @@ export class GenerationEngine {
   /** The batch cache, per layer key then value; undefined when no sequence runs. */
   private past: ort.Tensor[] | undefined;
   private pastLength = 0;
+  /** The sequence in each row of `past`, in row order (running may have dropped some since). */
+  private pastRows: Sequence[] = [];
   private reservedTokens = 0;
   private loop: Promise<void> | undefined;
   private closed = false;
@@ -211,8 +213,8 @@ export class GenerationEngine {
 
   private async schedule(): Promise<void> {
     while (this.waiting.length > 0 || this.running.length > 0) {
-      const joined = await this.admit();
       const left = this.retire();
+      const joined = await this.admit();
       if (joined.length > 0 || left) this.repack(joined);
       this.updateGauges();
       if (this.running.length === 0) {
@@ -366,7 +368,7 @@ export class GenerationEngine {
     const length = members.reduce((m, s) => Math.max(m, s.cached), 0);
     const old = this.past;
     const oldLength = this.pastLength;
-    const oldRows = new Map(this.running.map((s, i) => [s, i]));
+    const oldRows = new Map(this.pastRows.map((s, i) => [s, i]));
     const past: ort.Tensor[] = [];
     for (let t = 0; t < 2 * numLayers; t++) {
       const data = new Float32Array(members.length * numHeads * length * headDim);
@@ -387,6 +389,7 @@ export class GenerationEngine {
     }
     for (const seq of joined) seq.prefillCache = undefined;
     this.running = members;
+    this.pastRows = members;
     this.past = members.length > 0 ? past : undefined;
     this.pastLength = length;
   }
@@ -429,6 +432,7 @@ export class GenerationEngine {
         seq.reject(new StatusError(status.INTERNAL, `generation failed: ${(error as Error).message}`));
       }
       this.running = [];
+      this.pastRows = [];
       this.past = undefined;
       this.pastLength = 0;
       return;
