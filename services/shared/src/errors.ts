@@ -1,3 +1,4 @@
+import { BinaryReader, BinaryWriter } from '@bufbuild/protobuf/wire';
 import { Metadata, status, type ServiceError } from '@grpc/grpc-js';
 
 /**
@@ -22,11 +23,60 @@ export const notFound = (what: string) => new StatusError(status.NOT_FOUND, what
 export const failedPrecondition = (what: string) => new StatusError(status.FAILED_PRECONDITION, what);
 export const unavailable = (what: string) => new StatusError(status.UNAVAILABLE, what);
 
-/** RESOURCE_EXHAUSTED with the delay after which a retry may succeed, as metadata `retry-after-ms`. */
+/**
+ * RESOURCE_EXHAUSTED with the delay after which a retry may succeed: as a
+ * `google.rpc.RetryInfo` in the standard rich-error details
+ * (`grpc-status-details-bin`, which gRPC clients in every language decode),
+ * and as plain `retry-after-ms` metadata for simple clients.
+ */
 export function resourceExhausted(what: string, retryAfterMs?: number): StatusError {
   const metadata = new Metadata();
-  if (retryAfterMs !== undefined) metadata.set('retry-after-ms', String(Math.ceil(retryAfterMs)));
+  if (retryAfterMs !== undefined) {
+    const ms = Math.max(0, Math.ceil(retryAfterMs));
+    metadata.set('retry-after-ms', String(ms));
+    metadata.set('grpc-status-details-bin', encodeRetryInfoStatus(status.RESOURCE_EXHAUSTED, what, ms));
+  }
   return new StatusError(status.RESOURCE_EXHAUSTED, what, metadata);
+}
+
+export const RETRY_INFO_TYPE_URL = 'type.googleapis.com/google.rpc.RetryInfo';
+
+/** google.rpc.Status{code, message, details: [Any(google.rpc.RetryInfo{retry_delay: Duration})]}. */
+function encodeRetryInfoStatus(code: number, message: string, retryAfterMs: number): Buffer {
+  const duration = new BinaryWriter()
+    .uint32(8)
+    .int64(Math.floor(retryAfterMs / 1000))
+    .uint32(16)
+    .int32((retryAfterMs % 1000) * 1_000_000)
+    .finish();
+  const retryInfo = new BinaryWriter().uint32(10).bytes(duration).finish();
+  const any = new BinaryWriter().uint32(10).string(RETRY_INFO_TYPE_URL).uint32(18).bytes(retryInfo).finish();
+  return Buffer.from(
+    new BinaryWriter().uint32(8).int32(code).uint32(18).string(message).uint32(26).bytes(any).finish(),
+  );
+}
+
+/** The retry delay in a status's rich details (google.rpc.RetryInfo), in ms; undefined when absent. */
+export function decodeRetryDelayMs(metadata: Metadata): number | undefined {
+  const [details] = metadata.get('grpc-status-details-bin');
+  if (!(details instanceof Buffer)) return undefined;
+  const fields = (bytes: Uint8Array) => {
+    const out = new Map<number, Uint8Array | number>();
+    const reader = new BinaryReader(bytes);
+    while (reader.pos < reader.len) {
+      const [field, wire] = reader.tag();
+      if (wire === 2) out.set(field, reader.bytes());
+      else if (wire === 0) out.set(field, Number(reader.int64()));
+      else reader.skip(wire);
+    }
+    return out;
+  };
+  const any = fields(details).get(3);
+  if (!(any instanceof Uint8Array)) return undefined;
+  const anyFields = fields(any);
+  if (new TextDecoder().decode(anyFields.get(1) as Uint8Array) !== RETRY_INFO_TYPE_URL) return undefined;
+  const duration = fields(fields(anyFields.get(2) as Uint8Array).get(1) as Uint8Array);
+  return Number(duration.get(1) ?? 0) * 1000 + Number(duration.get(2) ?? 0) / 1e6;
 }
 
 export function isServiceError(error: unknown): error is ServiceError {

@@ -6,6 +6,7 @@ import { InMemorySpanExporter } from '@opentelemetry/sdk-trace-base';
 import { SpanKind } from '@opentelemetry/api';
 import { TokenizerServiceClient, type EncodeResponse } from '../src/gen/maas/tokenizer/v1/tokenizer';
 import { baseConfigSchema, ConfigError, envInt, loadConfig } from '../src/config';
+import { decodeRetryDelayMs, resourceExhausted } from '../src/errors';
 import { createClient } from '../src/grpc-client';
 import { GrpcServiceHost } from '../src/grpc-server';
 import { createLogger } from '../src/logger';
@@ -150,5 +151,14 @@ describe('graceful shutdown', () => {
       client.close();
       child.kill('SIGKILL');
     }
+  });
+});
+
+describe('rich error details', () => {
+  it('carries the retry delay of RESOURCE_EXHAUSTED as google.rpc.RetryInfo', () => {
+    const error = resourceExhausted('over the limit', 1500);
+    expect(error.code).toBe(status.RESOURCE_EXHAUSTED);
+    expect(error.metadata!.get('retry-after-ms')).toEqual(['1500']);
+    expect(decodeRetryDelayMs(error.metadata!)).toBe(1500);
   });
 });
