@@ -1,1 +1,150 @@
-export {};
+import {
+  createLogger,
+  createMetricsRegistry,
+  GrpcServiceHost,
+  type ListeningAddresses,
+  type Logger,
+} from '@maas/shared';
+import { MaasServiceService } from '@maas/shared/gen/maas/orchestrator/v1/orchestrator';
+import { Histogram, type Registry } from 'prom-client';
+import { ApiKeyStore, type Authenticator, openAccess, parseKeysFile } from './access/api-keys.js';
+import { QuotaEnforcer } from './access/limits.js';
+import { ModelCatalogue } from './catalogue.js';
+import type { OrchestratorConfig } from './config.js';
+import { createDownstream, type Downstream } from './downstream/clients.js';
+import { createUsageMetrics, UsageMeter } from './metering.js';
+import { EncoderBatchers } from './pipelines/encoder-batchers.js';
+import { createMaasService } from './server.js';
+import { readFileSync } from 'node:fs';
+
+export { loadOrchestratorConfig, orchestratorConfigSchema, type OrchestratorConfig } from './config.js';
+export { sha256 } from './access/api-keys.js';
+
+export interface RunningOrchestrator extends ListeningAddresses {
+  host: GrpcServiceHost;
+  catalogue: ModelCatalogue;
+  downstream: Downstream;
+  quotas: QuotaEnforcer;
+  stop(): Promise<void>;
+}
+
+function createAuthenticator(
+  config: OrchestratorConfig,
+  logger: Logger,
+): {
+  auth: Authenticator;
+  close(): void;
+} {
+  if (config.AUTH_MODE === 'disabled') {
+    logger.warn('AUTH_MODE=disabled: every caller is let in without an API key (development only)');
+    return { auth: openAccess, close() {} };
+  }
+  const path = config.API_KEYS_FILE!;
+  const store = ApiKeyStore.fromFile(path);
+  logger.info({ keys: store.keyCount, file: path }, 'API keys loaded');
+  if (config.API_KEYS_RELOAD_MS <= 0) return { auth: store, close() {} };
+  let last = readFileSync(path, 'utf8');
+  const timer = setInterval(() => {
+    try {
+      const text = readFileSync(path, 'utf8');
+      if (text === last) return;
+      store.replace(parseKeysFile(text, path));
+      last = text;
+      logger.info({ keys: store.keyCount, file: path }, 'API keys reloaded');
+    } catch (error) {
+      logger.error(
+        { err: { message: (error as Error).message }, file: path },
+        'cannot reload API keys; keeping the previous ones',
+      );
+    }
+  }, config.API_KEYS_RELOAD_MS);
+  timer.unref();
+  return { auth: store, close: () => clearInterval(timer) };
+}
+
+/**
+ * Starts the public API. Fails at once on a bad keys file or repository;
+ * reports SERVING once the catalogue holds a model (downstream outages show
+ * as UNAVAILABLE per call, not as this pod leaving the load balancer).
+ */
+export async function startOrchestrator(
+  config: OrchestratorConfig,
+  deps: { logger?: Logger; metricsRegistry?: Registry } = {},
+): Promise<RunningOrchestrator> {
+  const logger = deps.logger ?? createLogger({ service: 'orchestrator', level: config.LOG_LEVEL });
+  const metricsRegistry = deps.metricsRegistry ?? createMetricsRegistry();
+  const access = createAuthenticator(config, logger);
+  const catalogue = new ModelCatalogue({
+    root: config.MODEL_REPOSITORY,
+    maxInputCharacters: config.MAX_INPUT_CHARACTERS,
+    logger,
+  });
+  catalogue.refresh();
+  catalogue.watch(config.CATALOGUE_REFRESH_MS);
+  const downstream = createDownstream({
+    tokenizerTarget: config.TOKENIZER_ADDRESS,
+    runnerTarget: config.RUNNER_ADDRESS,
+    maxAttempts: config.DOWNSTREAM_MAX_ATTEMPTS,
+    keepaliveMs: config.DOWNSTREAM_KEEPALIVE_MS,
+    maxMessageBytes: config.GRPC_MAX_RECEIVE_MESSAGE_BYTES,
+  });
+  const batchers = new EncoderBatchers(
+    downstream,
+    {
+      windowUs: config.BATCH_WINDOW_US,
+      maxInFlight: config.BATCH_MAX_IN_FLIGHT,
+      overflow: config.INPUT_OVERFLOW,
+    },
+    {
+      batchRows: new Histogram({
+        name: 'maas_orchestrator_batch_rows',
+        help: 'Texts per coalesced downstream batch (Encode + ModelInfer).',
+        labelNames: ['model'],
+        buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256],
+        registers: [metricsRegistry],
+      }),
+      batchRequests: new Histogram({
+        name: 'maas_orchestrator_batch_requests',
+        help: 'Requests coalesced into one downstream batch.',
+        labelNames: ['model'],
+        buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256],
+        registers: [metricsRegistry],
+      }),
+    },
+  );
+  const quotas = new QuotaEnforcer();
+  const audit = logger.child({ component: 'audit' });
+  const meter = new UsageMeter(createUsageMetrics(metricsRegistry), audit, config.AUDIT_LOG_TEXT);
+  const host = new GrpcServiceHost({ name: 'orchestrator', config, logger, registry: metricsRegistry });
+  host.addService(
+    MaasServiceService,
+    createMaasService({
+      settings: config,
+      auth: access.auth,
+      quotas,
+      meter,
+      catalogue,
+      downstream,
+      batchers,
+      logger,
+    }) as never,
+  );
+  const addresses = await host.start();
+  const models = catalogue.list();
+  host.setReady(models.length > 0);
+  if (models.length === 0)
+    logger.warn({ root: config.MODEL_REPOSITORY }, 'no servable model; reporting NOT_SERVING');
+  return {
+    ...addresses,
+    host,
+    catalogue,
+    downstream,
+    quotas,
+    async stop() {
+      await host.stop();
+      catalogue.close();
+      access.close();
+      downstream.close();
+    },
+  };
+}

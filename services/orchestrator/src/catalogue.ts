@@ -1,0 +1,192 @@
+/**
+ * What models users can call, read from the same model repository the
+ * tokenizer and the runner serve (so all three agree on names, tokenizers,
+ * labels and limits), rescanned periodically. Readiness is the runner's to
+ * say and is asked of it when models are listed.
+ */
+import { type Logger, type ModelConfig, readLabels, scanRepository } from '@maas/shared';
+
+export type ModelTask = 'classification' | 'embedding' | 'generation';
+
+export interface ModelLimits {
+  maxBatchSize: number;
+  maxInputTokens: number;
+  maxInputCharacters: number;
+  maxNewTokens: number;
+}
+
+/** Model inputs the encoder pipeline knows how to fill from an encoding. */
+export const ENCODING_INPUTS = ['input_ids', 'attention_mask', 'token_type_ids'] as const;
+export type EncodingInput = (typeof ENCODING_INPUTS)[number];
+
+export interface CatalogueModel {
+  name: string;
+  task: ModelTask;
+  description: string;
+  config: ModelConfig;
+  /** Versions the repository's policy selects, newest first. */
+  versions: string[];
+  /** Labels by version (classification). */
+  labelsByVersion: Map<string, string[]>;
+  dimensions: number;
+  limits: ModelLimits;
+  tokenizer: { name: string; addSpecialTokens: boolean; paddingSide: 'left' | 'right'; maxLength: number };
+  /** The output the pipeline reads (classification/embedding). */
+  output: string;
+  /** The inputs sent to ModelInfer and their datatypes (classification/embedding). */
+  inputs: { name: EncodingInput; datatype: 'INT64' | 'INT32' }[];
+}
+
+export interface CatalogueOptions {
+  root: string;
+  maxInputCharacters: number;
+  logger: Logger;
+}
+
+/** The catalogue entry for one repository model, or why the orchestrator cannot serve it. */
+export function toCatalogueModel(
+  name: string,
+  config: ModelConfig,
+  versionDirs: { version: number; dir: string }[],
+  maxInputCharacters: number,
+): CatalogueModel | string {
+  if (config.task === 'raw') return `${name}: task "raw" has no public API`;
+  const task = config.task;
+  const versions = versionDirs.map((v) => String(v.version));
+  const tokenizerMax = config.tokenizer?.maxLength ?? Number.MAX_SAFE_INTEGER;
+  const tokenizer = {
+    name: config.tokenizer?.name ?? name,
+    addSpecialTokens: config.tokenizer?.addSpecialTokens ?? task !== 'generation',
+    paddingSide: config.tokenizer?.paddingSide ?? 'right',
+    maxLength: tokenizerMax,
+  };
+  const base = {
+    name,
+    task,
+    description: config.description,
+    config,
+    versions,
+    labelsByVersion: new Map<string, string[]>(),
+    dimensions: 0,
+    tokenizer,
+    output: '',
+    inputs: [] as CatalogueModel['inputs'],
+  };
+  if (task === 'generation') {
+    const g = config.generation!;
+    const maxInputTokens = Math.min(tokenizerMax, g.maxContextLength - 1);
+    return {
+      ...base,
+      limits: {
+        maxBatchSize: 1,
+        maxInputTokens,
+        maxInputCharacters,
+        maxNewTokens: g.maxContextLength - 1,
+      },
+    };
+  }
+  const inputs: CatalogueModel['inputs'] = [];
+  for (const spec of config.inputs) {
+    const known = (ENCODING_INPUTS as readonly string[]).includes(spec.name);
+    if (known && (spec.datatype === 'INT64' || spec.datatype === 'INT32')) {
+      inputs.push({ name: spec.name as EncodingInput, datatype: spec.datatype });
+    } else if (!spec.optional) {
+      return `${name}: input '${spec.name}' (${spec.datatype}) cannot be filled from a tokenizer encoding`;
+    }
+  }
+  if (!inputs.some((i) => i.name === 'input_ids')) return `${name}: has no input_ids input`;
+  const outputName =
+    (task === 'classification' ? config.classification?.output : config.embedding?.output) ??
+    config.outputs[0]!.name;
+  const outputSpec = config.outputs.find((o) => o.name === outputName);
+  if (!outputSpec) return `${name}: output '${outputName}' is not among the model's outputs`;
+  if (outputSpec.datatype !== 'FP32') return `${name}: output '${outputName}' must be FP32`;
+  const limits = {
+    maxBatchSize: Math.max(1, config.maxBatchSize),
+    maxInputTokens: tokenizerMax,
+    maxInputCharacters,
+    maxNewTokens: 0,
+  };
+  let dimensions = 0;
+  if (task === 'embedding') {
+    const pooling = config.embedding?.pooling ?? 'mean';
+    const expected = pooling === 'none' ? 1 : 2;
+    if (outputSpec.dims.length !== expected) {
+      return `${name}: pooling '${pooling}' needs an output of ${expected} dims besides the batch, '${outputName}' has [${outputSpec.dims.join(', ')}]`;
+    }
+    dimensions = Math.max(0, outputSpec.dims[outputSpec.dims.length - 1]!);
+  }
+  const labelsByVersion = new Map<string, string[]>();
+  if (task === 'classification') {
+    for (const v of versionDirs) {
+      try {
+        const labels = readLabels(config, v.dir);
+        if (labels) labelsByVersion.set(String(v.version), labels);
+      } catch (error) {
+        return `${name}: version ${v.version}: cannot read labels: ${(error as Error).message}`;
+      }
+    }
+  }
+  return { ...base, limits, dimensions, labelsByVersion, output: outputName, inputs };
+}
+
+export class ModelCatalogue {
+  private models = new Map<string, CatalogueModel>();
+  private problems = new Map<string, string>();
+  private timer: NodeJS.Timeout | undefined;
+
+  constructor(private readonly options: CatalogueOptions) {}
+
+  get(name: string): CatalogueModel | undefined {
+    return this.models.get(name);
+  }
+
+  /** Why a model in the repository cannot be served, if that is the case. */
+  problem(name: string): string | undefined {
+    return this.problems.get(name);
+  }
+
+  list(): CatalogueModel[] {
+    return [...this.models.values()].sort((a, b) => a.name.localeCompare(b.name));
+  }
+
+  /** Rescans the repository; on failure the previous catalogue stays. */
+  refresh(): void {
+    const { root, maxInputCharacters, logger } = this.options;
+    let scanned;
+    try {
+      scanned = scanRepository(root);
+    } catch (error) {
+      logger.error({ err: error, root }, 'cannot scan the model repository; keeping the previous catalogue');
+      return;
+    }
+    const models = new Map<string, CatalogueModel>();
+    const problems = new Map<string, string>();
+    for (const model of scanned) {
+      if (!model.config) {
+        problems.set(model.name, model.error ?? 'invalid config');
+        continue;
+      }
+      const name = model.config.name ?? model.name;
+      const entry = toCatalogueModel(name, model.config, model.versions, maxInputCharacters);
+      if (typeof entry === 'string') problems.set(name, entry);
+      else if (model.versions.length === 0) problems.set(name, model.error ?? `${name}: no version`);
+      else models.set(name, entry);
+    }
+    for (const [name, problem] of problems) {
+      if (this.problems.get(name) !== problem) logger.warn({ model: name, problem }, 'model not served');
+    }
+    this.models = models;
+    this.problems = problems;
+  }
+
+  watch(intervalMs: number): void {
+    if (intervalMs <= 0) return;
+    this.timer = setInterval(() => this.refresh(), intervalMs);
+    this.timer.unref();
+  }
+
+  close(): void {
+    if (this.timer) clearInterval(this.timer);
+  }
+}

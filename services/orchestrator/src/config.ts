@@ -1,0 +1,76 @@
+import { baseConfigSchema, defaultRepositoryPath, envBool, envInt, loadConfig } from '@maas/shared';
+import { z } from 'zod';
+import { toGrpcTarget } from './downstream/targets.js';
+
+const target = (defaultAddress: string) =>
+  z
+    .string()
+    .min(1)
+    .default(defaultAddress)
+    .transform((value, ctx) => {
+      try {
+        return toGrpcTarget(value);
+      } catch (error) {
+        ctx.addIssue({ code: 'custom', message: (error as Error).message });
+        return z.NEVER;
+      }
+    });
+
+export const orchestratorConfigSchema = baseConfigSchema
+  .extend({
+    GRPC_PORT: envInt(50050, 0, 65535),
+    METRICS_PORT: envInt(9090, -1, 65535),
+    MODEL_REPOSITORY: z.string().min(1).default(defaultRepositoryPath()),
+    /**
+     * `dns:///tokenizer-headless.ns.svc.cluster.local:50051` (every replica,
+     * round_robin), `host:port`, or a comma-separated list of `ip:port`.
+     */
+    TOKENIZER_ADDRESS: target('127.0.0.1:50051'),
+    RUNNER_ADDRESS: target('127.0.0.1:50052'),
+    /** `api-keys` (the default) needs API_KEYS_FILE; `disabled` lets every call in, for local development only. */
+    AUTH_MODE: z.enum(['api-keys', 'disabled']).default('api-keys'),
+    /** JSON or YAML list of keys (see README); a mounted Kubernetes Secret in production. */
+    API_KEYS_FILE: z.string().min(1).optional(),
+    /** How often the keys file is re-read (a rotated Secret applies without a restart); 0 disables. */
+    API_KEYS_RELOAD_MS: envInt(30_000, 0),
+    /** Write request texts into the audit log. Off by default: texts are users' data. */
+    AUDIT_LOG_TEXT: envBool(false),
+    /** How often model configs are rescanned. */
+    CATALOGUE_REFRESH_MS: envInt(10_000, 0),
+    /** Characters per input text (a model's own limit is in tokens). */
+    MAX_INPUT_CHARACTERS: envInt(20_000, 1),
+    /** Stop strings per Generate call, and characters per stop string. */
+    MAX_STOP_STRINGS: envInt(8, 0, 64),
+    MAX_STOP_STRING_CHARACTERS: envInt(64, 1, 1024),
+    /** `refuse` over-long inputs with INVALID_ARGUMENT naming the text, or `truncate` them to the model's maxLength. */
+    INPUT_OVERFLOW: z.enum(['refuse', 'truncate']).default('refuse'),
+    /**
+     * Coalescing of concurrent Classify/Embed calls for one model into one
+     * Encode + one ModelInfer: how long a batch may wait for more requests
+     * (0: it leaves as soon as a downstream slot is free), and how many
+     * batches per model may be in flight at once (requests arriving meanwhile
+     * queue up and leave together).
+     */
+    BATCH_WINDOW_US: envInt(0, 0, 1_000_000),
+    BATCH_MAX_IN_FLIGHT: envInt(2, 1, 1024),
+    /** Deadline of downstream unary calls when the caller sets none. */
+    DOWNSTREAM_TIMEOUT_MS: envInt(30_000, 1),
+    /** Attempts (the first included) of idempotent downstream calls that fail UNAVAILABLE. */
+    DOWNSTREAM_MAX_ATTEMPTS: envInt(4, 1, 5),
+    /** Client keepalive towards the tokenizer and runner: generation streams can be long and quiet. */
+    DOWNSTREAM_KEEPALIVE_MS: envInt(20_000, 1_000),
+  })
+  .superRefine((config, ctx) => {
+    if (config.AUTH_MODE === 'api-keys' && !config.API_KEYS_FILE) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['API_KEYS_FILE'],
+        message:
+          'is required: set it to an API keys file, or set AUTH_MODE=disabled to run without authentication (development only)',
+      });
+    }
+  });
+export type OrchestratorConfig = z.infer<typeof orchestratorConfigSchema>;
+
+export const loadOrchestratorConfig = (env: NodeJS.ProcessEnv = process.env) =>
+  loadConfig(orchestratorConfigSchema, env);

@@ -1,0 +1,77 @@
+/**
+ * Usage metering: what each key used, as Prometheus counters (for billing
+ * and dashboards) and as one audit log line per request (for disputes).
+ */
+import { codeName, type Logger } from '@maas/shared';
+import { Counter, type Registry } from 'prom-client';
+
+export type Task = 'classification' | 'embedding' | 'generation' | 'tokenize' | 'count_tokens' | 'models';
+
+export interface UsageRecord {
+  keyId: string;
+  model: string;
+  task: Task;
+  code: number;
+  promptTokens: number;
+  generatedTokens: number;
+  durationMs: number;
+  /** Logged only with AUDIT_LOG_TEXT=true. */
+  texts?: readonly string[];
+  /** Short reason for a failure (never a stack). */
+  error?: string;
+}
+
+export function createUsageMetrics(registry: Registry) {
+  return {
+    requests: new Counter({
+      name: 'maas_usage_requests_total',
+      help: 'Requests to the public API by key, model, task and status code.',
+      labelNames: ['key_id', 'model', 'task', 'code'] as const,
+      registers: [registry],
+    }),
+    promptTokens: new Counter({
+      name: 'maas_usage_prompt_tokens_total',
+      help: 'Input tokens by key, model and task.',
+      labelNames: ['key_id', 'model', 'task'] as const,
+      registers: [registry],
+    }),
+    generatedTokens: new Counter({
+      name: 'maas_usage_generated_tokens_total',
+      help: 'Generated tokens by key, model and task.',
+      labelNames: ['key_id', 'model', 'task'] as const,
+      registers: [registry],
+    }),
+  };
+}
+export type UsageMetrics = ReturnType<typeof createUsageMetrics>;
+
+export class UsageMeter {
+  constructor(
+    private readonly metrics: UsageMetrics,
+    private readonly audit: Logger,
+    private readonly logText: boolean,
+  ) {}
+
+  record(usage: UsageRecord): void {
+    const code = codeName(usage.code);
+    const labels = { key_id: usage.keyId, model: usage.model, task: usage.task };
+    this.metrics.requests.inc({ ...labels, code });
+    if (usage.promptTokens > 0) this.metrics.promptTokens.inc(labels, usage.promptTokens);
+    if (usage.generatedTokens > 0) this.metrics.generatedTokens.inc(labels, usage.generatedTokens);
+    this.audit.info(
+      {
+        audit: true,
+        key_id: usage.keyId,
+        model: usage.model,
+        task: usage.task,
+        code,
+        prompt_tokens: usage.promptTokens,
+        generated_tokens: usage.generatedTokens,
+        duration_ms: Math.round(usage.durationMs * 1000) / 1000,
+        ...(usage.error ? { error: usage.error } : {}),
+        ...(this.logText && usage.texts ? { texts: usage.texts } : {}),
+      },
+      'request',
+    );
+  }
+}

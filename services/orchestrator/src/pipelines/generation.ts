@@ -1,0 +1,200 @@
+/**
+ * Generate: the prompt is tokenized, the runner streams token ids, the
+ * tokenizer's DecodeStream turns them into text deltas (one implementation
+ * of every tokenizer's decoding, in the tokenizer service), and stop strings
+ * are looked for in that text before it is released to the caller.
+ */
+import { Metadata, status } from '@grpc/grpc-js';
+import { invalidArgument, StatusError } from '@maas/shared';
+import {
+  FinishReason,
+  type GenerateResponse,
+  type SamplingParameters,
+} from '@maas/shared/gen/maas/orchestrator/v1/orchestrator';
+import type { GenerationServiceClient } from '@maas/shared/gen/maas/runner/v1/generation';
+import type {
+  DecodeStreamResponse,
+  TokenizerServiceClient,
+} from '@maas/shared/gen/maas/tokenizer/v1/tokenizer';
+import type { GenerateResponse as RunnerResponse } from '@maas/shared/gen/maas/runner/v1/generation';
+import type { CatalogueModel } from '../catalogue.js';
+import { downstreamError, unaryCall } from '../downstream/clients.js';
+import { StopStringMatcher } from './stop-strings.js';
+
+export interface GenerationInput {
+  prompt: string;
+  sampling: SamplingParameters | undefined;
+  maxNewTokens: number;
+  stop: string[];
+  requestId: string;
+}
+
+/** Tokens used so far; updated as the stream goes, so a failed or cancelled call is still metered. */
+export interface GenerationUsage {
+  promptTokens: number;
+  generatedTokens: number;
+}
+
+export interface GenerationIo {
+  deadline: Date;
+  signal: AbortSignal;
+  /** performance.now() when the request arrived. */
+  startedAt: number;
+  write(message: GenerateResponse): void;
+  usage: GenerationUsage;
+}
+
+export interface GenerationOutcome {
+  finishReason: FinishReason;
+  timeToFirstTokenMs: number;
+}
+
+export async function runGeneration(
+  clients: { tokenizer: TokenizerServiceClient; generation: GenerationServiceClient },
+  model: CatalogueModel,
+  input: GenerationInput,
+  io: GenerationIo,
+): Promise<GenerationOutcome> {
+  const encoded = await unaryCall(
+    'tokenizer',
+    clients.tokenizer.encode.bind(clients.tokenizer),
+    {
+      tokenizer: model.tokenizer.name,
+      texts: [input.prompt],
+      textPairs: [],
+      addSpecialTokens: model.tokenizer.addSpecialTokens,
+      truncation: undefined,
+      padding: undefined,
+      returnOffsets: false,
+      returnTokens: false,
+    },
+    io,
+  );
+  const promptIds = encoded.encodings[0]?.ids ?? [];
+  io.usage.promptTokens = promptIds.length;
+  if (promptIds.length === 0) throw invalidArgument('prompt', 'has no tokens');
+  if (promptIds.length > model.limits.maxInputTokens) {
+    throw invalidArgument(
+      'prompt',
+      `${promptIds.length} tokens exceed the model's limit of ${model.limits.maxInputTokens}`,
+    );
+  }
+  if (io.signal.aborted) throw new StatusError(status.CANCELLED, 'cancelled');
+
+  return new Promise<GenerationOutcome>((resolve, reject) => {
+    const options = { deadline: io.deadline };
+    const runner = clients.generation.generate(
+      {
+        modelName: model.name,
+        modelVersion: '',
+        promptIds,
+        sampling: input.sampling && { ...input.sampling },
+        maxNewTokens: input.maxNewTokens,
+        stopTokenIds: [],
+        ignoreEos: false,
+        requestId: input.requestId,
+      },
+      new Metadata(),
+      options,
+    );
+    const detokenizer = clients.tokenizer.decodeStream(new Metadata(), options);
+    // The first message names the tokenizer; the stream is open before the first token arrives.
+    detokenizer.write({ tokenizer: model.tokenizer.name, ids: [], skipSpecialTokens: true });
+
+    const matcher = new StopStringMatcher(input.stop);
+    let modelVersion = '';
+    let finishReason: FinishReason | undefined;
+    let firstTokenAt: number | undefined;
+    let settled = false;
+    const ttft = () => (firstTokenAt === undefined ? 0 : firstTokenAt - io.startedAt);
+
+    const settle = (then: () => void) => {
+      if (settled) return;
+      settled = true;
+      io.signal.removeEventListener('abort', onAbort);
+      then();
+    };
+    const stopDownstream = () => {
+      runner.cancel();
+      detokenizer.cancel();
+    };
+    const finish = (reason: FinishReason, rest: string) =>
+      settle(() => {
+        io.write({
+          text: rest,
+          finishReason: reason,
+          usage: {
+            promptTokens: io.usage.promptTokens,
+            generatedTokens: io.usage.generatedTokens,
+            totalTokens: io.usage.promptTokens + io.usage.generatedTokens,
+          },
+          modelVersion,
+          timeToFirstTokenMs: ttft(),
+        });
+        resolve({ finishReason: reason, timeToFirstTokenMs: ttft() });
+      });
+    const fail = (error: unknown) =>
+      settle(() => {
+        stopDownstream();
+        reject(error);
+      });
+    const onAbort = () =>
+      settle(() => {
+        stopDownstream();
+        resolve({ finishReason: FinishReason.FINISH_REASON_CANCELLED, timeToFirstTokenMs: ttft() });
+      });
+    io.signal.addEventListener('abort', onAbort, { once: true });
+
+    runner.on('data', (message: RunnerResponse) => {
+      if (settled) return;
+      modelVersion ||= message.modelVersion;
+      if (message.tokenIds.length > 0) {
+        firstTokenAt ??= performance.now();
+        io.usage.generatedTokens += message.tokenIds.length;
+        detokenizer.write({ tokenizer: '', ids: message.tokenIds });
+      }
+      if (message.finishReason !== FinishReason.FINISH_REASON_UNSPECIFIED) {
+        finishReason = message.finishReason as number as FinishReason;
+        if (message.promptTokens) io.usage.promptTokens = message.promptTokens;
+        io.usage.generatedTokens = message.generatedTokens;
+        // The detokenizer flushes what it holds and ends; the final message follows its last delta.
+        detokenizer.end();
+      }
+    });
+    runner.on('error', (error) => fail(downstreamError('model-runner', error)));
+    runner.on('status', (result: { code: number }) => {
+      if (result.code === status.OK && finishReason === undefined) {
+        fail(
+          new StatusError(
+            status.UNAVAILABLE,
+            'model-runner: generation stream ended without a finish reason',
+          ),
+        );
+      }
+    });
+
+    detokenizer.on('data', (message: DecodeStreamResponse) => {
+      if (settled) return;
+      const { text, stopped } = matcher.push(message.text);
+      if (text) {
+        io.write({
+          text,
+          finishReason: FinishReason.FINISH_REASON_UNSPECIFIED,
+          usage: undefined,
+          modelVersion,
+          timeToFirstTokenMs: 0,
+        });
+      }
+      if (stopped) {
+        // Nothing after a stop string is wanted: the runner frees the sequence when its call is cancelled.
+        stopDownstream();
+        finish(FinishReason.FINISH_REASON_STOP, '');
+      }
+    });
+    detokenizer.on('error', (error) => fail(downstreamError('tokenizer', error)));
+    detokenizer.on('end', () => {
+      if (finishReason !== undefined) finish(finishReason, matcher.flush());
+      else fail(new StatusError(status.UNAVAILABLE, 'tokenizer: decode stream ended early'));
+    });
+  });
+}

@@ -1,0 +1,399 @@
+/**
+ * The public API's gRPC surface: who is calling, may they, are they within
+ * their limits, is the request valid — then the task's pipeline, then usage
+ * metering. Every call goes through `serve`, so the audit log and the usage
+ * counters see every request, failed ones included.
+ */
+import { type Metadata, status } from '@grpc/grpc-js';
+import {
+  downstreamDeadline,
+  failedPrecondition,
+  invalidArgument,
+  type Logger,
+  notFound,
+  serverStream,
+  statusOf,
+  StatusError,
+  unary,
+} from '@maas/shared';
+import {
+  type Model,
+  type MaasServiceServer,
+  Task as ProtoTask,
+  type Usage,
+} from '@maas/shared/gen/maas/orchestrator/v1/orchestrator';
+import { type Authenticator, mayUse, type Principal } from './access/api-keys.js';
+import type { QuotaEnforcer } from './access/limits.js';
+import type { CatalogueModel, ModelCatalogue, ModelTask } from './catalogue.js';
+import { type Downstream, unaryCall } from './downstream/clients.js';
+import type { Task, UsageMeter } from './metering.js';
+import type { EncoderBatchers } from './pipelines/encoder-batchers.js';
+import { runGeneration } from './pipelines/generation.js';
+import { classifyRows, embedRows } from './pipelines/tasks.js';
+import { checkGenerate, checkTexts } from './validation.js';
+
+export interface MaasSettings {
+  DOWNSTREAM_TIMEOUT_MS: number;
+  MAX_STOP_STRINGS: number;
+  MAX_STOP_STRING_CHARACTERS: number;
+}
+
+export interface MaasDeps {
+  settings: MaasSettings;
+  auth: Authenticator;
+  quotas: QuotaEnforcer;
+  meter: UsageMeter;
+  catalogue: ModelCatalogue;
+  downstream: Downstream;
+  batchers: EncoderBatchers;
+  logger: Logger;
+}
+
+/** Texts per Tokenize/CountTokens call (these have no model batch size). */
+export const MAX_TOKENIZE_TEXTS = 256;
+
+const RPC_OF_TASK: Record<ModelTask, string> = {
+  classification: 'Classify',
+  embedding: 'Embed',
+  generation: 'Generate',
+};
+const PROTO_TASK: Record<ModelTask, ProtoTask> = {
+  classification: ProtoTask.TASK_CLASSIFICATION,
+  embedding: ProtoTask.TASK_EMBEDDING,
+  generation: ProtoTask.TASK_GENERATION,
+};
+
+type ServerCall = {
+  metadata: Metadata;
+  cancelled: boolean;
+  getDeadline(): Date | number;
+  on(event: 'cancelled', listener: () => void): unknown;
+};
+
+interface RequestContext {
+  principal: Principal;
+  /** Set when the RPC names a model. */
+  model: CatalogueModel | undefined;
+  deadline: Date;
+  signal: AbortSignal;
+  startedAt: number;
+  usage: { promptTokens: number; generatedTokens: number };
+  /** Tokens charged to the key's tokens-per-minute budget (Tokenize/CountTokens are not). */
+  chargeTokens: boolean;
+  /** The status to meter when the call ends without an error (a generation the caller cancelled). */
+  outcome?: status;
+}
+
+interface ServeOptions {
+  task: Task;
+  /** The model the call names and the field it came from, when the RPC names one. */
+  model?: { name: string; field: string; task?: ModelTask };
+  texts?: readonly string[];
+  /** Cap on downstream deadlines when the caller sets none (generation has none: streams are long). */
+  capDeadline: boolean;
+}
+
+const usageOf = (u: RequestContext['usage']): Usage => ({
+  promptTokens: u.promptTokens,
+  generatedTokens: u.generatedTokens,
+  totalTokens: u.promptTokens + u.generatedTokens,
+});
+
+const sum = (values: number[]) => values.reduce((a, b) => a + b, 0);
+
+export function createMaasService(deps: MaasDeps): MaasServiceServer {
+  const { settings, auth, quotas, meter, catalogue, downstream, batchers, logger } = deps;
+
+  const resolveModel = (principal: Principal, name: string, field: string, task?: ModelTask) => {
+    if (!name) throw invalidArgument(field, 'is required');
+    // Checked before existence, so a restricted key learns nothing about other models.
+    if (!mayUse(principal, name)) {
+      throw new StatusError(status.PERMISSION_DENIED, `key '${principal.id}' may not use model '${name}'`);
+    }
+    const model = catalogue.get(name);
+    if (!model) {
+      const problem = catalogue.problem(name);
+      if (problem) throw failedPrecondition(`${field}: model '${name}' cannot be served: ${problem}`);
+      throw notFound(`${field}: model '${name}' not found`);
+    }
+    if (task && model.task !== task) {
+      throw invalidArgument(
+        field,
+        `model '${name}' is a ${model.task} model; call ${RPC_OF_TASK[model.task]} with it`,
+      );
+    }
+    return model;
+  };
+
+  async function serve<T>(
+    call: ServerCall,
+    options: ServeOptions,
+    work: (ctx: RequestContext) => Promise<T>,
+  ): Promise<T> {
+    const startedAt = performance.now();
+    const controller = new AbortController();
+    if (call.cancelled) controller.abort();
+    else call.on('cancelled', () => controller.abort());
+    const usage = { promptTokens: 0, generatedTokens: 0 };
+    let ctx: RequestContext | undefined;
+    let principal: Principal | undefined;
+    let code = status.OK;
+    let error: string | undefined;
+    try {
+      principal = auth.authenticate(call.metadata);
+      const model = options.model
+        ? resolveModel(principal, options.model.name, options.model.field, options.model.task)
+        : undefined;
+      quotas.admit(principal);
+      ctx = {
+        principal,
+        model,
+        deadline: downstreamDeadline(call, options.capDeadline ? settings.DOWNSTREAM_TIMEOUT_MS : undefined),
+        signal: controller.signal,
+        startedAt,
+        usage,
+        chargeTokens: true,
+      };
+      const result = await work(ctx);
+      code = ctx.outcome ?? status.OK;
+      return result;
+    } catch (caught) {
+      code = call.cancelled ? status.CANCELLED : statusOf(caught);
+      error = caught instanceof Error ? caught.message : String(caught);
+      throw caught;
+    } finally {
+      if (principal && ctx?.chargeTokens)
+        quotas.charge(principal, usage.promptTokens + usage.generatedTokens);
+      meter.record({
+        keyId: principal?.id ?? 'unauthenticated',
+        // Only catalogue names become label values: callers cannot mint new series.
+        model: ctx?.model?.name ?? '',
+        task: options.task,
+        code,
+        promptTokens: usage.promptTokens,
+        generatedTokens: usage.generatedTokens,
+        durationMs: performance.now() - startedAt,
+        texts: options.texts,
+        error,
+      });
+    }
+  }
+
+  /** Ready model names and versions, as the runner says; undefined when the runner cannot be asked. */
+  async function readiness(deadline: Date): Promise<Map<string, Set<string>> | undefined> {
+    try {
+      const index = await unaryCall(
+        'model-runner',
+        downstream.inference.repositoryIndex.bind(downstream.inference),
+        { repositoryName: '', ready: false },
+        { deadline: new Date(Math.min(deadline.getTime(), Date.now() + 2_000)) },
+      );
+      const ready = new Map<string, Set<string>>();
+      for (const entry of index.models) {
+        if (entry.state !== 'READY') continue;
+        if (!ready.has(entry.name)) ready.set(entry.name, new Set());
+        ready.get(entry.name)!.add(entry.version);
+      }
+      return ready;
+    } catch (error) {
+      logger.warn({ err: error }, 'cannot ask the model-runner for readiness; reporting models not ready');
+      return undefined;
+    }
+  }
+
+  const describe = (model: CatalogueModel, ready: Map<string, Set<string>> | undefined): Model => ({
+    name: model.name,
+    task: PROTO_TASK[model.task],
+    description: model.description,
+    versions: model.versions,
+    ready: (ready?.get(model.name)?.size ?? 0) > 0,
+    limits: model.limits,
+    labels: model.versions.map((v) => model.labelsByVersion.get(v)).find(Boolean) ?? [],
+    dimensions: model.dimensions,
+  });
+
+  return {
+    classify: unary(async (request, call) =>
+      serve(
+        call,
+        {
+          task: 'classification',
+          model: { name: request.model, field: 'model', task: 'classification' },
+          texts: request.texts,
+          capDeadline: true,
+        },
+        async (ctx) => {
+          const model = ctx.model!;
+          checkTexts(request.texts, model.limits);
+          const rows = await batchers.get(model).submit({ texts: request.texts }, request.texts.length, ctx);
+          ctx.usage.promptTokens = sum(rows.tokenCounts);
+          return {
+            results: classifyRows(model, rows, request.topK || 1).map((labels) => ({ labels })),
+            modelVersion: rows.modelVersion,
+            usage: usageOf(ctx.usage),
+          };
+        },
+      ),
+    ),
+
+    embed: unary(async (request, call) =>
+      serve(
+        call,
+        {
+          task: 'embedding',
+          model: { name: request.model, field: 'model', task: 'embedding' },
+          texts: request.texts,
+          capDeadline: true,
+        },
+        async (ctx) => {
+          const model = ctx.model!;
+          checkTexts(request.texts, model.limits);
+          const rows = await batchers.get(model).submit({ texts: request.texts }, request.texts.length, ctx);
+          ctx.usage.promptTokens = sum(rows.tokenCounts);
+          const { vectors, dimensions } = embedRows(model, rows, request.normalize);
+          return {
+            embeddings: vectors.map((v) => ({ values: Array.from(v) })),
+            dimensions,
+            modelVersion: rows.modelVersion,
+            usage: usageOf(ctx.usage),
+          };
+        },
+      ),
+    ),
+
+    generate: serverStream(async (request, call) =>
+      serve(
+        call,
+        {
+          task: 'generation',
+          model: { name: request.model, field: 'model', task: 'generation' },
+          texts: [request.prompt],
+          capDeadline: false,
+        },
+        async (ctx) => {
+          const model = ctx.model!;
+          checkGenerate(request, model, {
+            maxStopStrings: settings.MAX_STOP_STRINGS,
+            maxStopStringCharacters: settings.MAX_STOP_STRING_CHARACTERS,
+          });
+          const closeStream = quotas.openStream(ctx.principal);
+          try {
+            const outcome = await runGeneration(
+              downstream,
+              model,
+              {
+                prompt: request.prompt,
+                sampling: request.sampling,
+                maxNewTokens: request.maxNewTokens,
+                stop: request.stop,
+                requestId: '',
+              },
+              {
+                deadline: ctx.deadline,
+                signal: ctx.signal,
+                startedAt: ctx.startedAt,
+                usage: ctx.usage,
+                write: (message) => {
+                  if (!call.cancelled) call.write(message);
+                },
+              },
+            );
+            if (outcome.finishReason === 4 /* FINISH_REASON_CANCELLED */) ctx.outcome = status.CANCELLED;
+          } finally {
+            closeStream();
+          }
+        },
+      ),
+    ),
+
+    tokenize: unary(async (request, call) =>
+      serve(
+        call,
+        {
+          task: 'tokenize',
+          model: { name: request.model, field: 'model' },
+          texts: request.texts,
+          capDeadline: true,
+        },
+        async (ctx) => {
+          const model = ctx.model!;
+          ctx.chargeTokens = false;
+          checkTexts(request.texts, model.limits, MAX_TOKENIZE_TEXTS);
+          const encoded = await unaryCall(
+            'tokenizer',
+            downstream.tokenizer.encode.bind(downstream.tokenizer),
+            {
+              tokenizer: model.tokenizer.name,
+              texts: request.texts,
+              textPairs: [],
+              addSpecialTokens: request.addSpecialTokens ?? true,
+              truncation: undefined,
+              padding: undefined,
+              returnOffsets: request.returnOffsets,
+              returnTokens: true,
+            },
+            ctx,
+          );
+          ctx.usage.promptTokens = Number(encoded.totalTokens);
+          return {
+            results: encoded.encodings.map((e) => ({
+              ids: e.ids,
+              tokens: e.tokens,
+              offsets: request.returnOffsets ? e.offsets : [],
+            })),
+          };
+        },
+      ),
+    ),
+
+    countTokens: unary(async (request, call) =>
+      serve(
+        call,
+        {
+          task: 'count_tokens',
+          model: { name: request.model, field: 'model' },
+          texts: request.texts,
+          capDeadline: true,
+        },
+        async (ctx) => {
+          const model = ctx.model!;
+          ctx.chargeTokens = false;
+          checkTexts(request.texts, model.limits, MAX_TOKENIZE_TEXTS);
+          // Counted as the model sees the text: with the special tokens its pipeline adds.
+          const counted = await unaryCall(
+            'tokenizer',
+            downstream.tokenizer.countTokens.bind(downstream.tokenizer),
+            {
+              tokenizer: model.tokenizer.name,
+              texts: request.texts,
+              addSpecialTokens: model.tokenizer.addSpecialTokens,
+            },
+            ctx,
+          );
+          ctx.usage.promptTokens = Number(counted.total);
+          return { counts: counted.counts, total: Number(counted.total) };
+        },
+      ),
+    ),
+
+    listModels: unary(async (_request, call) =>
+      serve(call, { task: 'models', capDeadline: true }, async (ctx) => {
+        const ready = await readiness(ctx.deadline);
+        return {
+          models: catalogue
+            .list()
+            .filter((m) => mayUse(ctx.principal, m.name))
+            .map((m) => describe(m, ready)),
+        };
+      }),
+    ),
+
+    getModel: unary(async (request, call) =>
+      serve(
+        call,
+        { task: 'models', model: { name: request.name, field: 'name' }, capDeadline: true },
+        async (ctx) => ({ model: describe(ctx.model!, await readiness(ctx.deadline)) }),
+      ),
+    ),
+  };
+}

@@ -1,0 +1,73 @@
+/** Request checks made before any downstream call, each naming the offending field. */
+import { invalidArgument } from '@maas/shared';
+import type { GenerateRequest } from '@maas/shared/gen/maas/orchestrator/v1/orchestrator';
+import type { CatalogueModel, ModelLimits } from './catalogue.js';
+
+export function checkTexts(texts: string[], limits: ModelLimits, maxTexts = limits.maxBatchSize): void {
+  if (texts.length === 0) throw invalidArgument('texts', 'must not be empty');
+  if (texts.length > maxTexts) {
+    throw invalidArgument('texts', `${texts.length} texts exceed the limit of ${maxTexts} per call`);
+  }
+  for (let i = 0; i < texts.length; i++) {
+    const length = texts[i]!.length;
+    if (length > limits.maxInputCharacters) {
+      throw invalidArgument(
+        `texts[${i}]`,
+        `${length} characters exceed the limit of ${limits.maxInputCharacters}`,
+      );
+    }
+  }
+}
+
+export interface StopLimits {
+  maxStopStrings: number;
+  maxStopStringCharacters: number;
+}
+
+export function checkGenerate(request: GenerateRequest, model: CatalogueModel, stopLimits: StopLimits): void {
+  const { limits } = model;
+  if (request.prompt.length === 0) throw invalidArgument('prompt', 'must not be empty');
+  if (request.prompt.length > limits.maxInputCharacters) {
+    throw invalidArgument(
+      'prompt',
+      `${request.prompt.length} characters exceed the limit of ${limits.maxInputCharacters}`,
+    );
+  }
+  if (request.maxNewTokens > limits.maxNewTokens) {
+    throw invalidArgument(
+      'max_new_tokens',
+      `must be at most ${limits.maxNewTokens} for model '${model.name}'`,
+    );
+  }
+  const s = request.sampling;
+  if (s) {
+    if (s.temperature !== undefined && !(s.temperature >= 0 && s.temperature <= 2)) {
+      throw invalidArgument('sampling.temperature', `must be in [0, 2], got ${s.temperature}`);
+    }
+    if (s.topP !== undefined && !(s.topP > 0 && s.topP <= 1)) {
+      throw invalidArgument('sampling.top_p', `must be in (0, 1], got ${s.topP}`);
+    }
+    if (s.repetitionPenalty !== undefined && !(s.repetitionPenalty > 0 && s.repetitionPenalty <= 2)) {
+      throw invalidArgument('sampling.repetition_penalty', `must be in (0, 2], got ${s.repetitionPenalty}`);
+    }
+    const vocab = model.config.generation?.vocabSize ?? Infinity;
+    if (s.topK > vocab) {
+      throw invalidArgument('sampling.top_k', `must be at most the vocabulary size ${vocab}, got ${s.topK}`);
+    }
+  }
+  if (request.stop.length > stopLimits.maxStopStrings) {
+    throw invalidArgument(
+      'stop',
+      `${request.stop.length} stop strings exceed the limit of ${stopLimits.maxStopStrings}`,
+    );
+  }
+  request.stop.forEach((stop, i) => {
+    if (stop.length === 0) throw invalidArgument(`stop[${i}]`, 'must not be empty');
+    if (stop.length > stopLimits.maxStopStringCharacters) {
+      throw invalidArgument(
+        `stop[${i}]`,
+        `${stop.length} characters exceed the limit of ${stopLimits.maxStopStringCharacters}`,
+      );
+    }
+  });
+}
