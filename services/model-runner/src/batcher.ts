@@ -42,6 +42,7 @@ export class DynamicBatcher {
   private readonly queue: Pending[] = [];
   private readonly idle: ort.InferenceSession[];
   private timer: NodeJS.Timeout | undefined;
+  private immediate: NodeJS.Immediate | undefined;
   private inFlight = 0;
   private drainWaiters: (() => void)[] = [];
   private readonly labels: { model: string; version: string };
@@ -97,25 +98,40 @@ export class DynamicBatcher {
     return new Promise((resolve) => this.drainWaiters.push(resolve));
   }
 
-  private schedule(): void {
+  /**
+   * Dispatches when a session is idle and the batch is full or the oldest request has waited
+   * long enough. Node timers have 1 ms resolution, so delays under 1 ms wait one event-loop
+   * turn instead: requests that arrived in the same I/O burst still share the batch.
+   */
+  private schedule(delayElapsed = false): void {
     if (this.queue.length === 0 || this.idle.length === 0) return;
     const oldest = this.queue[0]!;
     const queuedRows = this.queue.reduce((n, p) => n + p.rows, 0);
     const waited = performance.now() - oldest.enqueuedAt;
-    if (this.config.maxBatchSize === 0 || queuedRows >= this.maxBatch || waited >= this.delayMs) {
+    if (this.config.maxBatchSize === 0 || queuedRows >= this.maxBatch || waited >= this.delayMs || delayElapsed) {
       if (this.timer) clearTimeout(this.timer);
+      if (this.immediate) clearImmediate(this.immediate);
       this.timer = undefined;
+      this.immediate = undefined;
       const session = this.idle.pop()!;
       void this.run(session, this.take()).finally(() => {
         this.idle.push(session);
         this.schedule();
       });
       this.schedule();
-    } else if (!this.timer) {
-      this.timer = setTimeout(() => {
-        this.timer = undefined;
-        this.schedule();
-      }, this.delayMs - waited);
+    } else if (!this.timer && !this.immediate) {
+      const remaining = this.delayMs - waited;
+      if (remaining < 1) {
+        this.immediate = setImmediate(() => {
+          this.immediate = undefined;
+          this.schedule(true);
+        });
+      } else {
+        this.timer = setTimeout(() => {
+          this.timer = undefined;
+          this.schedule(true);
+        }, remaining);
+      }
     }
   }
 
