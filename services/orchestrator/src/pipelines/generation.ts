@@ -79,6 +79,13 @@ export async function runGeneration(
       `${promptIds.length} tokens exceed the model's limit of ${model.limits.maxInputTokens}`,
     );
   }
+  const context = model.config.generation?.maxContextLength ?? Infinity;
+  if (promptIds.length + input.maxNewTokens > context) {
+    throw invalidArgument(
+      'max_new_tokens',
+      `the prompt's ${promptIds.length} tokens + ${input.maxNewTokens} exceed the context length ${context}`,
+    );
+  }
   if (io.signal.aborted) throw new StatusError(status.CANCELLED, 'cancelled');
 
   return new Promise<GenerationOutcome>((resolve, reject) => {
