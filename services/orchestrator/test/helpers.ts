@@ -84,7 +84,12 @@ export interface Stack {
   close(): Promise<void>;
 }
 
-const silent = (service: string) => createLogger({ service, level: 'silent' });
+const silent = (service: string) =>
+  createLogger({
+    service,
+    level: process.env.E2E_LOG_LEVEL ?? 'silent',
+    destination: process.stderr as never,
+  });
 
 export async function startStack(options: {
   root: string;

@@ -53,7 +53,9 @@ const keySchema = z
     message: 'needs exactly one of key and key_sha256',
   });
 
-const fileSchema = z.union([z.array(keySchema), z.object({ keys: z.array(keySchema) }).strict()]);
+/** A list of keys, or `{ keys: [...] }`. */
+const listSchema = z.array(keySchema);
+const objectSchema = z.object({ keys: listSchema }).strict();
 
 export const sha256 = (text: string): Buffer => createHash('sha256').update(text, 'utf8').digest();
 
@@ -66,7 +68,7 @@ export function parseKeysFile(text: string, source: string): StoredKey[] {
     // The parser's message may quote the offending line, which may be a key.
     throw new Error(`${source}: not valid ${source.endsWith('.json') ? 'JSON' : 'YAML'}`);
   }
-  const parsed = fileSchema.safeParse(raw);
+  const parsed = Array.isArray(raw) ? listSchema.safeParse(raw) : objectSchema.safeParse(raw);
   if (!parsed.success) {
     const issues = parsed.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`);
     throw new Error(`${source}: ${issues.join('; ')}`);
