@@ -4,7 +4,7 @@
  * lang-id model; then generation: tokens/s for 1 and 16 streams, and KV cache
  * vs. recompute per token.
  */
-import { fork } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { cpSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import * as ort from 'onnxruntime-node';
@@ -81,7 +81,9 @@ async function main() {
   }
 
   const port = 48000 + Math.floor(Math.random() * 1000);
-  const child = fork(join(__dirname, '..', 'src', 'main.js'), [], {
+  const child = spawn(process.execPath, [join(__dirname, '..', 'src', 'main.js')], {
+    stdio: 'ignore',
+    detached: true,
     env: { ...process.env, GRPC_PORT: String(port), METRICS_PORT: '-1', MODEL_REPOSITORY: root, LOG_LEVEL: 'warn' },
   });
   const address = `127.0.0.1:${port}`;
@@ -89,53 +91,73 @@ async function main() {
     if ((await checkHealth(address).catch(() => 'DOWN')) === 'SERVING') break;
     await new Promise((r) => setTimeout(r, 100));
   }
-  const inference = createClient(GRPCInferenceServiceClient, address);
-  const generation = createClient(GenerationServiceClient, address);
+  await new Promise((r) => setTimeout(r, Number(process.env.SETTLE_MS ?? 0)));
   try {
     console.log(`model-runner benchmark (${MS} ms per point, onnxruntime intra-op threads 1)\n`);
     for (const [name, seq, withTypes] of [['bert-large-ish', SEQ, true], ['lang-id', 12, false]] as const) {
+      // Clients run in their own process, as real clients do (and so this process's work does not skew them).
+      const rates = load(address, ['infer', name, String(seq), withTypes ? '1' : '0']);
       const r = await raw(join(root, name, '1', 'model.onnx'), seq, withTypes);
       console.log(`${name}: raw batch-1 run ${r.oneMs.toFixed(2)} ms; raw items/s by batch: ${Object.entries(r.results).map(([b, v]) => `${b}:${v.toFixed(0)}`).join(' ')}`);
-      const request = ModelInferRequest.fromPartial({
-        modelName: name,
-        inputs: (withTypes ? ['input_ids', 'attention_mask', 'token_type_ids'] : ['input_ids', 'attention_mask']).map((n) => ({ name: n, datatype: 'INT64', shape: [1, seq] })),
-        rawInputContents: (withTypes ? [1037n, 1n, 0n] : [1037n, 1n]).map((v) => Buffer.from(new BigInt64Array(seq).fill(v).buffer)),
-      });
-      const one = () => new Promise<number>((resolve, reject) => inference.modelInfer(request, (e) => (e ? reject(e) : resolve(1))));
-      for (let i = 0; i < 20; i++) await one();
       const row = [`  runner over gRPC, single-item requests:`];
       for (const c of [1, 8, 32]) {
-        const rate = await forDuration(c, one);
+        const rate = rates[c]!;
         row.push(`c=${c}: ${rate.toFixed(0)}/s (${((rate / r.best) * 100).toFixed(0)}% of raw best batch ${r.bestBatch} ${r.best.toFixed(0)}/s; ${((rate / r.results[1]!) * 100).toFixed(0)}% of raw batch 1)`);
       }
       console.log(row.join('\n    '));
     }
 
+    console.log(`\ngeneration (${genModel}, prompt 16 tokens, ${NEW_TOKENS} new tokens per stream):`);
+    const rates = load(address, ['generate', genModel]);
+    for (const c of [1, 16]) console.log(`  ${c} stream(s): ${rates[c]!.toFixed(0)} tokens/s total`);
+    console.log(`  16 streams / 1 stream: ${(rates[16]! / rates[1]!).toFixed(2)}x (target >= 3x)`);
+    await kvVersusRecompute(join(root, genModel, '1', 'model.onnx'), genModel);
+  } finally {
+    process.kill(-child.pid!, 'SIGTERM');
+  }
+}
+
+function load(address: string, args: string[]): Record<number, number> {
+  const out = execFileSync(process.execPath, [__filename, '--load', address, ...args], { encoding: 'utf8', env: process.env });
+  return JSON.parse(out.trim().split('\n').pop()!) as Record<number, number>;
+}
+
+/** Client mode: drives the runner and prints {concurrency: rate} as JSON. */
+async function clientMode(address: string, mode: string, model: string, seqText?: string, types?: string) {
+  const rates: Record<number, number> = {};
+  if (mode === 'infer') {
+    const seq = Number(seqText);
+    const withTypes = types === '1';
+    const inference = createClient(GRPCInferenceServiceClient, address);
+    const request = ModelInferRequest.fromPartial({
+      modelName: model,
+      inputs: (withTypes ? ['input_ids', 'attention_mask', 'token_type_ids'] : ['input_ids', 'attention_mask']).map((n) => ({ name: n, datatype: 'INT64', shape: [1, seq] })),
+      rawInputContents: (withTypes ? [1037n, 1n, 0n] : [1037n, 1n]).map((v) => Buffer.from(new BigInt64Array(seq).fill(v).buffer)),
+    });
+    const one = () => new Promise<number>((resolve, reject) => inference.modelInfer(request, (e) => (e ? reject(e) : resolve(1))));
+    for (let i = 0; i < 20; i++) await one();
+    for (const c of [1, 8, 32]) rates[c] = await forDuration(c, one);
+    inference.close();
+  } else {
+    const generation = createClient(GenerationServiceClient, address);
     const prompt = Array.from({ length: 16 }, (_, i) => 100 + i);
     const stream = (maxNewTokens: number) =>
       new Promise<number>((resolve, reject) => {
         let n = 0;
-        const s = generation.generate(GenerateRequest.fromPartial({ modelName: genModel, promptIds: prompt, maxNewTokens, ignoreEos: true, sampling: { temperature: 0.8, seed: Math.floor(Math.random() * 1e6) } }));
+        const s = generation.generate(GenerateRequest.fromPartial({ modelName: model, promptIds: prompt, maxNewTokens, ignoreEos: true, sampling: { temperature: 0.8, seed: Math.floor(Math.random() * 1e6) } }));
         s.on('data', (m: { tokenIds: number[] }) => (n += m.tokenIds.length));
         s.on('end', () => resolve(n));
         s.on('error', reject);
       });
     await stream(8);
-    console.log(`\ngeneration (${genModel}, prompt 16 tokens, ${NEW_TOKENS} new tokens per stream):`);
-    const rates: Record<number, number> = {};
     for (const c of [1, 16]) {
       const start = performance.now();
       const tokens = (await Promise.all(Array.from({ length: c }, () => stream(NEW_TOKENS)))).reduce((a, b) => a + b, 0);
       rates[c] = (tokens / (performance.now() - start)) * 1000;
-      console.log(`  ${c} stream(s): ${rates[c]!.toFixed(0)} tokens/s total`);
     }
-    console.log(`  16 streams / 1 stream: ${(rates[16]! / rates[1]!).toFixed(2)}x (target >= 3x)`);
-    await kvVersusRecompute(join(root, genModel, '1', 'model.onnx'), genModel);
-  } finally {
-    inference.close();
     generation.close();
-    child.kill('SIGTERM');
   }
+  console.log(JSON.stringify(rates));
 }
 
 /** Per-token cost with the KV cache vs. re-running the whole sequence, in-process. */
@@ -169,4 +191,5 @@ async function kvVersusRecompute(path: string, name: string) {
   await session.release();
 }
 
-void main();
+if (process.argv[2] === '--load') void clientMode(process.argv[3]!, process.argv[4]!, process.argv[5]!, process.argv[6], process.argv[7]);
+else void main();
