@@ -4,27 +4,30 @@ import { z } from 'zod';
 export const runnerConfigSchema = baseConfigSchema.extend({
   GRPC_PORT: envInt(50052, 0, 65535),
   METRICS_PORT: envInt(9092, -1, 65535),
+  /** The model repository (layout: @maas/shared model-repository.ts). */
   MODEL_REPOSITORY: z.string().min(1).default(defaultRepositoryPath()),
-  /** Comma-separated model names to load at start; all models when unset. */
+  /** Comma-separated model names to load at start; every model of the repository when unset. */
   MODELS: z
     .string()
     .optional()
-    .transform((v) =>
-      v
-        ? v
-            .split(',')
-            .map((s) => s.trim())
-            .filter(Boolean)
-        : undefined,
-    ),
+    .transform((v) => {
+      const names = (v ?? '')
+        .split(',')
+        .map((s) => s.trim())
+        .filter(Boolean);
+      return names.length > 0 ? names : undefined;
+    }),
   /**
-   * Threads per session when a model's config leaves them at 0. One intra-op
-   * thread per session suits a 2-core pod: batching, not threads, gives throughput.
+   * onnxruntime threads per session when a model's config leaves them at 0.
+   * One intra-op thread per session suits a 2-core pod: batching gives the
+   * throughput, and the other core is left to gRPC and the event loop.
    */
   RUNNER_INTRA_OP_THREADS: envInt(1, 1, 256),
   RUNNER_INTER_OP_THREADS: envInt(1, 1, 256),
-  /** Run sample inputs through each model before reporting it ready. */
+  /** Run sample inputs through each model version before reporting it READY. */
   RUNNER_WARMUP: envBool(true),
+  /** Poll the repository this often for new, changed and removed models (Triton's poll mode); 0: never. */
+  REPOSITORY_POLL_SECONDS: envInt(0, 0, 86_400),
 });
 export type RunnerConfig = z.infer<typeof runnerConfigSchema>;
 

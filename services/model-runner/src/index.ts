@@ -15,22 +15,38 @@ import { ModelRepository } from './repository.js';
 import { createGenerationService, createInferenceService } from './server.js';
 
 export { loadRunnerConfig, runnerConfigSchema, type RunnerConfig } from './config.js';
-export { ModelRepository } from './repository.js';
+export { ModelRepository, type IndexEntry, type ModelVersion } from './repository.js';
+export { createSession, CudaUnavailableError, type CreatedSession, type ThreadDefaults } from './session.js';
 export * from './generation/index.js';
 
 export interface RunningModelRunner extends ListeningAddresses {
   host: GrpcServiceHost;
   repository: ModelRepository;
+  /** Resolves when the start-up load has finished trying every model. */
+  loaded: Promise<void>;
   stop(): Promise<void>;
 }
 
-/** Serves at once (health NOT_SERVING), loads and warms the models, then reports SERVING. */
+export interface ModelRunnerDeps {
+  logger?: Logger;
+  metricsRegistry?: Registry;
+  /** Resolve once listening instead of once the models are loaded (health says NOT_SERVING meanwhile). */
+  returnBeforeLoaded?: boolean;
+}
+
+/**
+ * Listens at once with health NOT_SERVING, loads and warms up the models,
+ * then reports SERVING (see ModelRepository.isReady for the exact rule).
+ */
 export async function startModelRunner(
   config: RunnerConfig,
-  deps: { logger?: Logger; metricsRegistry?: Registry } = {},
+  deps: ModelRunnerDeps = {},
 ): Promise<RunningModelRunner> {
   const logger = deps.logger ?? createLogger({ service: 'model-runner', level: config.LOG_LEVEL });
   const metricsRegistry = deps.metricsRegistry ?? createMetricsRegistry();
+  const metrics = createRunnerMetrics(metricsRegistry);
+  const host = new GrpcServiceHost({ name: 'model-runner', config, logger, registry: metricsRegistry });
+  let stopping = false;
   const repository = new ModelRepository({
     root: config.MODEL_REPOSITORY,
     threads: {
@@ -38,22 +54,44 @@ export async function startModelRunner(
       interOpNumThreads: config.RUNNER_INTER_OP_THREADS,
     },
     warmup: config.RUNNER_WARMUP,
-    metrics: createRunnerMetrics(metricsRegistry),
+    metrics,
     generationMetrics: createGenerationMetrics(metricsRegistry),
     logger,
+    onStateChange: () => {
+      if (!stopping) host.setReady(repository.isReady());
+    },
   });
-  const host = new GrpcServiceHost({ name: 'model-runner', config, logger, registry: metricsRegistry });
-  host.addService(GRPCInferenceServiceService, createInferenceService(repository) as never);
+  host.addService(GRPCInferenceServiceService, createInferenceService(repository, metrics) as never);
   host.addService(GenerationServiceService, createGenerationService(repository) as never);
   const addresses = await host.start();
-  await repository.loadAll(config.MODELS);
-  host.setReady(repository.isReady());
-  if (!repository.isReady()) logger.warn('no model is ready; reporting NOT_SERVING');
+
+  let poller: NodeJS.Timeout | undefined;
+  const loaded = repository.loadAll(config.MODELS).then(() => {
+    if (!repository.isReady())
+      logger.warn({ repository: config.MODEL_REPOSITORY }, 'no model is ready; reporting NOT_SERVING');
+    if (config.REPOSITORY_POLL_SECONDS > 0 && !stopping) {
+      let polling = false;
+      poller = setInterval(() => {
+        if (polling) return;
+        polling = true;
+        repository
+          .poll(config.MODELS)
+          .catch((error: unknown) => logger.error({ err: error }, 'repository poll failed'))
+          .finally(() => (polling = false));
+      }, config.REPOSITORY_POLL_SECONDS * 1000);
+      poller.unref();
+    }
+  });
+  if (!deps.returnBeforeLoaded) await loaded;
   return {
     ...addresses,
     host,
     repository,
+    loaded,
     async stop() {
+      stopping = true;
+      if (poller) clearInterval(poller);
+      await loaded.catch(() => undefined);
       await host.stop();
       await repository.close();
     },

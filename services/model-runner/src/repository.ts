@@ -1,38 +1,65 @@
 /**
- * The models this runner serves: loaded from the model repository, warmed up,
- * then READY. A load of a loaded model reloads it beside the old versions and
- * switches atomically; old versions drain their in-flight work before their
- * sessions are released. One model failing to load never affects the others.
+ * The models this runner serves, from the model repository (layout and
+ * config schema: @maas/shared model-repository.ts). Each selected version of
+ * a model gets its sessions, is checked against its graph, warmed up, and
+ * only then is READY. A (re)load loads the new versions beside the serving
+ * ones and switches atomically; the old ones stop taking requests, finish
+ * the ones they have (drain), then release their sessions. One model failing
+ * to load never affects the others.
  */
+import { existsSync, readdirSync, statSync } from 'node:fs';
+import { join } from 'node:path';
 import type * as ort from 'onnxruntime-node';
-import { notFound, readLabels, scanModel, scanRepository, unavailable } from '@maas/shared';
-import type { Logger, ModelConfig, RepositoryModel } from '@maas/shared';
+import { notFound, readLabels, scanModel, unavailable } from '@maas/shared';
+import type { Logger, ModelConfig, ModelVersionFiles, RepositoryModel } from '@maas/shared';
 import { DynamicBatcher } from './batcher.js';
+import { checkAgainstGraph, checkConfig } from './graph-check.js';
 import { GenerationEngine, type GenerationMetrics } from './generation/index.js';
-import type { RunnerMetrics } from './metrics.js';
+import { MODEL_STATES, type ModelState, type RunnerMetrics } from './metrics.js';
 import { createSession, type ThreadDefaults } from './session.js';
-import { datatypeOfOrt } from './tensors.js';
+import { sampleInputs } from './warmup.js';
 
-export type VersionState = 'LOADING' | 'READY' | 'UNLOADING' | 'UNAVAILABLE';
+export type { ModelState } from './metrics.js';
 
 export interface ModelVersion {
   name: string;
   version: number;
-  state: VersionState;
+  state: ModelState;
+  /** Why the version is in its state (empty when READY). */
   reason: string;
   config: ModelConfig;
-  labels?: string[];
   sessions: ort.InferenceSession[];
+  /** Set for every task but generation. */
   batcher?: DynamicBatcher;
+  /** Set for generation models. */
   engine?: GenerationEngine;
   provider?: 'cpu' | 'cuda';
 }
 
 interface ModelEntry {
   name: string;
-  versions: Map<number, ModelVersion>;
-  /** Why the model as a whole cannot load (bad config, no versions). */
+  /** The versions of the last completed (re)load; requests go to the READY ones. */
+  serving: ModelVersion[];
+  /** Versions loading or draining, shown in the index until they settle. */
+  transient: Set<ModelVersion>;
+  /** A problem of the model as a whole (bad config, no version, failed reload). */
   error?: string;
+  /** Unloaded at run time: requests get NOT_FOUND. */
+  unloaded: boolean;
+  /** The files the serving versions were loaded from, for polling. */
+  signature?: string;
+}
+
+export interface IndexEntry {
+  name: string;
+  version: string;
+  state: ModelState;
+  reason: string;
+}
+
+export interface LoadOutcome {
+  ready: boolean;
+  reason: string;
 }
 
 export interface RepositoryDeps {
@@ -42,185 +69,87 @@ export interface RepositoryDeps {
   metrics: RunnerMetrics;
   generationMetrics: GenerationMetrics;
   logger: Logger;
+  /** Called whenever a model version changes state (readiness may have changed). */
+  onStateChange?: () => void;
 }
 
 export class ModelRepository {
   private readonly models = new Map<string, ModelEntry>();
-  private readonly loading = new Map<string, Promise<void>>();
+  /** One load or unload at a time per model, in arrival order. */
+  private readonly locks = new Map<string, Promise<unknown>>();
+  private startupFinished = false;
 
   constructor(private readonly deps: RepositoryDeps) {}
 
-  /** Loads every model (or the named ones), each on its own; failures are recorded, not thrown. */
+  /**
+   * The start-up load: every model of the repository, or the named ones, one after the other.
+   * Failures are recorded per model, never thrown.
+   */
   async loadAll(names?: string[]): Promise<void> {
-    const found = names ?? scanRepository(this.deps.root).map((m) => m.name);
-    for (const name of found) await this.load(name);
-  }
-
-  /** Loads or reloads one model. Concurrent loads of the same model share one attempt. */
-  load(name: string): Promise<void> {
-    const current = this.loading.get(name);
-    if (current) return current;
-    const attempt = this.loadModel(name).finally(() => this.loading.delete(name));
-    this.loading.set(name, attempt);
-    return attempt;
-  }
-
-  private async loadModel(name: string): Promise<void> {
-    const scanned = scanModel(this.deps.root, name);
-    const entry = this.models.get(name) ?? { name, versions: new Map<number, ModelVersion>() };
-    this.models.set(name, entry);
-    if (scanned.error || !scanned.config) {
-      entry.error = scanned.error ?? 'invalid model';
-      this.deps.logger.error({ model: name, reason: entry.error }, 'model failed to load');
-      return; // versions already loaded keep serving
-    }
-    entry.error = undefined;
-    const fresh = await Promise.all(
-      scanned.versions.map((v) => this.loadVersion(scanned, v.version, v.modelPath, v.dir)),
-    );
-    const old = [...entry.versions.values()];
-    if (!fresh.some((v) => v.state === 'READY') && old.some((v) => v.state === 'READY')) {
-      // A failed reload keeps the versions that work (as Triton does); the failure is reported.
-      entry.error = `reload failed: ${fresh.map((v) => v.reason).join('; ')}`;
-      this.deps.logger.error(
-        { model: name, reason: entry.error },
-        'model reload failed, keeping the loaded versions',
-      );
-      return;
-    }
-    // Switch: requests that resolve a version from now on get the new ones.
-    entry.versions = new Map(fresh.map((v) => [v.version, v]));
-    for (const v of fresh) this.setStateMetric(v);
-    await Promise.all(old.map((v) => this.release(v)));
-  }
-
-  private async loadVersion(
-    model: RepositoryModel,
-    version: number,
-    modelPath: string,
-    dir: string,
-  ): Promise<ModelVersion> {
-    const config = model.config!;
-    const mv: ModelVersion = {
-      name: model.name,
-      version,
-      state: 'LOADING',
-      reason: '',
-      config,
-      sessions: [],
-    };
-    const { logger } = this.deps;
     try {
-      for (let i = 0; i < config.instanceCount; i++) {
-        const created = await createSession(modelPath, config, this.deps.threads, logger);
-        mv.sessions.push(created.session);
-        mv.provider = created.provider;
+      for (const name of names ?? this.modelFolders())
+        await this.load(name).catch((error: Error) => this.recordMissing(name, error));
+    } finally {
+      this.startupFinished = true;
+      this.deps.onStateChange?.();
+    }
+  }
+
+  /**
+   * Ready when the start-up load has finished trying every model it should load and at least
+   * one model version is READY. After start-up it follows the second half alone, so unloading
+   * the last model makes the server not ready and loading one makes it ready again.
+   */
+  isReady(): boolean {
+    if (!this.startupFinished) return false;
+    for (const entry of this.models.values()) if (entry.serving.some((v) => v.state === 'READY')) return true;
+    return false;
+  }
+
+  /** Loads, or reloads, one model; the outcome says whether a version is READY and why not. */
+  load(name: string): Promise<LoadOutcome> {
+    return this.exclusive(name, () => this.loadModel(name));
+  }
+
+  /** Unloads a model: it stops taking requests at once; requests already accepted finish first. */
+  unload(name: string): Promise<void> {
+    return this.exclusive(name, () => this.unloadModel(name));
+  }
+
+  /** Loads new and changed models and unloads removed ones (REPOSITORY_POLL_SECONDS). */
+  async poll(names?: string[]): Promise<void> {
+    const present = new Set(this.modelFolders());
+    const wanted = names ? names.filter((n) => present.has(n)) : [...present];
+    for (const name of wanted) {
+      const entry = this.models.get(name);
+      const signature = this.signatureOf(name);
+      if (entry?.signature === signature) continue;
+      // An explicit unload sticks until the model's files change.
+      if (entry?.unloaded && entry.signature === undefined) {
+        entry.signature = signature;
+        continue;
       }
-      const session = mv.sessions[0]!;
-      if (config.task === 'generation') {
-        mv.engine = new GenerationEngine({
-          modelName: model.name,
-          modelVersion: String(version),
-          session,
-          config,
-          metrics: this.deps.generationMetrics,
-          logger,
-        });
-      } else {
-        checkAgainstGraph(config, session);
-        mv.batcher = new DynamicBatcher(mv.sessions, config, version, this.deps.metrics, logger);
+      this.deps.logger.info(
+        { model: name },
+        entry ? 'model files changed; reloading' : 'new model found; loading',
+      );
+      await this.load(name).catch(() => undefined);
+    }
+    for (const [name, entry] of this.models) {
+      if (!present.has(name) && !entry.unloaded && entry.serving.length > 0) {
+        this.deps.logger.info({ model: name }, 'model removed from the repository; unloading');
+        await this.unload(name).catch(() => undefined);
       }
-      mv.labels = readLabels(config, dir);
-      if (this.deps.warmup) await this.warmUp(mv);
-      mv.state = 'READY';
-      logger.info(
-        { model: model.name, version, provider: mv.provider, instances: mv.sessions.length },
-        'model ready',
-      );
-    } catch (error) {
-      mv.state = 'UNAVAILABLE';
-      mv.reason = (error as Error).message;
-      logger.error({ model: model.name, version, reason: mv.reason }, 'model version failed to load');
-      await Promise.all(mv.sessions.map((s) => s.release().catch(() => undefined)));
-      mv.sessions = [];
-    }
-    return mv;
-  }
-
-  /** Runs a small input through the model so the first real request does not pay for lazy initialisation. */
-  private async warmUp(mv: ModelVersion): Promise<void> {
-    if (mv.engine) {
-      const controller = new AbortController();
-      await mv.engine.generate(
-        {
-          promptIds: [1, 2, 3],
-          maxNewTokens: 2,
-          sampling: {},
-          stopTokenIds: [],
-          ignoreEos: true,
-          signal: controller.signal,
-        },
-        () => undefined,
-      );
-      return;
-    }
-    const { config } = mv;
-    const batching = config.maxBatchSize > 0;
-    for (const rows of batching ? [1, Math.min(config.maxBatchSize, 8)] : [1]) {
-      const inputs = config.inputs
-        .filter((spec) => !spec.optional)
-        .map((spec) => {
-          const shape = [...(batching ? [rows] : []), ...spec.dims.map((d) => (d < 0 ? 4 : d))];
-          const count = shape.reduce((a, b) => a * b, 1);
-          const isMask = spec.name.includes('mask');
-          const data =
-            spec.datatype === 'INT64'
-              ? new BigInt64Array(count).fill(isMask ? 1n : 0n)
-              : spec.datatype === 'FP32'
-                ? new Float32Array(count)
-                : new Int32Array(count).fill(isMask ? 1 : 0);
-          return { name: spec.name, datatype: spec.datatype, shape, data };
-        });
-      await mv.batcher!.submit({
-        inputs,
-        outputs: config.outputs.map((o) => o.name),
-        isCancelled: () => false,
-      });
     }
   }
 
-  async unload(name: string): Promise<void> {
-    const entry = this.models.get(name);
-    if (!entry) throw notFound(`model '${name}' is not loaded`);
-    this.models.delete(name);
-    await Promise.all([...entry.versions.values()].map((v) => this.release(v)));
-  }
-
-  private async release(mv: ModelVersion): Promise<void> {
-    mv.state = 'UNLOADING';
-    this.setStateMetric(mv);
-    await mv.batcher?.drain();
-    await mv.engine?.close();
-    await Promise.all(mv.sessions.map((s) => s.release().catch(() => undefined)));
-    mv.sessions = [];
-    mv.state = 'UNAVAILABLE';
-    mv.reason = 'unloaded';
-    this.setStateMetric(mv);
-  }
-
-  private setStateMetric(mv: ModelVersion): void {
-    this.deps.metrics.modelState.set(
-      { model: mv.name, version: String(mv.version) },
-      mv.state === 'READY' ? 1 : 0,
-    );
-  }
-
-  /** The version a request asks for (newest ready one when none is named). */
+  /** The version a request asks for; the newest READY one when none is named. */
   resolve(name: string, version?: string): ModelVersion {
     const entry = this.models.get(name);
     if (!entry) throw notFound(`model '${name}' not found`);
+    if (entry.unloaded) throw notFound(`model '${name}' is not loaded (it was unloaded)`);
     if (version) {
-      const mv = entry.versions.get(Number(version));
+      const mv = entry.serving.find((v) => String(v.version) === version);
       if (!mv) throw notFound(`model '${name}' has no version '${version}'`);
       if (mv.state !== 'READY')
         throw unavailable(
@@ -228,85 +157,318 @@ export class ModelRepository {
         );
       return mv;
     }
-    const ready = [...entry.versions.values()]
-      .filter((v) => v.state === 'READY')
-      .sort((a, b) => b.version - a.version);
-    if (ready.length === 0) {
-      const reasons = entry.error ?? [...entry.versions.values()].map((v) => v.reason).join('; ');
-      throw unavailable(`model '${name}' is not ready${reasons ? `: ${reasons}` : ''}`);
-    }
-    return ready[0]!;
+    const ready = entry.serving.filter((v) => v.state === 'READY').sort((a, b) => b.version - a.version);
+    if (ready[0]) return ready[0];
+    throw unavailable(`model '${name}' is not ready: ${this.whyNotReady(entry)}`);
   }
 
-  /** Every model version known, for RepositoryIndex. */
-  index(): { name: string; version: string; state: VersionState; reason: string }[] {
-    const rows: { name: string; version: string; state: VersionState; reason: string }[] = [];
-    const known = new Set<string>();
+  /** The READY versions of a model, newest first. */
+  readyVersions(name: string): ModelVersion[] {
+    const entry = this.models.get(name);
+    if (!entry || entry.unloaded) return [];
+    return entry.serving.filter((v) => v.state === 'READY').sort((a, b) => b.version - a.version);
+  }
+
+  /** True when the model is known to the repository manager (loaded, failed, or unloaded). */
+  knows(name: string): boolean {
+    return this.models.has(name) || this.modelFolders().includes(name);
+  }
+
+  /** Every model version known, as Triton's RepositoryIndex reports them. */
+  index(): IndexEntry[] {
+    const rows: IndexEntry[] = [];
     for (const entry of this.models.values()) {
-      known.add(entry.name);
-      if (entry.versions.size === 0)
+      const shown = new Map<number, ModelVersion>();
+      for (const v of entry.transient) shown.set(v.version, v);
+      // The serving versions win over a loading or draining one of the same number.
+      for (const v of entry.serving)
+        if (v.state === 'READY' || !shown.has(v.version)) shown.set(v.version, v);
+      if (shown.size === 0) {
         rows.push({ name: entry.name, version: '', state: 'UNAVAILABLE', reason: entry.error ?? '' });
-      for (const v of entry.versions.values()) {
-        rows.push({
-          name: v.name,
-          version: String(v.version),
-          state: v.state,
-          reason: v.reason || entry.error || '',
-        });
+      }
+      for (const v of shown.values()) {
+        const reason = v.reason || (v.state === 'READY' ? '' : (entry.error ?? ''));
+        rows.push({ name: v.name, version: String(v.version), state: v.state, reason });
       }
     }
-    for (const m of scanRepository(this.deps.root)) {
-      if (!known.has(m.name))
-        rows.push({ name: m.name, version: '', state: 'UNAVAILABLE', reason: m.error ?? 'not loaded' });
+    for (const name of this.modelFolders()) {
+      if (!this.models.has(name))
+        rows.push({ name, version: '', state: 'UNAVAILABLE', reason: 'not loaded' });
     }
-    return rows.sort((a, b) => a.name.localeCompare(b.name) || a.version.localeCompare(b.version));
+    return rows.sort((a, b) => a.name.localeCompare(b.name) || Number(a.version) - Number(b.version));
   }
 
-  versionsOf(name: string): ModelVersion[] {
-    return [...(this.models.get(name)?.versions.values() ?? [])];
-  }
-
-  /** Ready when at least one model version is READY. */
-  isReady(): boolean {
-    for (const entry of this.models.values())
-      for (const v of entry.versions.values()) if (v.state === 'READY') return true;
-    return false;
-  }
-
+  /** Unloads everything (shutdown): queued and running requests finish first. */
   async close(): Promise<void> {
-    await Promise.all([...this.models.keys()].map((name) => this.unload(name)));
+    await Promise.all(
+      [...this.models.values()]
+        .filter((e) => !e.unloaded)
+        .map((e) => this.unload(e.name).catch(() => undefined)),
+    );
   }
-}
 
-/** The config must describe the graph: every graph input configured, names and types matching. */
-function checkAgainstGraph(config: ModelConfig, session: ort.InferenceSession): void {
-  const problems: string[] = [];
-  const graphInputs = new Set(session.inputNames);
-  const configured = new Set(config.inputs.map((i) => i.name));
-  for (const spec of config.inputs) {
-    if (!graphInputs.has(spec.name))
-      problems.push(
-        `input '${spec.name}' is not in the graph (graph inputs: ${session.inputNames.join(', ')})`,
-      );
+  private exclusive<T>(name: string, task: () => Promise<T>): Promise<T> {
+    const previous = this.locks.get(name) ?? Promise.resolve();
+    const run = previous.then(task, task);
+    const settled = run.catch(() => undefined);
+    this.locks.set(name, settled);
+    void settled.then(() => {
+      if (this.locks.get(name) === settled) this.locks.delete(name);
+    });
+    return run;
   }
-  for (const name of session.inputNames)
-    if (!configured.has(name)) problems.push(`graph input '${name}' is missing from the config`);
-  const graphOutputs = new Set(session.outputNames);
-  for (const spec of config.outputs) {
-    if (!graphOutputs.has(spec.name))
-      problems.push(
-        `output '${spec.name}' is not in the graph (graph outputs: ${session.outputNames.join(', ')})`,
-      );
+
+  private modelFolders(): string[] {
+    const { root } = this.deps;
+    if (!existsSync(root)) return [];
+    return readdirSync(root)
+      .filter((entry) => !entry.startsWith('.') && !entry.startsWith('_'))
+      .filter((entry) => statSync(join(root, entry)).isDirectory())
+      .sort();
   }
-  const metadata =
-    (session as unknown as { inputMetadata?: { name: string; isTensor: boolean; type?: string }[] })
-      .inputMetadata ?? [];
-  for (const meta of metadata) {
-    const spec = config.inputs.find((i) => i.name === meta.name);
-    const graphType = meta.isTensor && meta.type ? datatypeOfOrt(meta.type) : undefined;
-    if (spec && graphType && graphType !== spec.datatype) {
-      problems.push(`input '${spec.name}' is ${graphType} in the graph, ${spec.datatype} in the config`);
+
+  /** A model named at start-up that is not in the repository still shows in the index, with why. */
+  private recordMissing(name: string, error: Error): void {
+    this.models.set(name, { name, serving: [], transient: new Set(), error: error.message, unloaded: false });
+    this.deps.logger.error({ model: name, reason: error.message }, 'model failed to load');
+  }
+
+  private whyNotReady(entry: ModelEntry): string {
+    const reasons = [
+      entry.error,
+      ...[...entry.transient, ...entry.serving].map(
+        (v) => `version ${v.version} ${v.state}${v.reason ? `: ${v.reason}` : ''}`,
+      ),
+    ];
+    return reasons.filter(Boolean).join('; ') || 'no version loaded';
+  }
+
+  private async loadModel(name: string): Promise<LoadOutcome> {
+    const dir = join(this.deps.root, name);
+    if (!existsSync(dir)) throw notFound(`model '${name}' is not in the repository ${this.deps.root}`);
+    const signature = this.signatureOf(name);
+    const scanned = scanModel(this.deps.root, name);
+    let entry = this.models.get(name);
+    if (!entry) {
+      entry = { name, serving: [], transient: new Set(), unloaded: false };
+      this.models.set(name, entry);
+    }
+    const hadReady = !entry.unloaded && entry.serving.some((v) => v.state === 'READY');
+    const problem =
+      scanned.error ?? (scanned.config ? checkConfig(scanned.config).join('; ') : 'invalid config');
+    if (problem || !scanned.config) {
+      return this.failModel(
+        entry,
+        signature,
+        hadReady ? `reload failed, serving the loaded versions: ${problem}` : problem,
+      );
+    }
+    const fresh = await Promise.all(scanned.versions.map((files) => this.loadVersion(entry, scanned, files)));
+    const ready = fresh.filter((v) => v.state === 'READY');
+    if (ready.length === 0 && hadReady) {
+      // As Triton does: a failed reload keeps the versions that work, and says why.
+      const reasons = fresh.map((v) => `version ${v.version}: ${v.reason}`).join('; ');
+      return this.failModel(entry, signature, `reload failed, serving the loaded versions: ${reasons}`);
+    }
+    // The switch: from here on requests resolve to the new versions.
+    const old = entry.unloaded ? [] : entry.serving;
+    entry.serving = fresh;
+    entry.unloaded = false;
+    entry.error = undefined;
+    entry.signature = signature;
+    this.changed();
+    await Promise.all(old.map((v) => this.release(entry, v, 'replaced by a reload')));
+    return ready.length > 0
+      ? { ready: true, reason: '' }
+      : { ready: false, reason: fresh.map((v) => `version ${v.version}: ${v.reason}`).join('; ') };
+  }
+
+  private failModel(entry: ModelEntry, signature: string, reason: string): LoadOutcome {
+    entry.error = reason;
+    entry.signature = signature;
+    this.deps.logger.error({ model: entry.name, reason }, 'model failed to load');
+    this.changed();
+    return { ready: false, reason };
+  }
+
+  private async loadVersion(
+    entry: ModelEntry,
+    model: RepositoryModel,
+    files: ModelVersionFiles,
+  ): Promise<ModelVersion> {
+    const config = model.config!;
+    const mv: ModelVersion = {
+      name: model.name,
+      version: files.version,
+      state: 'LOADING',
+      reason: '',
+      config,
+      sessions: [],
+    };
+    const { logger } = this.deps;
+    const started = performance.now();
+    entry.transient.add(mv);
+    this.setState(mv, 'LOADING');
+    try {
+      if (!existsSync(files.modelPath)) throw new Error(`${files.modelPath} is missing`);
+      readLabels(config, files.dir);
+      // A generation engine owns one session; instanceCount applies to batched models.
+      const instances = config.task === 'generation' ? 1 : config.instanceCount;
+      for (let i = 0; i < instances; i++) {
+        const created = await createSession(files.modelPath, config, this.deps.threads, logger);
+        mv.sessions.push(created.session);
+        mv.provider = created.provider;
+      }
+      const problems = checkAgainstGraph(config, mv.sessions[0]!);
+      if (problems.length > 0) throw new Error(`config disagrees with the graph: ${problems.join('; ')}`);
+      if (config.task === 'generation') {
+        mv.engine = new GenerationEngine({
+          modelName: model.name,
+          modelVersion: String(files.version),
+          session: mv.sessions[0]!,
+          config,
+          metrics: this.deps.generationMetrics,
+          logger,
+        });
+      } else {
+        mv.batcher = new DynamicBatcher({
+          sessions: mv.sessions,
+          config,
+          version: files.version,
+          metrics: this.deps.metrics,
+          logger,
+        });
+      }
+      if (this.deps.warmup) await this.warmUp(mv);
+      mv.reason = '';
+      this.setState(mv, 'READY');
+      logger.info(
+        {
+          model: model.name,
+          version: files.version,
+          provider: mv.provider,
+          instances,
+          loadMs: Math.round(performance.now() - started),
+        },
+        'model version ready',
+      );
+    } catch (error) {
+      mv.reason = (error as Error).message;
+      logger.error(
+        { model: model.name, version: files.version, reason: mv.reason },
+        'model version failed to load',
+      );
+      await mv.engine?.close({ force: true }).catch(() => undefined);
+      await Promise.all(mv.sessions.map((s) => s.release().catch(() => undefined)));
+      mv.sessions = [];
+      mv.batcher = undefined;
+      mv.engine = undefined;
+      this.setState(mv, 'UNAVAILABLE');
+    } finally {
+      entry.transient.delete(mv);
+      this.deps.metrics.loadSeconds.set(
+        { model: mv.name, version: String(mv.version) },
+        (performance.now() - started) / 1000,
+      );
+    }
+    return mv;
+  }
+
+  /**
+   * Runs sample inputs on every session (batch 1 and the largest batch, a few
+   * tokens long), or a short generation (prefill and one decode step), so that
+   * the first real request does not pay for lazy initialisation.
+   */
+  private async warmUp(mv: ModelVersion): Promise<void> {
+    try {
+      if (mv.engine) {
+        const g = mv.config.generation!;
+        await mv.engine.generate(
+          {
+            promptIds: [0, 1, 2].map((id) => Math.min(id, g.vocabSize - 1)),
+            maxNewTokens: 2,
+            sampling: {},
+            stopTokenIds: [],
+            ignoreEos: true,
+            signal: new AbortController().signal,
+          },
+          () => undefined,
+        );
+        return;
+      }
+      const sizes =
+        mv.config.maxBatchSize > 0 ? [...new Set([1, Math.min(mv.config.maxBatchSize, 256)])] : [1];
+      for (const session of mv.sessions) {
+        for (const rows of sizes) await session.run(sampleInputs(mv.config, rows));
+      }
+    } catch (error) {
+      throw new Error(`warm-up failed: ${(error as Error).message}`);
     }
   }
-  if (problems.length > 0) throw new Error(`config disagrees with the graph: ${problems.join('; ')}`);
+
+  private async unloadModel(name: string): Promise<void> {
+    const entry = this.models.get(name);
+    if (!entry || entry.unloaded) throw notFound(`model '${name}' is not loaded`);
+    entry.unloaded = true;
+    entry.signature = undefined;
+    const versions = entry.serving;
+    this.changed();
+    await Promise.all(versions.map((v) => this.release(entry, v, 'unloaded')));
+  }
+
+  /** Stops routing to a version, lets its accepted requests finish, then frees its sessions. */
+  private async release(entry: ModelEntry, mv: ModelVersion, reason: string): Promise<void> {
+    if (mv.state !== 'READY') return;
+    entry.transient.add(mv);
+    this.setState(mv, 'UNLOADING');
+    await mv.batcher?.drain();
+    await mv.engine?.close();
+    await Promise.all(mv.sessions.map((s) => s.release().catch(() => undefined)));
+    mv.sessions = [];
+    mv.reason = reason;
+    entry.transient.delete(mv);
+    this.setState(mv, 'UNAVAILABLE');
+    this.deps.logger.info({ model: mv.name, version: mv.version, reason }, 'model version released');
+  }
+
+  private setState(mv: ModelVersion, state: ModelState): void {
+    mv.state = state;
+    for (const s of MODEL_STATES) {
+      this.deps.metrics.modelState.set(
+        { model: mv.name, version: String(mv.version), state: s },
+        s === state ? 1 : 0,
+      );
+    }
+    this.changed();
+  }
+
+  private changed(): void {
+    this.deps.onStateChange?.();
+  }
+
+  /** What the model's files look like now: config, version folders, model files (mtime and size). */
+  private signatureOf(name: string): string {
+    const dir = join(this.deps.root, name);
+    const stamp = (path: string) => {
+      try {
+        const s = statSync(path);
+        return `${s.mtimeMs}:${s.size}`;
+      } catch {
+        return '-';
+      }
+    };
+    try {
+      return readdirSync(dir)
+        .sort()
+        .map((e) => {
+          const path = join(dir, e);
+          return statSync(path).isDirectory()
+            ? `${e}/${stamp(join(path, 'model.onnx'))}`
+            : `${e}:${stamp(path)}`;
+        })
+        .join('|');
+    } catch {
+      return '';
+    }
+  }
 }

@@ -53,7 +53,7 @@ export async function createSession(
     if (!existsSync(library)) {
       problem =
         `CUDA execution provider requested (device ${cuda.deviceId}) but onnxruntime-node's CUDA runtime is not installed ` +
-        `(${library} is missing). Use the GPU image, or reinstall onnxruntime-node with ONNXRUNTIME_NODE_INSTALL=cuda12 ` +
+        `(${library} is missing). Run the GPU image, or install it with \`ONNXRUNTIME_NODE_INSTALL=cuda12 npm rebuild onnxruntime-node\` ` +
         `on a machine with CUDA 12 and cuDNN 9; or set "allowCpuFallback": true in the model config to run on CPU.`;
     } else {
       try {
@@ -63,7 +63,9 @@ export async function createSession(
         });
         return { session, provider: 'cuda' };
       } catch (error) {
-        problem = `CUDA execution provider requested (device ${cuda.deviceId}) but could not start: ${(error as Error).message}`;
+        problem =
+          `CUDA execution provider requested (device ${cuda.deviceId}) but could not start: ${(error as Error).message}. ` +
+          `Check the CUDA 12 and cuDNN 9 libraries and the device; or set "allowCpuFallback": true to run on CPU.`;
       }
     }
     if (!config.allowCpuFallback) throw new CudaUnavailableError(problem);

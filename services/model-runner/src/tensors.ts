@@ -1,171 +1,254 @@
 /**
  * KServe v2 tensors ⇄ onnxruntime tensors: datatypes, typed contents, raw
- * little-endian bytes, and validation against the model's declared inputs.
+ * little-endian bytes. Knows nothing of models; validation against a model's
+ * declared inputs is in inference-request.ts.
  */
 import type { Tensor } from 'onnxruntime-node';
 import { invalidArgument } from '@maas/shared';
-import type { Datatype, TensorSpec } from '@maas/shared';
+import type { Datatype } from '@maas/shared';
 import type { InferTensorContents } from '@maas/shared/gen/inference/grpc_service';
 
-type OrtType = Tensor.Type;
+/** Flat tensor data: a typed array, or strings for BYTES (onnxruntime string tensors). */
+export type TensorData =
+  | Uint8Array
+  | Int8Array
+  | Uint16Array
+  | Int16Array
+  | Uint32Array
+  | Int32Array
+  | BigUint64Array
+  | BigInt64Array
+  | Float32Array
+  | Float64Array
+  | string[];
+
+type TypedArrayConstructor = {
+  new (length: number): TensorData;
+  new (buffer: ArrayBufferLike, byteOffset: number, length: number): TensorData;
+};
 
 export interface DatatypeInfo {
-  ort: OrtType;
+  datatype: Datatype;
+  ort: Tensor.Type;
+  /** Bytes per element in raw form; 0 for BYTES (each element is length-prefixed). */
   bytes: number;
-  array: new (buffer: ArrayBufferLike, byteOffset: number, length: number) => ArrayLike<unknown>;
+  /** The typed array onnxruntime takes for this type; undefined for BYTES. */
+  array?: TypedArrayConstructor;
+  /** The InferTensorContents field this type's values travel in; undefined when raw only (FP16). */
+  contentsField?: keyof InferTensorContents;
 }
 
-export const DATATYPES: Partial<Record<Datatype, DatatypeInfo>> = {
-  BOOL: { ort: 'bool', bytes: 1, array: Uint8Array },
-  UINT8: { ort: 'uint8', bytes: 1, array: Uint8Array },
-  INT8: { ort: 'int8', bytes: 1, array: Int8Array },
-  UINT16: { ort: 'uint16', bytes: 2, array: Uint16Array },
-  INT16: { ort: 'int16', bytes: 2, array: Int16Array },
-  UINT32: { ort: 'uint32', bytes: 4, array: Uint32Array },
-  INT32: { ort: 'int32', bytes: 4, array: Int32Array },
-  UINT64: { ort: 'uint64', bytes: 8, array: BigUint64Array },
-  INT64: { ort: 'int64', bytes: 8, array: BigInt64Array },
-  FP16: { ort: 'float16', bytes: 2, array: Uint16Array },
-  FP32: { ort: 'float32', bytes: 4, array: Float32Array },
-  FP64: { ort: 'float64', bytes: 8, array: Float64Array },
+const info = (
+  datatype: Datatype,
+  ort: Tensor.Type,
+  bytes: number,
+  array: unknown,
+  contentsField?: keyof InferTensorContents,
+): DatatypeInfo => ({ datatype, ort, bytes, array: array as TypedArrayConstructor, contentsField });
+
+export const DATATYPES: Record<Datatype, DatatypeInfo> = {
+  BOOL: info('BOOL', 'bool', 1, Uint8Array, 'boolContents'),
+  UINT8: info('UINT8', 'uint8', 1, Uint8Array, 'uintContents'),
+  INT8: info('INT8', 'int8', 1, Int8Array, 'intContents'),
+  UINT16: info('UINT16', 'uint16', 2, Uint16Array, 'uintContents'),
+  INT16: info('INT16', 'int16', 2, Int16Array, 'intContents'),
+  UINT32: info('UINT32', 'uint32', 4, Uint32Array, 'uintContents'),
+  INT32: info('INT32', 'int32', 4, Int32Array, 'intContents'),
+  UINT64: info('UINT64', 'uint64', 8, BigUint64Array, 'uint64Contents'),
+  INT64: info('INT64', 'int64', 8, BigInt64Array, 'int64Contents'),
+  // No typed-contents field carries half floats: FP16 travels raw only, as in Triton.
+  FP16: info('FP16', 'float16', 2, Uint16Array),
+  FP32: info('FP32', 'float32', 4, Float32Array, 'fp32Contents'),
+  FP64: info('FP64', 'float64', 8, Float64Array, 'fp64Contents'),
+  BYTES: info('BYTES', 'string', 0, undefined, 'bytesContents'),
+};
+
+const CONTENTS_FIELD_NAMES: Record<keyof InferTensorContents, string> = {
+  boolContents: 'bool_contents',
+  intContents: 'int_contents',
+  int64Contents: 'int64_contents',
+  uintContents: 'uint_contents',
+  uint64Contents: 'uint64_contents',
+  fp32Contents: 'fp32_contents',
+  fp64Contents: 'fp64_contents',
+  bytesContents: 'bytes_contents',
 };
 
 const ORT_TO_DATATYPE = new Map<string, Datatype>(
-  Object.entries(DATATYPES).map(([datatype, info]) => [info.ort, datatype as Datatype]),
+  Object.values(DATATYPES).map((d) => [d.ort, d.datatype] as const),
 );
 export const datatypeOfOrt = (type: string): Datatype | undefined => ORT_TO_DATATYPE.get(type);
 
-/** A request tensor after validation: flat data in the model's element type and its full shape. */
-export interface InputTensor {
-  name: string;
-  datatype: Datatype;
-  shape: number[];
-  data: ArrayLike<unknown> & { length: number };
+export const elementCount = (shape: readonly number[]) => shape.reduce((a, b) => a * b, 1);
+
+/** A new zeroed (or empty-string) array of `count` elements of the datatype. */
+export function allocate(datatype: Datatype, count: number): TensorData {
+  const { array } = DATATYPES[datatype];
+  return array ? new array(count) : new Array<string>(count).fill('');
 }
 
-export const elementCount = (shape: number[]) => shape.reduce((a, b) => a * b, 1);
+/** The datatype's representation of a number, for padding and warm-up inputs. */
+export function scalarOf(datatype: Datatype, value: number): number | bigint | string {
+  if (datatype === 'BYTES') return '';
+  if (datatype === 'INT64' || datatype === 'UINT64') return BigInt(Math.trunc(value));
+  if (datatype === 'BOOL') return value ? 1 : 0;
+  return value;
+}
 
-/** Raw bytes → a typed array, copying only when the buffer is misaligned for the element size. */
-export function fromRaw(
-  name: string,
-  info: DatatypeInfo,
-  bytes: Uint8Array,
-  count: number,
-): ArrayLike<unknown> & { length: number } {
-  if (bytes.byteLength !== count * info.bytes) {
+/**
+ * Raw bytes → tensor data. Numeric data is viewed in place when the bytes are
+ * aligned for the element size (gRPC message buffers usually are not, and then
+ * one copy is made). BYTES elements are each a 4-byte little-endian length
+ * followed by that many bytes, as in KServe/Triton.
+ */
+export function fromRaw(name: string, datatype: Datatype, bytes: Uint8Array, count: number): TensorData {
+  const d = DATATYPES[datatype];
+  if (datatype === 'BYTES') return bytesFromRaw(name, bytes, count);
+  if (bytes.byteLength !== count * d.bytes) {
     throw invalidArgument(
       `input '${name}'`,
-      `raw contents have ${bytes.byteLength} bytes, shape needs ${count * info.bytes}`,
+      `raw contents have ${bytes.byteLength} bytes, shape needs ${count * d.bytes} (${count} × ${d.bytes}-byte ${datatype})`,
     );
   }
-  const aligned = bytes.byteOffset % info.bytes === 0 ? bytes : bytes.slice();
-  return new info.array(aligned.buffer, aligned.byteOffset, count) as ArrayLike<unknown> & { length: number };
+  const aligned = bytes.byteOffset % d.bytes === 0 ? bytes : bytes.slice();
+  return new d.array!(aligned.buffer, aligned.byteOffset, count);
 }
 
-/** Typed contents (the field for the datatype's family) → a typed array of the datatype. */
+function bytesFromRaw(name: string, bytes: Uint8Array, count: number): string[] {
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const decoder = new TextDecoder();
+  const out: string[] = [];
+  let at = 0;
+  while (at < bytes.byteLength) {
+    if (at + 4 > bytes.byteLength)
+      throw invalidArgument(
+        `input '${name}'`,
+        `raw BYTES element ${out.length} has a truncated length prefix`,
+      );
+    const length = view.getUint32(at, true);
+    at += 4;
+    if (at + length > bytes.byteLength)
+      throw invalidArgument(
+        `input '${name}'`,
+        `raw BYTES element ${out.length} runs past the end of the data`,
+      );
+    out.push(decoder.decode(bytes.subarray(at, at + length)));
+    at += length;
+  }
+  if (out.length !== count)
+    throw invalidArgument(
+      `input '${name}'`,
+      `raw contents hold ${out.length} BYTES elements, shape needs ${count}`,
+    );
+  return out;
+}
+
+/** Typed contents (the field of the datatype's family) → tensor data of the datatype. */
 export function fromContents(
   name: string,
   datatype: Datatype,
   contents: InferTensorContents | undefined,
   count: number,
-): ArrayLike<unknown> & { length: number } {
-  const c = contents;
-  let values: ArrayLike<unknown> | undefined;
-  let out: ArrayLike<unknown> & { length: number };
-  switch (datatype) {
-    case 'BOOL':
-      values = c?.boolContents;
-      out = Uint8Array.from((values ?? []) as boolean[], (b) => (b ? 1 : 0));
-      break;
-    case 'INT8':
-    case 'INT16':
-    case 'INT32':
-      values = c?.intContents;
-      out = (datatype === 'INT8' ? Int8Array : datatype === 'INT16' ? Int16Array : Int32Array).from(
-        (values ?? []) as number[],
-      );
-      break;
-    case 'UINT8':
-    case 'UINT16':
-    case 'UINT32':
-      values = c?.uintContents;
-      out = (datatype === 'UINT8' ? Uint8Array : datatype === 'UINT16' ? Uint16Array : Uint32Array).from(
-        (values ?? []) as number[],
-      );
-      break;
-    case 'INT64':
-      values = c?.int64Contents;
-      out = BigInt64Array.from((values ?? []) as number[], (v) => BigInt(v));
-      break;
-    case 'UINT64':
-      values = c?.uint64Contents;
-      out = BigUint64Array.from((values ?? []) as number[], (v) => BigInt(v));
-      break;
-    case 'FP32':
-      values = c?.fp32Contents;
-      out = Float32Array.from((values ?? []) as number[]);
-      break;
-    case 'FP64':
-      values = c?.fp64Contents;
-      out = Float64Array.from((values ?? []) as number[]);
-      break;
-    default:
-      throw invalidArgument(`input '${name}'`, `datatype ${datatype} must be sent in raw_input_contents`);
+): TensorData {
+  const d = DATATYPES[datatype];
+  if (!d.contentsField) {
+    throw invalidArgument(`input '${name}'`, `datatype ${datatype} must be sent in raw_input_contents`);
   }
-  if (out.length !== count) {
-    throw invalidArgument(`input '${name}'`, `has ${out.length} values, shape needs ${count}`);
-  }
-  return out;
-}
-
-/** Checks a request's shape against the model's declared dims (with the batch dimension first when batching). */
-export function checkShape(spec: TensorSpec, shape: number[], maxBatchSize: number): void {
-  const expected = maxBatchSize > 0 ? [-1, ...spec.dims] : spec.dims;
-  const fail = (why: string) => {
+  const values = (contents?.[d.contentsField] ?? []) as unknown[];
+  if (values.length !== count) {
+    const elsewhere = contents
+      ? (Object.keys(CONTENTS_FIELD_NAMES) as (keyof InferTensorContents)[]).find(
+          (f) => f !== d.contentsField && (contents[f]?.length ?? 0) > 0,
+        )
+      : undefined;
     throw invalidArgument(
-      `input '${spec.name}'`,
-      `shape [${shape.join(', ')}] ${why}, expected [${expected.join(', ')}]`,
+      `input '${name}'`,
+      `contents.${CONTENTS_FIELD_NAMES[d.contentsField]} has ${values.length} values, shape needs ${count}` +
+        (elsewhere
+          ? ` (values were sent in ${CONTENTS_FIELD_NAMES[elsewhere]}, which is not for ${datatype})`
+          : ''),
     );
-  };
-  if (shape.length !== expected.length) fail(`has ${shape.length} dimensions`);
-  shape.forEach((d, i) => {
-    if (!Number.isInteger(d) || d < 0) fail(`has an invalid dimension ${d}`);
-    if (expected[i] !== -1 && expected[i] !== d) fail(`has ${d} at dimension ${i}`);
-  });
-  if (maxBatchSize > 0 && shape[0]! > maxBatchSize)
-    fail(`has batch ${shape[0]} over maxBatchSize ${maxBatchSize}`);
-}
-
-/** Output data → typed contents for the response. */
-export function toContents(datatype: Datatype, data: ArrayLike<unknown>): Partial<InferTensorContents> {
-  const arr = Array.from(data as ArrayLike<number | bigint>);
+  }
   switch (datatype) {
     case 'BOOL':
-      return { boolContents: arr.map(Boolean) };
-    case 'INT8':
-    case 'INT16':
-    case 'INT32':
-      return { intContents: arr as number[] };
-    case 'UINT8':
-    case 'UINT16':
-    case 'UINT32':
-      return { uintContents: arr as number[] };
+      return Uint8Array.from(values as boolean[], (b) => (b ? 1 : 0));
     case 'INT64':
-      return { int64Contents: arr.map(Number) };
-    case 'UINT64':
-      return { uint64Contents: arr.map(Number) };
-    case 'FP32':
-      return { fp32Contents: arr as number[] };
-    case 'FP64':
-      return { fp64Contents: arr as number[] };
-    default:
-      return {};
+    case 'UINT64': {
+      const out = datatype === 'INT64' ? new BigInt64Array(count) : new BigUint64Array(count);
+      (values as number[]).forEach((v, i) => (out[i] = BigInt(v)));
+      return out;
+    }
+    case 'BYTES': {
+      const decoder = new TextDecoder();
+      return (values as Uint8Array[]).map((b) => decoder.decode(b));
+    }
+    default: {
+      // Typed arrays wrap out-of-range values silently; a client that sends 300 as INT8 made a mistake.
+      const out = (d.array as unknown as { from(v: ArrayLike<number>): TensorData }).from(values as number[]);
+      if (datatype !== 'FP32' && datatype !== 'FP64') {
+        const at = (values as number[]).findIndex((v, i) => v !== Number((out as ArrayLike<number>)[i]));
+        if (at >= 0)
+          throw invalidArgument(
+            `input '${name}'`,
+            `value ${String(values[at])} at ${at} is out of range for ${datatype}`,
+          );
+      }
+      return out;
+    }
   }
 }
 
-export function toRaw(
-  data: ArrayLike<unknown> & { buffer?: ArrayBufferLike; byteOffset?: number; byteLength?: number },
-): Buffer {
-  const view = data as unknown as ArrayBufferView;
+/** Tensor data → typed contents for a response; undefined for FP16, which has no typed field. */
+export function toContents(datatype: Datatype, data: TensorData): InferTensorContents | undefined {
+  const d = DATATYPES[datatype];
+  if (!d.contentsField) return undefined;
+  const contents: InferTensorContents = {
+    boolContents: [],
+    intContents: [],
+    int64Contents: [],
+    uintContents: [],
+    uint64Contents: [],
+    fp32Contents: [],
+    fp64Contents: [],
+    bytesContents: [],
+  };
+  switch (datatype) {
+    case 'BOOL':
+      contents.boolContents = Array.from(data as Uint8Array, Boolean);
+      break;
+    case 'INT64':
+    case 'UINT64':
+      // forceLong=number in the generated code: beyond 2^53 only raw contents are exact.
+      contents[d.contentsField] = Array.from(data as BigInt64Array, (v) => Number(v)) as never;
+      break;
+    case 'BYTES':
+      contents.bytesContents = (data as string[]).map((s) => Buffer.from(s, 'utf8'));
+      break;
+    default:
+      contents[d.contentsField] = Array.from(data as Float32Array) as never;
+  }
+  return contents;
+}
+
+/** Tensor data → raw little-endian bytes, without a copy for numeric data. */
+export function toRaw(datatype: Datatype, data: TensorData): Buffer {
+  if (datatype === 'BYTES') {
+    const parts = (data as string[]).flatMap((s) => {
+      const bytes = Buffer.from(s, 'utf8');
+      const length = Buffer.alloc(4);
+      length.writeUInt32LE(bytes.byteLength);
+      return [length, bytes];
+    });
+    return Buffer.concat(parts);
+  }
+  const view = data as Exclude<TensorData, string[]>;
   return Buffer.from(view.buffer, view.byteOffset, view.byteLength);
+}
+
+/** A tensor of a request or a result: flat row-major data and its full shape. */
+export interface NamedTensor {
+  name: string;
+  datatype: Datatype;
+  shape: number[];
+  data: TensorData;
 }

@@ -83,8 +83,10 @@ export const modelConfigSchema = z
     allowCpuFallback: z.boolean().default(false),
     sessionOptions: z
       .object({
+        /** 0: the runner's default (RUNNER_INTRA_OP_THREADS). */
         intraOpNumThreads: int().max(256).default(0),
-        interOpNumThreads: int().max(256).default(1),
+        /** 0: the runner's default (RUNNER_INTER_OP_THREADS). */
+        interOpNumThreads: int().max(256).default(0),
         graphOptimizationLevel: z.enum(['disabled', 'basic', 'extended', 'all']).default('all'),
         enableCpuMemArena: z.boolean().default(true),
       })
