@@ -4,17 +4,36 @@
  * the parts of onnx.proto a graph of standard operators needs are written.
  */
 
-export type ElemType = 'float32' | 'float16' | 'int64' | 'int32' | 'int8' | 'uint8' | 'bool' | 'float64';
+export type ElemType =
+  | 'float32'
+  | 'float16'
+  | 'int64'
+  | 'int32'
+  | 'int8'
+  | 'uint8'
+  | 'bool'
+  | 'float64'
+  | 'int16'
+  | 'uint16'
+  | 'uint32'
+  | 'uint64'
+  /** For graph inputs and outputs only: initializers of strings are not written. */
+  | 'string';
 
 const ELEM_TYPE_CODES: Record<ElemType, number> = {
   float32: 1,
   uint8: 2,
   int8: 3,
+  uint16: 4,
+  int16: 5,
   int32: 6,
   int64: 7,
+  string: 8,
   bool: 9,
   float16: 10,
   float64: 11,
+  uint32: 12,
+  uint64: 13,
 };
 
 export type TensorData =
