@@ -22,6 +22,7 @@ import {
   type GenerateResponse as RunnerResponse,
 } from '@maas/shared/gen/maas/runner/v1/generation';
 import { TokenizerServiceClient } from '@maas/shared/gen/maas/tokenizer/v1/tokenizer';
+import { main as cli } from '../src/cli/main';
 import {
   call,
   capturingLogger,
@@ -475,5 +476,68 @@ describe('metering', () => {
     expect(typeof line!.duration_ms).toBe('number');
     expect(JSON.stringify(lines)).not.toContain('metered text');
     expect(JSON.stringify(audit.lines())).not.toContain(KEYS.full);
+  });
+});
+
+describe('CLI', () => {
+  const run = async (args: string[], env: Record<string, string> = {}) => {
+    let out = '';
+    let err = '';
+    const code = await cli(['--address', stack.address, ...args], {
+      out: (t) => (out += t),
+      err: (t) => (err += t),
+      stdin: async () => 'from stdin\n',
+      env,
+      cwd: '/nonexistent',
+    });
+    return { code, out, err };
+  };
+
+  it('classifies, embeds, lists and generates with a key', async () => {
+    const classified = await run([
+      'classify',
+      '--key',
+      KEYS.full,
+      '--model',
+      'bert-classifier',
+      '--top-k',
+      '2',
+      'nice',
+    ]);
+    expect(classified).toMatchObject({ code: 0, err: '' });
+    expect(classified.out.split('\n')[0]).toBe('nice');
+    expect(classified.out).toMatch(/^ {2}(negative|neutral|positive)\t0\.\d{4}$/m);
+    const embedded = await run(['embed', '--model', 'sentence-encoder', '--json'], {
+      MAAS_API_KEY: KEYS.full,
+    });
+    expect(JSON.parse(embedded.out).dimensions).toBe(32);
+    const models = await run(['models', '--key', KEYS.classifierOnly]);
+    expect(models.out).toMatch(/^bert-classifier {2}classification {2}ready/);
+    const generated = await run([
+      'generate',
+      '--key',
+      KEYS.full,
+      '--model',
+      'tiny-gpt2',
+      '--max-new-tokens',
+      '4',
+      'Hi',
+    ]);
+    expect(generated.code).toBe(0);
+    expect(generated.err).toMatch(/\[(length|eos): \d+ prompt \+ \d generated tokens/);
+  });
+
+  it('exits non-zero with the status name and message, no stack', async () => {
+    const denied = await run(['classify', '--model', 'bert-classifier', 'x']);
+    expect(denied.code).toBe(1);
+    expect(denied.err).toBe(
+      'maas: UNAUTHENTICATED: missing API key: send "authorization: Bearer <key>" (pass --key or set MAAS_API_KEY)\n',
+    );
+    const bad = await run(['classify', '--key', KEYS.full, '--model', 'nope', 'x']);
+    expect(bad.err).toBe("maas: NOT_FOUND: model: model 'nope' not found\n");
+    const usage = await run(['classify', '--key', KEYS.full, 'x']);
+    expect(usage.code).toBe(2);
+    expect(usage.err).toMatch(/^maas: classify needs --model/);
+    expect((await run(['classify', '--bogus'])).code).toBe(2);
   });
 });
