@@ -1,5 +1,5 @@
 export * from './onnx-builder.js';
-export * from './fasttext/ftz.js';
+export * from './fasttext/ftz-reader.js';
 export * from './fasttext/tokenizer.js';
 export * from './fasttext/convert-lid.js';
 export * from './tokenizer-files.js';

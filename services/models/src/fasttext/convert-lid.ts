@@ -6,8 +6,8 @@
  */
 import { dirname, join } from 'node:path';
 import { GraphBuilder } from '../onnx-builder.js';
-import { type FastTextModelFile, readFastTextModel } from './ftz.js';
-import type { FastTextTokenizerFile } from './tokenizer.js';
+import { type FastTextModelFile, readFastTextModel } from './ftz-reader.js';
+import { FASTTEXT_EOS, type FastTextTokenizerFile } from './tokenizer.js';
 
 export function lid176Path(): string {
   return join(
@@ -125,8 +125,10 @@ export function convertLid176(path = lid176Path()): ConvertedLid {
     maxn: args.maxn,
     bucket: args.bucket,
     wordNgrams: args.wordNgrams,
+    nwords,
     words: model.entries.slice(0, nwords).map((e) => e.word),
     pruneIndex: model.pruned ? [...model.pruneIndex.entries()].sort((a, b) => a[0] - b[0]) : null,
+    eos: FASTTEXT_EOS,
   };
   return {
     onnx: g.toBytes({ doc: 'fastText lid.176 (CC BY-SA 3.0), converted by maas' }),

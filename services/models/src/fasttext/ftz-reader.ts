@@ -2,6 +2,8 @@
  * Reader for fastText's binary model format (.bin/.ftz), enough to convert a
  * supervised model: arguments, dictionary with prune index, the input matrix
  * (dense or product-quantised, de-quantised here) and the output matrix.
+ * Follows fastText's FastText::loadModel, Dictionary::load, QuantMatrix::load
+ * and ProductQuantizer::addcode (v0.9.2), field for field.
  */
 import { readFileSync } from 'node:fs';
 
@@ -30,14 +32,21 @@ export interface FastTextEntry {
 }
 
 export interface FastTextModelFile {
+  /** 11 or 12 (fastText's FASTTEXT_VERSION). */
   version: number;
   args: FastTextArgs;
   entries: FastTextEntry[];
   nwords: number;
   nlabels: number;
-  /** Hashed n-gram bucket → row offset (after nwords); empty map with pruned=false means no pruning. */
+  /**
+   * Hashed n-gram bucket → row offset after the words. Only meaningful when
+   * `pruned`: fastText stores pruneidx_size −1 for "not pruned" (every bucket
+   * is a row), and 0 for "pruned to nothing" (no n-gram survives).
+   */
   pruneIndex: Map<number, number>;
   pruned: boolean;
+  quantisedInput: boolean;
+  quantisedOutput: boolean;
   /** Row-major [rows, dim]. */
   input: { rows: number; cols: number; data: Float32Array };
   output: { rows: number; cols: number; data: Float32Array };
@@ -142,10 +151,13 @@ function readMatrix(r: BinaryReader, quantised: boolean): FastTextModelFile['inp
   return { rows, cols, data };
 }
 
-export function readFastTextModel(path: string): FastTextModelFile {
-  const r = new BinaryReader(readFileSync(path));
-  if (r.int32() !== FASTTEXT_MAGIC) throw new Error(`${path}: not a fastText model (bad magic)`);
+/** Reads a `.bin` or `.ftz` file (or its bytes). */
+export function readFastTextModel(source: string | Uint8Array): FastTextModelFile {
+  const name = typeof source === 'string' ? source : 'fastText model';
+  const r = new BinaryReader(typeof source === 'string' ? readFileSync(source) : source);
+  if (r.int32() !== FASTTEXT_MAGIC) throw new Error(`${name}: not a fastText model (bad magic)`);
   const version = r.int32();
+  if (version !== 11 && version !== 12) throw new Error(`${name}: unsupported fastText version ${version}`);
   const args: FastTextArgs = {
     dim: r.int32(),
     ws: r.int32(),
@@ -183,7 +195,13 @@ export function readFastTextModel(path: string): FastTextModelFile {
   const quantInput = r.uint8() !== 0;
   const input = readMatrix(r, quantInput);
   const quantOutput = r.uint8() !== 0;
+  // fastText reads the output as quantised only when the input is quantised too.
   const output = readMatrix(r, quantInput && quantOutput);
+  if (output.rows !== (args.model === 3 ? nlabels : nwords)) {
+    throw new Error(
+      `${name}: output matrix has ${output.rows} rows, expected one per label (supervised) or word`,
+    );
+  }
   return {
     version,
     args,
@@ -192,6 +210,8 @@ export function readFastTextModel(path: string): FastTextModelFile {
     nlabels,
     pruneIndex,
     pruned: pruneidxSize >= 0,
+    quantisedInput: quantInput,
+    quantisedOutput: quantInput && quantOutput,
     input,
     output,
   };
