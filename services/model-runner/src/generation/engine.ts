@@ -1,34 +1,31 @@
 /**
- * KV-cache generation with continuous batching for one decoder model version.
+ * KV-cache generation with continuous batching for one decoder model version
+ * (design notes: README.md beside this file).
  *
- * Every running sequence advances one token per decode step, all of them in
- * one session.run. The batch's past keys/values are one tensor per layer,
- * [batch, heads, past, headDim], each sequence right-aligned and left-padded
- * (attention_mask 0 on the padding). Because every sequence grows by exactly
- * one token per step, a step's `present` outputs are the next step's `past`
- * inputs as they are: caches are copied only when the batch's membership
- * changes (a sequence joins after its prefill, or leaves when it finishes or
- * is cancelled, which frees its cache at once).
- *
- * Admission reserves prompt + max_new_tokens against maxCachedTokens, so a
- * running sequence can never be starved of cache; the rest wait in a bounded
- * queue and beyond it are refused with RESOURCE_EXHAUSTED.
+ * One scheduler loop per engine. Between two decode steps it retires finished
+ * and cancelled sequences (their cache is dropped at once), admits waiting
+ * ones while the concurrency and cache budgets allow, prefills them
+ * (left-padded, several per run), and merges their caches into the running
+ * batch; then one session.run advances every running sequence by one token.
  */
 import { status } from '@grpc/grpc-js';
 import * as ort from 'onnxruntime-node';
 import { invalidArgument, resourceExhausted, StatusError, unavailable } from '@maas/shared';
 import type { Logger, ModelConfig } from '@maas/shared';
+import { emptyPast, isPacked, kvLength, packBatch, type KvPlace, type KvShape } from './kv-cache.js';
 import type { GenerationMetrics } from './metrics.js';
-import { SequenceRandom, sampleToken, type SamplingOptions } from './sampling.js';
+import { randomSeed, SequenceRandom, TokenSampler, type SamplingOptions } from './sampling.js';
 
 export type { SamplingOptions } from './sampling.js';
 
 export interface GenerationRequest {
   promptIds: number[];
+  /** Already resolved (0 → the config's default) by the caller. */
   maxNewTokens: number;
   sampling: SamplingOptions;
   stopTokenIds: number[];
   ignoreEos: boolean;
+  /** Aborted when the client cancels or the deadline passes. */
   signal: AbortSignal;
   requestId?: string;
 }
@@ -54,156 +51,193 @@ export interface GenerationEngineOptions {
   logger: Logger;
 }
 
+export interface GenerationStats {
+  /** Sequences holding a slot: in the running batch or being prefilled to join it. */
+  running: number;
+  waiting: number;
+  /** Tokens whose keys/values are held for those sequences (padding not counted). */
+  cachedTokens: number;
+}
+
+/** Prompt tokens (padding included) per prefill run: bounds how long one prefill stalls the running batch. */
+const PREFILL_TOKENS_PER_RUN = 2048;
+/** Prefill returns logits for every prompt position: keep that tensor under 128 MB. */
+const PREFILL_LOGITS_PER_RUN = 2 ** 25;
+
+type SequenceState = 'waiting' | 'prefilling' | 'running' | 'done';
+
 interface Sequence {
   request: GenerationRequest;
   onTokens(ids: number[]): void;
   resolve(result: GenerationResult): void;
   reject(error: Error): void;
+  onAbort(): void;
+  state: SequenceState;
   random: SequenceRandom;
+  /** Prompt and generated ids, for the repetition penalty. */
   seen: Set<number>;
+  /** Cached tokens reserved against maxCachedTokens from admission to the end: prompt + maxNewTokens. */
+  reserved: number;
   /** Tokens whose keys/values are in the cache. */
   cached: number;
-  /** The last sampled token, to be fed at the next step. */
+  kv?: KvPlace;
+  /** The last sampled token: the next step's input. */
   next: number;
   generated: number;
-  reserved: number;
-  /** Holds a reservation of `reserved` cached tokens. */
-  admitted: boolean;
-  arrivedAt: number;
-  admittedAt: number;
-  firstTokenAt: number;
-  lastTokenAt: number;
   finish?: FinishReason;
-  /** Own cache between prefill and joining the batch: per layer [key, value], [1, heads, cached, headDim]. */
-  prefillCache?: ort.Tensor[];
+  arrivedAt: number;
+  admittedAt?: number;
+  firstTokenAt?: number;
+  lastTokenAt?: number;
 }
 
 export class GenerationEngine {
   private readonly waiting: Sequence[] = [];
+  /** The running batch, member i in row i of the batch cache. */
   private running: Sequence[] = [];
-  /** The batch cache, per layer key then value; undefined when no sequence runs. */
-  private past: ort.Tensor[] | undefined;
-  private pastLength = 0;
-  /** The sequence in each row of `past`, in row order (running may have dropped some since). */
-  private pastRows: Sequence[] = [];
+  /** Admitted and being prefilled: they hold a slot but are not in the batch yet. */
+  private joining: Sequence[] = [];
   private reservedTokens = 0;
   private loop: Promise<void> | undefined;
   private closed = false;
   private readonly g: NonNullable<ModelConfig['generation']>;
+  private readonly shape: KvShape;
+  private readonly sampler: TokenSampler;
   private readonly labels: { model: string; version: string };
-  private readonly names: {
-    pastKey: string[];
-    pastValue: string[];
-    presentKey: string[];
-    presentValue: string[];
-  };
+  private readonly pastNames: string[];
+  private readonly presentNames: string[];
+  private readonly prefillTokensPerRun: number;
 
   constructor(private readonly options: GenerationEngineOptions) {
     const g = options.config.generation;
     if (!g) throw new Error(`model ${options.modelName} has no generation section`);
     this.g = g;
+    this.shape = { numLayers: g.numLayers, numHeads: g.numHeads, headDim: g.headDim };
+    this.sampler = new TokenSampler(g.vocabSize);
     this.labels = { model: options.modelName, version: options.modelVersion };
-    const layers = Array.from({ length: g.numLayers }, (_, i) => String(i));
-    const fill = (pattern: string) => layers.map((l) => pattern.replace('{layer}', l));
-    this.names = {
-      pastKey: fill(g.pastKeyInput),
-      pastValue: fill(g.pastValueInput),
-      presentKey: fill(g.presentKeyOutput),
-      presentValue: fill(g.presentValueOutput),
-    };
+    // Per layer key then value, the order of the KvPlace tensors.
+    const names = (key: string, value: string) =>
+      Array.from({ length: g.numLayers }, (_, l) =>
+        [key, value].map((p) => p.replace('{layer}', String(l))),
+      ).flat();
+    this.pastNames = names(g.pastKeyInput, g.pastValueInput);
+    this.presentNames = names(g.presentKeyOutput, g.presentValueOutput);
+    this.prefillTokensPerRun = Math.max(
+      1,
+      Math.min(PREFILL_TOKENS_PER_RUN, Math.floor(PREFILL_LOGITS_PER_RUN / g.vocabSize)),
+    );
     const inputs = new Set(options.session.inputNames);
-    for (const name of [
-      'input_ids',
-      'attention_mask',
-      'position_ids',
-      ...this.names.pastKey,
-      ...this.names.pastValue,
-    ]) {
-      if (!inputs.has(name))
-        throw new Error(
-          `model ${options.modelName}: graph has no input '${name}' (KV-cache decoder expected)`,
-        );
-    }
+    const missingIn = ['input_ids', 'attention_mask', 'position_ids', ...this.pastNames].filter(
+      (n) => !inputs.has(n),
+    );
     const outputs = new Set(options.session.outputNames);
-    for (const name of ['logits', ...this.names.presentKey, ...this.names.presentValue]) {
-      if (!outputs.has(name)) throw new Error(`model ${options.modelName}: graph has no output '${name}'`);
+    const missingOut = ['logits', ...this.presentNames].filter((n) => !outputs.has(n));
+    if (missingIn.length > 0 || missingOut.length > 0) {
+      throw new Error(
+        `model ${options.modelName}: not a KV-cache decoder in the optimum signature; ` +
+          `missing ${[...missingIn.map((n) => `input '${n}'`), ...missingOut.map((n) => `output '${n}'`)].join(', ')}`,
+      );
     }
   }
 
-  stats(): { running: number; waiting: number; cachedTokens: number } {
-    return {
-      running: this.running.length,
-      waiting: this.waiting.length,
-      cachedTokens: this.running.reduce((n, s) => n + s.cached, 0),
-    };
+  stats(): GenerationStats {
+    let cachedTokens = 0;
+    for (const seq of this.running) cachedTokens += seq.cached;
+    for (const seq of this.joining) cachedTokens += seq.cached;
+    return { running: this.running.length + this.joining.length, waiting: this.waiting.length, cachedTokens };
   }
 
+  /**
+   * Resolves when the sequence ends; onTokens gets the tokens as they come.
+   * Rejects at once with INVALID_ARGUMENT when prompt + maxNewTokens cannot
+   * fit the context or the cache budget, RESOURCE_EXHAUSTED when the waiting
+   * queue is full, UNAVAILABLE once closing; later with INTERNAL when
+   * onnxruntime fails on this sequence's run.
+   */
   generate(request: GenerationRequest, onTokens: (ids: number[]) => void): Promise<GenerationResult> {
-    if (this.closed) return Promise.reject(unavailable(`model ${this.labels.model} is unloading`));
-    const { promptIds, maxNewTokens } = request;
-    if (promptIds.length === 0) return Promise.reject(invalidArgument('prompt_ids', 'must not be empty'));
-    if (promptIds.length + maxNewTokens > this.g.maxContextLength) {
-      return Promise.reject(
-        invalidArgument(
-          'max_new_tokens',
-          `prompt (${promptIds.length}) + max_new_tokens (${maxNewTokens}) exceeds the context length ${this.g.maxContextLength}`,
-        ),
-      );
-    }
-    if (promptIds.length + maxNewTokens > this.g.maxCachedTokens) {
-      return Promise.reject(
-        invalidArgument('max_new_tokens', `needs more than maxCachedTokens ${this.g.maxCachedTokens}`),
-      );
-    }
-    if (this.waiting.length >= this.g.maxQueuedSequences) {
-      this.options.metrics.rejected.inc(this.labels);
-      return Promise.reject(
-        resourceExhausted(
-          `model ${this.labels.model}: ${this.waiting.length} sequences already waiting`,
-          100,
-        ),
-      );
-    }
+    const refusal = this.refusal(request);
+    if (refusal) return Promise.reject(refusal);
     return new Promise((resolve, reject) => {
-      const now = performance.now();
       const seq: Sequence = {
         request,
         onTokens,
         resolve,
         reject,
-        random: new SequenceRandom(request.sampling.seed ?? Math.floor(Math.random() * 2 ** 32)),
-        seen: new Set(promptIds),
+        onAbort: () => this.abort(seq),
+        state: 'waiting',
+        random: new SequenceRandom(request.sampling.seed ?? randomSeed()),
+        seen: new Set(request.promptIds),
+        reserved: request.promptIds.length + request.maxNewTokens,
         cached: 0,
         next: -1,
         generated: 0,
-        reserved: promptIds.length + maxNewTokens,
-        admitted: false,
-        arrivedAt: now,
-        admittedAt: now,
-        firstTokenAt: 0,
-        lastTokenAt: 0,
+        arrivedAt: performance.now(),
       };
       this.waiting.push(seq);
-      this.options.metrics.promptTokens.inc(this.labels, promptIds.length);
-      request.signal.addEventListener('abort', () => this.wake(), { once: true });
+      request.signal.addEventListener('abort', seq.onAbort, { once: true });
+      this.options.metrics.promptTokens.inc(this.labels, request.promptIds.length);
       this.updateGauges();
       this.wake();
     });
   }
 
-  /** Stops taking work: waiting sequences are refused; running ones finish, or are cancelled when forced. */
+  /** Stops taking work: waiting sequences are refused (UNAVAILABLE); running ones finish, or are cancelled when forced. */
   async close(options: { force?: boolean } = {}): Promise<void> {
     this.closed = true;
-    for (const seq of this.waiting.splice(0))
-      seq.reject(unavailable(`model ${this.labels.model} is unloading`));
-    if (options.force) for (const seq of this.running) seq.finish ??= 'cancelled';
+    for (const seq of this.waiting.splice(0)) {
+      this.release(seq);
+      seq.reject(unavailable(`model ${this.labels.model} version ${this.labels.version} is unloading`));
+    }
+    if (options.force) for (const seq of [...this.running, ...this.joining]) seq.finish ??= 'cancelled';
+    this.updateGauges();
     await this.loop;
+  }
+
+  private refusal(request: GenerationRequest): StatusError | undefined {
+    const { model, version } = this.labels;
+    if (this.closed) return unavailable(`model ${model} version ${version} is unloading`);
+    const { promptIds, maxNewTokens } = request;
+    if (promptIds.length === 0) return invalidArgument('prompt_ids', 'must not be empty');
+    if (!(Number.isInteger(maxNewTokens) && maxNewTokens >= 1))
+      return invalidArgument('max_new_tokens', `must be a positive integer, got ${maxNewTokens}`);
+    const needed = promptIds.length + maxNewTokens;
+    if (needed > this.g.maxContextLength) {
+      return invalidArgument(
+        'max_new_tokens',
+        `prompt (${promptIds.length}) + max_new_tokens (${maxNewTokens}) exceeds the context length ${this.g.maxContextLength}`,
+      );
+    }
+    if (needed > this.g.maxCachedTokens) {
+      return invalidArgument(
+        'max_new_tokens',
+        `prompt (${promptIds.length}) + max_new_tokens (${maxNewTokens}) exceeds the KV-cache budget ${this.g.maxCachedTokens} of model ${model}`,
+      );
+    }
+    if (this.waiting.length >= this.g.maxQueuedSequences) {
+      this.options.metrics.rejected.inc(this.labels);
+      return resourceExhausted(
+        `model ${model}: ${this.waiting.length} sequences already wait for a slot (limit ${this.g.maxQueuedSequences})`,
+        100,
+      );
+    }
+    return undefined;
+  }
+
+  /** A waiting sequence leaves the queue at once; a running one at the next step boundary. */
+  private abort(seq: Sequence): void {
+    if (seq.state === 'waiting') {
+      this.waiting.splice(this.waiting.indexOf(seq), 1);
+      this.end(seq, 'cancelled');
+      this.updateGauges();
+    } else {
+      seq.finish ??= 'cancelled';
+    }
   }
 
   private wake(): void {
     this.loop ??= this.schedule()
       .catch((error: unknown) =>
-        this.options.logger.error({ ...this.labels, err: error }, 'generation loop failed'),
+        this.options.logger.error({ ...this.labels, err: error }, 'generation scheduler failed'),
       )
       .finally(() => {
         this.loop = undefined;
@@ -214,120 +248,20 @@ export class GenerationEngine {
   private async schedule(): Promise<void> {
     while (this.waiting.length > 0 || this.running.length > 0) {
       const left = this.retire();
-      const joined = await this.admit();
-      if (joined.length > 0 || left) this.repack(joined);
+      const { admitted, joined } = await this.admit();
+      if (left || joined.length > 0) this.repack(joined);
       this.updateGauges();
-      if (this.running.length === 0) {
-        if (this.waiting.length > 0 && joined.length === 0) {
-          // Waiting sequences that cannot be admitted with nothing running would wait forever.
-          const seq = this.waiting.shift()!;
-          seq.reject(resourceExhausted('sequence does not fit the cache budget'));
-        }
-        continue;
-      }
-      await this.step();
-    }
-  }
-
-  /** Prefills waiting sequences while there is room; returns those that join the batch. */
-  private async admit(): Promise<Sequence[]> {
-    const joined: Sequence[] = [];
-    while (this.waiting.length > 0) {
-      const seq = this.waiting[0]!;
-      if (seq.request.signal.aborted) {
-        this.waiting.shift();
-        this.end(seq, 'cancelled');
-        continue;
-      }
-      const active = this.running.length + joined.length;
-      if (
-        active >= this.g.maxConcurrentSequences ||
-        this.reservedTokens + seq.reserved > this.g.maxCachedTokens
-      )
-        break;
-      this.waiting.shift();
-      this.reservedTokens += seq.reserved;
-      seq.admitted = true;
-      seq.admittedAt = performance.now();
-      this.options.metrics.queueSeconds.observe(this.labels, (seq.admittedAt - seq.arrivedAt) / 1000);
-      try {
-        await this.prefill(seq);
-      } catch (error) {
+      if (this.running.length > 0) await this.step();
+      else if (admitted === 0 && this.waiting.length > 0) {
+        // Cannot happen while generate() refuses what the budget can never hold; never spin on it.
+        const seq = this.waiting.shift()!;
         this.release(seq);
-        this.options.logger.error({ ...this.labels, err: error }, 'prefill failed');
-        seq.reject(new StatusError(status.INTERNAL, `generation failed: ${(error as Error).message}`));
-        continue;
+        seq.reject(resourceExhausted(`model ${this.labels.model}: sequence does not fit the cache budget`));
       }
-      if (seq.finish) this.end(seq, seq.finish);
-      else joined.push(seq);
     }
-    return joined;
   }
 
-  private async prefill(seq: Sequence): Promise<void> {
-    const ids = seq.request.promptIds;
-    const n = ids.length;
-    const { numLayers, numHeads, headDim } = this.g;
-    const feeds: Record<string, ort.Tensor> = {
-      input_ids: new ort.Tensor('int64', BigInt64Array.from(ids, BigInt), [1, n]),
-      attention_mask: new ort.Tensor('int64', new BigInt64Array(n).fill(1n), [1, n]),
-      position_ids: new ort.Tensor(
-        'int64',
-        BigInt64Array.from(ids, (_, i) => BigInt(i)),
-        [1, n],
-      ),
-    };
-    for (let l = 0; l < numLayers; l++) {
-      feeds[this.names.pastKey[l]!] = new ort.Tensor('float32', new Float32Array(0), [
-        1,
-        numHeads,
-        0,
-        headDim,
-      ]);
-      feeds[this.names.pastValue[l]!] = new ort.Tensor('float32', new Float32Array(0), [
-        1,
-        numHeads,
-        0,
-        headDim,
-      ]);
-    }
-    const out = await this.options.session.run(feeds);
-    seq.prefillCache = [];
-    for (let l = 0; l < numLayers; l++)
-      seq.prefillCache.push(out[this.names.presentKey[l]!]!, out[this.names.presentValue[l]!]!);
-    seq.cached = n;
-    const vocab = this.g.vocabSize;
-    const logits = out.logits!.data as Float32Array;
-    this.accept(seq, logits.slice((n - 1) * vocab, n * vocab));
-  }
-
-  /** Samples, emits and checks the finish conditions for one sequence. */
-  private accept(seq: Sequence, logits: Float32Array): void {
-    const token = sampleToken(logits, seq.request.sampling, seq.seen, seq.random);
-    const now = performance.now();
-    if (seq.generated === 0) {
-      seq.firstTokenAt = now;
-      this.options.metrics.timeToFirstToken.observe(this.labels, (now - seq.arrivedAt) / 1000);
-    } else {
-      this.options.metrics.interTokenLatency.observe(this.labels, (now - seq.lastTokenAt) / 1000);
-    }
-    seq.lastTokenAt = now;
-    const eos = !seq.request.ignoreEos && token === this.g.eosTokenId;
-    if (eos) {
-      seq.finish = 'eos';
-      return;
-    }
-    seq.generated++;
-    seq.seen.add(token);
-    seq.next = token;
-    this.options.metrics.generatedTokens.inc(this.labels);
-    seq.onTokens([token]);
-    if (seq.request.stopTokenIds.includes(token)) seq.finish = 'stop';
-    else if (seq.generated >= seq.request.maxNewTokens || seq.cached + 1 >= this.g.maxContextLength)
-      seq.finish = 'length';
-  }
-
-  /** Removes finished and cancelled sequences from the batch; true if any left. */
+  /** Ends the running sequences that finished or were cancelled; true if any left the batch. */
   private retire(): boolean {
     const before = this.running.length;
     this.running = this.running.filter((seq) => {
@@ -339,126 +273,246 @@ export class GenerationEngine {
     return this.running.length !== before;
   }
 
-  private end(seq: Sequence, reason: FinishReason): void {
-    this.release(seq);
-    const now = performance.now();
-    const decodeSeconds = (seq.lastTokenAt - seq.firstTokenAt) / 1000;
-    this.options.metrics.finished.inc({ ...this.labels, reason });
-    seq.resolve({
-      finishReason: reason,
-      promptTokens: seq.request.promptIds.length,
-      generatedTokens: seq.generated,
-      queueMs: seq.admittedAt - seq.arrivedAt,
-      timeToFirstTokenMs: seq.firstTokenAt ? seq.firstTokenAt - seq.arrivedAt : 0,
-      totalMs: now - seq.arrivedAt,
-      decodeTokensPerSecond: decodeSeconds > 0 ? (seq.generated - 1) / decodeSeconds : 0,
+  /**
+   * Admits waiting sequences in arrival order while the limits allow (no
+   * overtaking: a long request at the head is not starved by short ones),
+   * prefills them, and returns how many were admitted and those that go on
+   * to join the batch.
+   */
+  private async admit(): Promise<{ admitted: number; joined: Sequence[] }> {
+    while (this.waiting.length > 0) {
+      const seq = this.waiting[0]!;
+      if (this.running.length + this.joining.length >= this.g.maxConcurrentSequences) break;
+      if (this.reservedTokens + seq.reserved > this.g.maxCachedTokens) break;
+      this.waiting.shift();
+      this.reservedTokens += seq.reserved;
+      seq.state = 'prefilling';
+      seq.admittedAt = performance.now();
+      this.options.metrics.queueSeconds.observe(this.labels, (seq.admittedAt - seq.arrivedAt) / 1000);
+      this.joining.push(seq);
+    }
+    if (this.joining.length === 0) return { admitted: 0, joined: [] };
+    this.updateGauges();
+    // Similar lengths together waste less on padding.
+    const admitted = [...this.joining].sort(
+      (a, b) => a.request.promptIds.length - b.request.promptIds.length,
+    );
+    for (let start = 0; start < admitted.length;) {
+      let end = start + 1;
+      while (
+        end < admitted.length &&
+        (end - start + 1) * admitted[end]!.request.promptIds.length <= this.prefillTokensPerRun
+      )
+        end++;
+      await this.prefillIsolated(admitted.slice(start, end));
+      start = end;
+    }
+    // In prefill order: a single group joining an empty batch is then already packed.
+    const joined: Sequence[] = [];
+    for (const seq of admitted) {
+      if (seq.state !== 'prefilling') continue; // failed
+      if (seq.request.signal.aborted) seq.finish ??= 'cancelled';
+      if (seq.finish) this.end(seq, seq.finish);
+      else joined.push(seq);
+    }
+    this.joining = [];
+    return { admitted: admitted.length, joined };
+  }
+
+  /** Prefills a group; when the group's run fails, each member alone, so one bad prompt fails only itself. */
+  private async prefillIsolated(group: Sequence[]): Promise<void> {
+    try {
+      await this.prefill(group);
+    } catch (error) {
+      if (group.length === 1) this.fail(group, error, 'prefill');
+      else for (const seq of group) await this.prefillIsolated([seq]);
+    }
+  }
+
+  /**
+   * One run over the group's prompts, left-padded to the longest (mask 0 and
+   * position 0 on the padding, positions counted from each prompt's first
+   * token), so each row's present is already right-aligned for the batch.
+   */
+  private async prefill(group: Sequence[]): Promise<void> {
+    const rows = group.length;
+    const length = Math.max(...group.map((s) => s.request.promptIds.length));
+    const ids = new BigInt64Array(rows * length).fill(BigInt(this.g.eosTokenId ?? 0));
+    const mask = new BigInt64Array(rows * length);
+    const positions = new BigInt64Array(rows * length);
+    group.forEach((seq, b) => {
+      const prompt = seq.request.promptIds;
+      const pad = length - prompt.length;
+      for (let i = 0; i < prompt.length; i++) {
+        ids[b * length + pad + i] = BigInt(prompt[i]!);
+        mask[b * length + pad + i] = 1n;
+        positions[b * length + pad + i] = BigInt(i);
+      }
+    });
+    const feeds: Record<string, ort.Tensor> = {
+      input_ids: new ort.Tensor('int64', ids, [rows, length]),
+      attention_mask: new ort.Tensor('int64', mask, [rows, length]),
+      position_ids: new ort.Tensor('int64', positions, [rows, length]),
+    };
+    emptyPast(this.shape, rows).forEach((t, i) => (feeds[this.pastNames[i]!] = t));
+    const started = performance.now();
+    const out = await this.options.session.run(feeds);
+    this.options.metrics.prefillSeconds.observe(this.labels, (performance.now() - started) / 1000);
+    const tensors = this.presentNames.map((n) => out[n]!);
+    const vocab = this.g.vocabSize;
+    const logits = out.logits!.data as Float32Array;
+    group.forEach((seq, b) => {
+      seq.cached = seq.request.promptIds.length;
+      seq.kv = { tensors, row: b };
+      const last = (b * length + length - 1) * vocab;
+      this.accept(seq, logits.subarray(last, last + vocab));
     });
   }
 
-  private release(seq: Sequence): void {
-    if (seq.admitted) this.reservedTokens -= seq.reserved;
-    seq.admitted = false;
-    seq.prefillCache = undefined;
-  }
-
-  /** Rebuilds the batch cache for the current members plus the newly prefilled ones. */
+  /** Rebuilds the batch cache from the members left and the sequences joining. */
   private repack(joined: Sequence[]): void {
+    for (const seq of joined) seq.state = 'running';
     const members = [...this.running, ...joined];
-    const { numLayers, numHeads, headDim } = this.g;
-    const length = members.reduce((m, s) => Math.max(m, s.cached), 0);
-    const old = this.past;
-    const oldLength = this.pastLength;
-    const oldRows = new Map(this.pastRows.map((s, i) => [s, i]));
-    const past: ort.Tensor[] = [];
-    for (let t = 0; t < 2 * numLayers; t++) {
-      const data = new Float32Array(members.length * numHeads * length * headDim);
-      members.forEach((seq, b) => {
-        const row = oldRows.get(seq);
-        const src =
-          row !== undefined ? (old![t]!.data as Float32Array) : (seq.prefillCache![t]!.data as Float32Array);
-        const srcLength = row !== undefined ? oldLength : seq.cached;
-        const srcRow = row ?? 0;
-        const span = seq.cached * headDim;
-        for (let h = 0; h < numHeads; h++) {
-          const from = ((srcRow * numHeads + h) * srcLength + (srcLength - seq.cached)) * headDim;
-          const to = ((b * numHeads + h) * length + (length - seq.cached)) * headDim;
-          data.set(src.subarray(from, from + span), to);
-        }
-      });
-      past.push(new ort.Tensor('float32', data, [members.length, numHeads, length, headDim]));
-    }
-    for (const seq of joined) seq.prefillCache = undefined;
     this.running = members;
-    this.pastRows = members;
-    this.past = members.length > 0 ? past : undefined;
-    this.pastLength = length;
+    if (members.length === 0 || isPacked(members)) return;
+    const started = performance.now();
+    packBatch(this.shape, members);
+    this.options.metrics.repackSeconds.observe(this.labels, (performance.now() - started) / 1000);
   }
 
-  /** One decode step for every running sequence. */
+  /** One decode step: every running sequence feeds its last token and gets the next. */
   private async step(): Promise<void> {
     const members = this.running;
-    const batch = members.length;
-    const { numLayers } = this.g;
-    const length = this.pastLength;
-    const mask = new BigInt64Array(batch * (length + 1));
-    members.forEach((seq, b) =>
-      mask.fill(1n, b * (length + 1) + (length - seq.cached), (b + 1) * (length + 1)),
-    );
+    const rows = members.length;
+    const past = members[0]!.kv!.tensors;
+    const length = kvLength(past);
+    const total = length + 1;
+    const mask = new BigInt64Array(rows * total);
+    members.forEach((seq, b) => mask.fill(1n, b * total + (length - seq.cached), (b + 1) * total));
     const feeds: Record<string, ort.Tensor> = {
       input_ids: new ort.Tensor(
         'int64',
         BigInt64Array.from(members, (s) => BigInt(s.next)),
-        [batch, 1],
+        [rows, 1],
       ),
-      attention_mask: new ort.Tensor('int64', mask, [batch, length + 1]),
+      attention_mask: new ort.Tensor('int64', mask, [rows, total]),
       position_ids: new ort.Tensor(
         'int64',
         BigInt64Array.from(members, (s) => BigInt(s.cached)),
-        [batch, 1],
+        [rows, 1],
       ),
     };
-    for (let l = 0; l < numLayers; l++) {
-      feeds[this.names.pastKey[l]!] = this.past![2 * l]!;
-      feeds[this.names.pastValue[l]!] = this.past![2 * l + 1]!;
-    }
+    past.forEach((t, i) => (feeds[this.pastNames[i]!] = t));
     const started = performance.now();
     let out: ort.InferenceSession.OnnxValueMapType;
     try {
       out = await this.options.session.run(feeds);
     } catch (error) {
-      this.options.logger.error({ ...this.labels, err: error }, 'decode step failed');
-      for (const seq of members) {
-        this.release(seq);
-        seq.reject(new StatusError(status.INTERNAL, `generation failed: ${(error as Error).message}`));
-      }
       this.running = [];
-      this.pastRows = [];
-      this.past = undefined;
-      this.pastLength = 0;
+      this.fail(members, error, 'decode step');
       return;
     }
     this.options.metrics.stepSeconds.observe(this.labels, (performance.now() - started) / 1000);
-    this.options.metrics.stepBatchSize.observe(this.labels, batch);
-    this.past = [];
-    for (let l = 0; l < numLayers; l++)
-      this.past.push(out[this.names.presentKey[l]!]!, out[this.names.presentValue[l]!]!);
-    this.pastLength = length + 1;
+    this.options.metrics.stepBatchSize.observe(this.labels, rows);
+    const tensors = this.presentNames.map((n) => out[n]!);
     const vocab = this.g.vocabSize;
     const logits = out.logits!.data as Float32Array;
     members.forEach((seq, b) => {
       seq.cached++;
-      if (seq.request.signal.aborted) {
-        seq.finish = 'cancelled';
-        return;
-      }
-      this.accept(seq, logits.slice(b * vocab, (b + 1) * vocab));
+      seq.kv = { tensors, row: b };
+      this.accept(seq, logits.subarray(b * vocab, (b + 1) * vocab));
     });
+  }
+
+  /** Samples, emits, and sets `finish` when the sequence is done. */
+  private accept(seq: Sequence, logits: Float32Array): void {
+    if (seq.finish) return;
+    if (seq.request.signal.aborted) {
+      seq.finish ??= 'cancelled';
+      return;
+    }
+    const { request } = seq;
+    const token = this.sampler.sample(logits, request.sampling, seq.seen, seq.random);
+    const now = performance.now();
+    if (seq.firstTokenAt === undefined) {
+      seq.firstTokenAt = now;
+      this.options.metrics.timeToFirstToken.observe(this.labels, (now - seq.arrivedAt) / 1000);
+    } else {
+      this.options.metrics.interTokenLatency.observe(this.labels, (now - seq.lastTokenAt!) / 1000);
+    }
+    seq.lastTokenAt = now;
+    // The end-of-sequence token ends the text; it is not part of it.
+    if (token === this.g.eosTokenId && !request.ignoreEos) {
+      seq.finish = 'eos';
+      return;
+    }
+    seq.generated++;
+    seq.seen.add(token);
+    seq.next = token;
+    this.options.metrics.generatedTokens.inc(this.labels);
+    try {
+      seq.onTokens([token]);
+    } catch (error) {
+      this.options.logger.warn(
+        { ...this.labels, requestId: request.requestId, err: error },
+        'token consumer failed; cancelling the sequence',
+      );
+      seq.finish = 'cancelled';
+      return;
+    }
+    if (request.stopTokenIds.includes(token)) seq.finish = 'stop';
+    else if (seq.generated >= request.maxNewTokens) seq.finish = 'length';
+  }
+
+  private end(seq: Sequence, reason: FinishReason): void {
+    this.release(seq);
+    const now = performance.now();
+    const decodeSeconds = seq.firstTokenAt !== undefined ? (seq.lastTokenAt! - seq.firstTokenAt) / 1000 : 0;
+    this.options.metrics.finished.inc({ ...this.labels, reason });
+    const result: GenerationResult = {
+      finishReason: reason,
+      promptTokens: seq.request.promptIds.length,
+      generatedTokens: seq.generated,
+      queueMs: (seq.admittedAt ?? now) - seq.arrivedAt,
+      timeToFirstTokenMs: seq.firstTokenAt !== undefined ? seq.firstTokenAt - seq.arrivedAt : 0,
+      totalMs: now - seq.arrivedAt,
+      decodeTokensPerSecond: decodeSeconds > 0 ? (seq.generated - 1) / decodeSeconds : 0,
+    };
+    this.options.logger.debug(
+      { ...this.labels, requestId: seq.request.requestId, ...result },
+      'sequence finished',
+    );
+    seq.resolve(result);
+  }
+
+  private fail(seqs: Sequence[], error: unknown, during: string): void {
+    const message = error instanceof Error ? error.message : String(error);
+    this.options.logger.error(
+      { ...this.labels, err: error, requestIds: seqs.map((s) => s.request.requestId) },
+      `generation ${during} failed`,
+    );
+    for (const seq of seqs) {
+      this.release(seq);
+      this.options.metrics.failed.inc(this.labels);
+      seq.reject(new StatusError(status.INTERNAL, `generation ${during} failed: ${message}`));
+    }
+  }
+
+  /** Frees the sequence's cache and reservation; it no longer counts anywhere. */
+  private release(seq: Sequence): void {
+    if (seq.state === 'prefilling' || seq.state === 'running') this.reservedTokens -= seq.reserved;
+    seq.state = 'done';
+    seq.kv = undefined;
+    seq.cached = 0;
+    seq.request.signal.removeEventListener('abort', seq.onAbort);
   }
 
   private updateGauges(): void {
     const s = this.stats();
-    this.options.metrics.running.set(this.labels, s.running);
-    this.options.metrics.waiting.set(this.labels, s.waiting);
-    this.options.metrics.cachedTokens.set(this.labels, s.cachedTokens);
+    const m = this.options.metrics;
+    m.running.set(this.labels, s.running);
+    m.waiting.set(this.labels, s.waiting);
+    m.cachedTokens.set(this.labels, s.cachedTokens);
+    m.reservedTokens.set(this.labels, this.reservedTokens);
   }
 }

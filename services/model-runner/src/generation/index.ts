@@ -1,3 +1,3 @@
 export * from './engine.js';
 export * from './metrics.js';
-export * from './sampling.js';
+export { SequenceRandom, TokenSampler, argmax, isGreedy } from './sampling.js';

@@ -1,86 +1,67 @@
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
 import { LATENCY_BUCKETS_SECONDS } from '@maas/shared';
 
+/** Generation metrics, created once per process and labelled by model and version. */
 export function createGenerationMetrics(registry: Registry) {
   const labelNames = ['model', 'version'] as const;
+  const histogram = (name: string, help: string, buckets = LATENCY_BUCKETS_SECONDS) =>
+    new Histogram({
+      name: `maas_runner_generation_${name}`,
+      help,
+      labelNames,
+      buckets,
+      registers: [registry],
+    });
+  const counter = (name: string, help: string) =>
+    new Counter({ name: `maas_runner_generation_${name}`, help, labelNames, registers: [registry] });
+  const gauge = (name: string, help: string) =>
+    new Gauge({ name: `maas_runner_generation_${name}`, help, labelNames, registers: [registry] });
   return {
-    timeToFirstToken: new Histogram({
-      name: 'maas_runner_generation_time_to_first_token_seconds',
-      help: 'From arrival to the first generated token (queue + prefill).',
-      labelNames,
-      buckets: LATENCY_BUCKETS_SECONDS,
-      registers: [registry],
-    }),
-    interTokenLatency: new Histogram({
-      name: 'maas_runner_generation_inter_token_latency_seconds',
-      help: 'Time between consecutive tokens of a sequence.',
-      labelNames,
-      buckets: LATENCY_BUCKETS_SECONDS,
-      registers: [registry],
-    }),
-    queueSeconds: new Histogram({
-      name: 'maas_runner_generation_queue_duration_seconds',
-      help: 'Time a sequence waits for a slot in the running batch.',
-      labelNames,
-      buckets: LATENCY_BUCKETS_SECONDS,
-      registers: [registry],
-    }),
-    generatedTokens: new Counter({
-      name: 'maas_runner_generation_generated_tokens_total',
-      help: 'Tokens generated.',
-      labelNames,
-      registers: [registry],
-    }),
-    promptTokens: new Counter({
-      name: 'maas_runner_generation_prompt_tokens_total',
-      help: 'Prompt tokens received.',
-      labelNames,
-      registers: [registry],
-    }),
+    timeToFirstToken: histogram(
+      'time_to_first_token_seconds',
+      'From arrival to the first generated token (queue + prefill).',
+    ),
+    interTokenLatency: histogram(
+      'inter_token_latency_seconds',
+      'Time between consecutive tokens of a sequence.',
+    ),
+    queueSeconds: histogram(
+      'queue_duration_seconds',
+      'Time a sequence waits for a slot in the running batch.',
+    ),
+    prefillSeconds: histogram(
+      'prefill_duration_seconds',
+      'Duration of one prefill run (one or more prompts).',
+    ),
+    stepSeconds: histogram('step_duration_seconds', 'Duration of one decode step (all running sequences).'),
+    repackSeconds: histogram(
+      'repack_duration_seconds',
+      'Time to rebuild the batch KV cache when sequences join or leave.',
+    ),
+    stepBatchSize: histogram('step_batch_size', 'Sequences per decode step.', [1, 2, 4, 8, 16, 32, 64]),
+    generatedTokens: counter('generated_tokens_total', 'Tokens generated.'),
+    promptTokens: counter('prompt_tokens_total', 'Prompt tokens received.'),
     finished: new Counter({
       name: 'maas_runner_generation_finished_total',
       help: 'Sequences finished, by reason (length, eos, stop, cancelled).',
       labelNames: [...labelNames, 'reason'],
       registers: [registry],
     }),
-    rejected: new Counter({
-      name: 'maas_runner_generation_rejected_total',
-      help: 'Sequences refused because the waiting queue was full.',
-      labelNames,
-      registers: [registry],
-    }),
-    running: new Gauge({
-      name: 'maas_runner_generation_running_sequences',
-      help: 'Sequences in the running batch.',
-      labelNames,
-      registers: [registry],
-    }),
-    waiting: new Gauge({
-      name: 'maas_runner_generation_waiting_sequences',
-      help: 'Sequences waiting for a slot.',
-      labelNames,
-      registers: [registry],
-    }),
-    cachedTokens: new Gauge({
-      name: 'maas_runner_generation_cached_tokens',
-      help: 'Tokens held in the KV cache of running sequences.',
-      labelNames,
-      registers: [registry],
-    }),
-    stepSeconds: new Histogram({
-      name: 'maas_runner_generation_step_duration_seconds',
-      help: 'Duration of one decode step (all running sequences).',
-      labelNames,
-      buckets: LATENCY_BUCKETS_SECONDS,
-      registers: [registry],
-    }),
-    stepBatchSize: new Histogram({
-      name: 'maas_runner_generation_step_batch_size',
-      help: 'Sequences per decode step.',
-      labelNames,
-      buckets: [1, 2, 4, 8, 16, 32, 64],
-      registers: [registry],
-    }),
+    rejected: counter('rejected_total', 'Sequences refused because the waiting queue was full.'),
+    failed: counter(
+      'failed_total',
+      'Sequences failed by an onnxruntime error in their prefill or decode step.',
+    ),
+    running: gauge('running_sequences', 'Sequences holding a slot (running batch and prefill).'),
+    waiting: gauge('waiting_sequences', 'Sequences waiting for a slot.'),
+    cachedTokens: gauge(
+      'cached_tokens',
+      'Tokens held in the KV cache of running sequences (padding not counted).',
+    ),
+    reservedTokens: gauge(
+      'reserved_tokens',
+      'Cache tokens reserved by admitted sequences (prompt + max_new_tokens each), against maxCachedTokens.',
+    ),
   };
 }
 export type GenerationMetrics = ReturnType<typeof createGenerationMetrics>;

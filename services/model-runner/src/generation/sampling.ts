@@ -1,82 +1,93 @@
 /**
- * Next-token choice: repetition penalty, then greedy or temperature with
- * top-k and top-p. Each sequence has its own seeded generator, so the same
- * seed and prompt give the same tokens whatever else shares the batch.
+ * Next-token choice, in Hugging Face's order: repetition penalty, then greedy
+ * or temperature → top-k → top-p, then a draw from the sequence's own seeded
+ * generator, so the same seed and prompt give the same tokens whatever else
+ * shares the batch.
+ *
+ * This runs on the event loop once per sequence per decode step over 4k–50k
+ * logits, so every path is O(vocab) on reusable typed arrays: top-k is a heap
+ * of k, top-p sorts only the tokens of the few highest probability octaves
+ * that already hold top_p of the mass, and plain temperature sampling sorts
+ * nothing.
  */
 export interface SamplingOptions {
+  /** 0 or unset: greedy. */
   temperature?: number;
+  /** 0 or unset: no limit. */
   topK?: number;
+  /** Unset or 1: no limit. */
   topP?: number;
+  /** Unset or 1: none. */
   repetitionPenalty?: number;
-  seed?: number;
+  /** Up to 2^64 − 1 (only integers up to 2^53 are exact in a JS number). Unset: a random seed. */
+  seed?: number | bigint;
 }
 
-/** mulberry32: small, fast, and reproducible from a 32-bit seed. */
+const TWO_POW_32 = 4294967296;
+
+function splitmix32(state: number): [value: number, state: number] {
+  const next = (state + 0x9e3779b9) | 0;
+  let z = next;
+  z = Math.imul(z ^ (z >>> 16), 0x85ebca6b);
+  z = Math.imul(z ^ (z >>> 13), 0xc2b2ae35);
+  return [(z ^ (z >>> 16)) >>> 0, next];
+}
+
+/**
+ * xoshiro128**: 128 bits of state seeded through splitmix32 from both 32-bit
+ * halves of a 64-bit seed, so seeds that differ only above bit 32 still give
+ * different streams.
+ */
 export class SequenceRandom {
-  private state: number;
-  constructor(seed: number) {
-    this.state = seed >>> 0;
+  private a: number;
+  private b: number;
+  private c: number;
+  private d: number;
+
+  constructor(seed: number | bigint) {
+    const big = BigInt.asUintN(64, typeof seed === 'bigint' ? seed : BigInt(Math.trunc(seed)));
+    let state = Number(big & 0xffffffffn) | 0;
+    const high = Number(big >> 32n) | 0;
+    let a: number, b: number, c: number, d: number;
+    [a, state] = splitmix32(state);
+    [b, state] = splitmix32(state);
+    [c, state] = splitmix32(state ^ high);
+    [d] = splitmix32(state);
+    // The all-zero state is xoshiro's one fixed point.
+    if ((a | b | c | d) === 0) a = 1;
+    this.a = a;
+    this.b = b;
+    this.c = c;
+    this.d = d;
   }
+
+  /** Uniform in [0, 1). */
   next(): number {
-    this.state = (this.state + 0x6d2b79f5) >>> 0;
-    let t = this.state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+    const result = Math.imul(rotl(Math.imul(this.b, 5), 7), 9) >>> 0;
+    const t = this.b << 9;
+    this.c ^= this.a;
+    this.d ^= this.b;
+    this.b ^= this.c;
+    this.a ^= this.d;
+    this.c ^= t;
+    this.d = rotl(this.d, 11);
+    return result / TWO_POW_32;
   }
 }
 
-export function sampleToken(
-  logits: Float32Array,
-  options: SamplingOptions,
-  seen: Set<number>,
-  random: SequenceRandom,
-): number {
-  const penalty = options.repetitionPenalty ?? 1;
-  if (penalty !== 1) {
-    // CTRL-style: make seen tokens less likely whatever the sign of their logit.
-    for (const id of seen) {
-      const v = logits[id]!;
-      logits[id] = v > 0 ? v / penalty : v * penalty;
-    }
-  }
-  const temperature = options.temperature ?? 0;
-  if (temperature <= 0 || options.topK === 1) return argmax(logits);
-
-  const vocab = logits.length;
-  const topK = options.topK && options.topK > 0 ? Math.min(options.topK, vocab) : vocab;
-  // Candidates: indices sorted by logit, best first (only the top k are fully ordered).
-  const candidates = topIndices(logits, topK);
-  const max = logits[candidates[0]!]!;
-  const weights = new Float64Array(candidates.length);
-  let sum = 0;
-  for (let i = 0; i < candidates.length; i++) {
-    const w = Math.exp((logits[candidates[i]!]! - max) / temperature);
-    weights[i] = w;
-    sum += w;
-  }
-  let keep = candidates.length;
-  const topP = options.topP ?? 1;
-  if (topP < 1) {
-    let cumulative = 0;
-    for (let i = 0; i < candidates.length; i++) {
-      cumulative += weights[i]! / sum;
-      if (cumulative >= topP) {
-        keep = i + 1;
-        break;
-      }
-    }
-    sum = 0;
-    for (let i = 0; i < keep; i++) sum += weights[i]!;
-  }
-  let r = random.next() * sum;
-  for (let i = 0; i < keep; i++) {
-    r -= weights[i]!;
-    if (r <= 0) return candidates[i]!;
-  }
-  return candidates[keep - 1]!;
+function rotl(x: number, k: number): number {
+  return (x << k) | (x >>> (32 - k));
 }
 
+export function randomSeed(): number {
+  return Math.floor(Math.random() * 2 ** 53);
+}
+
+export function isGreedy(options: SamplingOptions): boolean {
+  return !(options.temperature !== undefined && options.temperature > 0) || options.topK === 1;
+}
+
+/** Index of the largest value; the lowest index wins ties. */
 export function argmax(values: Float32Array): number {
   let best = 0;
   let bestValue = values[0]!;
@@ -89,23 +100,159 @@ export function argmax(values: Float32Array): number {
   return best;
 }
 
-/** The k largest entries' indices in descending order: selection by threshold, then a sort of only those. */
-export function topIndices(values: Float32Array, k: number): number[] {
-  if (k >= values.length) {
-    return Array.from(values.keys()).sort((a, b) => values[b]! - values[a]! || a - b);
+/** Probability octaves tracked for top-p; weights below 2^-OCTAVES of the best share the last one. */
+const OCTAVES = 64;
+
+/**
+ * Chooses tokens from logits. Holds scratch buffers sized to the vocabulary, so
+ * one sampler serves every sequence of an engine (calls are synchronous).
+ */
+export class TokenSampler {
+  private readonly logits: Float32Array;
+  /** Candidate token ids; the first `count` are live. */
+  private readonly candidates: Int32Array;
+  private readonly weights: Float64Array;
+  private readonly octaveOf: Uint8Array;
+  private readonly octaveMass = new Float64Array(OCTAVES + 1);
+  private readonly nucleus: Int32Array;
+
+  constructor(readonly vocabSize: number) {
+    this.logits = new Float32Array(vocabSize);
+    this.candidates = new Int32Array(vocabSize);
+    this.weights = new Float64Array(vocabSize);
+    this.octaveOf = new Uint8Array(vocabSize);
+    this.nucleus = new Int32Array(vocabSize);
   }
-  // Keep a small sorted buffer of the best k (k is usually ≤ 100).
-  const best: number[] = [];
-  let threshold = -Infinity;
-  for (let i = 0; i < values.length; i++) {
-    const v = values[i]!;
-    if (best.length < k || v > threshold) {
-      let pos = best.length;
-      while (pos > 0 && values[best[pos - 1]!]! < v) pos--;
-      best.splice(pos, 0, i);
-      if (best.length > k) best.pop();
-      threshold = values[best[best.length - 1]!]!;
+
+  /**
+   * The next token for one sequence. `source` is that sequence's logits row
+   * (left untouched); `seen` the ids of its prompt and output so far.
+   */
+  sample(
+    source: Float32Array,
+    options: SamplingOptions,
+    seen: ReadonlySet<number>,
+    random: SequenceRandom,
+  ): number {
+    const logits = this.logits;
+    logits.set(source.subarray(0, this.vocabSize));
+    const penalty = options.repetitionPenalty ?? 1;
+    if (penalty !== 1) {
+      // CTRL-style: a seen token becomes less likely whatever the sign of its logit.
+      for (const id of seen) {
+        if (id < 0 || id >= this.vocabSize) continue;
+        const v = logits[id]!;
+        logits[id] = v > 0 ? v / penalty : v * penalty;
+      }
     }
+    if (isGreedy(options)) return argmax(logits);
+    const temperature = options.temperature!;
+    const topK = options.topK && options.topK > 0 ? Math.min(options.topK, this.vocabSize) : this.vocabSize;
+    const count = topK < this.vocabSize ? this.selectTopK(topK) : this.selectAll();
+
+    const { candidates, weights } = this;
+    let max = -Infinity;
+    for (let i = 0; i < count; i++) max = Math.max(max, logits[candidates[i]!]!);
+    let total = 0;
+    for (let i = 0; i < count; i++) {
+      const w = Math.exp((logits[candidates[i]!]! - max) / temperature);
+      weights[i] = w;
+      total += w;
+    }
+    const topP = options.topP ?? 1;
+    if (topP < 1) return this.sampleNucleus(count, total, topP, max, temperature, random);
+
+    let r = random.next() * total;
+    for (let i = 0; i < count; i++) {
+      r -= weights[i]!;
+      if (r < 0) return candidates[i]!;
+    }
+    // Rounding left r ≥ 0 after the last weight: the last candidate with any weight.
+    for (let i = count - 1; i >= 0; i--) if (weights[i]! > 0) return candidates[i]!;
+    return candidates[0]!;
   }
-  return best;
+
+  private selectAll(): number {
+    const { candidates } = this;
+    for (let i = 0; i < this.vocabSize; i++) candidates[i] = i;
+    return this.vocabSize;
+  }
+
+  /** Puts the k best token ids (higher logit, then lower id) in candidates[0..k), as a min-heap. */
+  private selectTopK(k: number): number {
+    const { logits, candidates: heap } = this;
+    // a is worse than b: lower logit, or the same logit and a higher id.
+    const worse = (a: number, b: number) => logits[a]! < logits[b]! || (logits[a] === logits[b] && a > b);
+    const siftDown = (at: number, size: number) => {
+      for (;;) {
+        const left = 2 * at + 1;
+        if (left >= size) return;
+        const right = left + 1;
+        const child = right < size && worse(heap[right]!, heap[left]!) ? right : left;
+        if (!worse(heap[child]!, heap[at]!)) return;
+        const tmp = heap[at]!;
+        heap[at] = heap[child]!;
+        heap[child] = tmp;
+        at = child;
+      }
+    };
+    for (let i = 0; i < k; i++) heap[i] = i;
+    for (let i = (k >> 1) - 1; i >= 0; i--) siftDown(i, k);
+    for (let id = k; id < this.vocabSize; id++) {
+      // Most ids lose to the heap's worst; this test is the O(vocab) part.
+      if (worse(heap[0]!, id)) {
+        heap[0] = id;
+        siftDown(0, k);
+      }
+    }
+    return k;
+  }
+
+  /**
+   * Top-p over candidates[0..count) with their weights: the smallest set of
+   * most likely tokens holding top_p of the mass. Weights are bucketed by
+   * octave below the best (w in (2^-(o+1), 2^-o]); the octaves that together
+   * first reach top_p contain the whole nucleus, and only their tokens are
+   * sorted.
+   */
+  private sampleNucleus(
+    count: number,
+    total: number,
+    topP: number,
+    max: number,
+    temperature: number,
+    random: SequenceRandom,
+  ): number {
+    const { logits, candidates, weights, octaveOf, octaveMass, nucleus } = this;
+    octaveMass.fill(0);
+    const perOctave = Math.LOG2E / temperature;
+    for (let i = 0; i < count; i++) {
+      const o = Math.min(OCTAVES, Math.floor((max - logits[candidates[i]!]!) * perOctave));
+      octaveOf[i] = o;
+      octaveMass[o]! += weights[i]!;
+    }
+    const target = topP * total;
+    let last = 0;
+    for (let cumulative = octaveMass[0]!; cumulative < target && last < OCTAVES;)
+      cumulative += octaveMass[++last]!;
+    let size = 0;
+    for (let i = 0; i < count; i++) if (octaveOf[i]! <= last) nucleus[size++] = i;
+    const ordered = nucleus.subarray(0, size);
+    ordered.sort((a, b) => weights[b]! - weights[a]! || candidates[a]! - candidates[b]!);
+    let keep = size;
+    let kept = 0;
+    for (let i = 0; i < size; i++) {
+      kept += weights[ordered[i]!]!;
+      if (kept >= target) {
+        keep = i + 1;
+        break;
+      }
+    }
+    let r = random.next() * kept;
+    for (let i = 0; i < keep; i++) {
+      r -= weights[ordered[i]!]!;
+      if (r < 0) return candidates[ordered[i]!]!;
+    }
+    return candidates[ordered[keep - 1]!]!;
+  }
 }
