@@ -48,14 +48,16 @@ export class SequenceRandom {
     const big = BigInt.asUintN(64, typeof seed === 'bigint' ? seed : BigInt(Math.trunc(seed)));
     let state = Number(big & 0xffffffffn) | 0;
     const high = Number(big >> 32n) | 0;
-    let a: number, b: number, c: number, d: number;
-    [a, state] = splitmix32(state);
-    [b, state] = splitmix32(state);
-    [c, state] = splitmix32(state ^ high);
-    [d] = splitmix32(state);
+    const words: number[] = [];
+    for (let i = 0; i < 4; i++) {
+      let word: number;
+      // The high half enters halfway, so both halves shape the whole state.
+      [word, state] = splitmix32(i === 2 ? state ^ high : state);
+      words.push(word);
+    }
+    const [a, b, c, d] = words as [number, number, number, number];
     // The all-zero state is xoshiro's one fixed point.
-    if ((a | b | c | d) === 0) a = 1;
-    this.a = a;
+    this.a = (a | b | c | d) === 0 ? 1 : a;
     this.b = b;
     this.c = c;
     this.d = d;
