@@ -8,7 +8,7 @@ import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { GraphBuilder, SeededRandom } from './onnx-builder.js';
-import { bertBaseUncasedTokenizerJson, gpt2TokenizerJson } from './tokenizer-files.js';
+import { bertBaseUncasedTokenizerJson, gpt2TokenizerJson } from './tokenizer-files/index.js';
 
 export const BERT_VOCAB = 30522;
 export const GPT2_VOCAB = 50257;
