@@ -1,0 +1,646 @@
+/**
+ * npm run bench:e2e — the serving path end to end, side by side with what it
+ * is measured against, in one run on this machine:
+ *
+ *  1. raw: the same model in this process, tokenizer library + session.run,
+ *     batch 1 (latency) and the best batch (throughput);
+ *  2. through the orchestrator (tokenizer, model-runner and orchestrator each
+ *     in its own process, an API key on every call), single-text requests at
+ *     concurrency 1, 8, 32 and 64, from a client in its own process;
+ *  3. generation through the orchestrator: time to first token and tokens/s
+ *     for 1 and 16 concurrent streams;
+ *  4. the coalescing window (BATCH_WINDOW_US) at another setting;
+ *  5. for lang-id and glove-embed: a chain of minimal grpc-js pass-through
+ *     servers with the same hops (client → front → tokenizer stub, runner
+ *     stub), requests/s at concurrency 64 — the practical limit of this stack.
+ *
+ * BENCH_MS sets the duration of each point (default 3000).
+ */
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { cpSync, existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { join } from 'node:path';
+import {
+  credentials,
+  Metadata,
+  Server,
+  ServerCredentials,
+  type ServiceError,
+  type UntypedServiceImplementation,
+} from '@grpc/grpc-js';
+import { buildBertClassifier, makeTempDir, writeFixtureRepository } from '@maas/models';
+import { createLogger, defaultRepositoryPath, readModelConfig } from '@maas/shared';
+import { checkHealth } from '@maas/shared/testing';
+import {
+  GRPCInferenceServiceClient,
+  GRPCInferenceServiceService,
+  type ModelInferResponse,
+} from '@maas/shared/gen/inference/grpc_service';
+import {
+  ClassifyRequest,
+  type ClassifyResponse,
+  EmbedRequest,
+  type EmbedResponse,
+  GenerateRequest,
+  type GenerateResponse,
+  MaasServiceClient,
+  MaasServiceService,
+} from '@maas/shared/gen/maas/orchestrator/v1/orchestrator';
+import {
+  type EncodeResponse,
+  PaddingStrategy,
+  TokenizerServiceClient,
+  TokenizerServiceService,
+} from '@maas/shared/gen/maas/tokenizer/v1/tokenizer';
+import { TokenizerRegistry } from '@maas/tokenizer';
+import * as ort from 'onnxruntime-node';
+
+const MS = Number(process.env.BENCH_MS ?? 3000);
+const KEY = 'bench-key-0123456789abcdef';
+const CONCURRENCY = [1, 8, 32, 64];
+const BIG = 'bench-bert';
+
+interface Stats {
+  rps: number;
+  p50: number;
+  p95: number;
+  p99: number;
+}
+
+const percentile = (sorted: number[], p: number) =>
+  sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? NaN;
+
+/** Runs `one` from `concurrency` loops for MS; `one` returns items done. */
+async function measure(concurrency: number, one: () => Promise<number>, ms = MS): Promise<Stats> {
+  const latencies: number[] = [];
+  let items = 0;
+  const start = performance.now();
+  await Promise.all(
+    Array.from({ length: concurrency }, async () => {
+      while (performance.now() - start < ms) {
+        const t = performance.now();
+        // Not `items += await one()`: that reads `items` before the await and loses the other loops' counts.
+        const done = await one();
+        items += done;
+        latencies.push(performance.now() - t);
+      }
+    }),
+  );
+  const elapsed = performance.now() - start;
+  latencies.sort((a, b) => a - b);
+  return {
+    rps: (items / elapsed) * 1000,
+    p50: percentile(latencies, 50),
+    p95: percentile(latencies, 95),
+    p99: percentile(latencies, 99),
+  };
+}
+
+const WORDS = {
+  en: 'the quick brown fox jumps over a lazy dog while people watch from the old bridge near town'.split(' '),
+  fr: 'le petit chat dort sur la chaise pendant que les enfants jouent dans le jardin de la maison'.split(
+    ' ',
+  ),
+  de: 'der kleine hund läuft schnell über die straße während die kinder im garten spielen und lachen'.split(
+    ' ',
+  ),
+  es: 'el perro pequeño corre por la calle mientras los niños juegan en el parque con sus amigos'.split(' '),
+};
+
+/** Deterministic varied sentences of about `words` words. */
+function sentences(count: number, words: number): string[] {
+  const langs = Object.values(WORDS);
+  return Array.from({ length: count }, (_, i) => {
+    const vocab = langs[i % langs.length]!;
+    return Array.from({ length: words }, (_, j) => vocab[(i * 7 + j * 3) % vocab.length]).join(' ');
+  });
+}
+
+interface BenchModel {
+  name: string;
+  task: 'classification' | 'embedding';
+  words: number;
+  passThrough: boolean;
+}
+
+const MODELS: BenchModel[] = [
+  { name: BIG, task: 'classification', words: 48, passThrough: false },
+  { name: 'lang-id', task: 'classification', words: 10, passThrough: true },
+  { name: 'glove-embed', task: 'embedding', words: 10, passThrough: true },
+];
+
+function prepareRepository(): { root: string; generationModel: string } {
+  const root = makeTempDir('maas-bench-e2e-');
+  // A BERT-style classifier big enough that one run takes milliseconds (the default models take microseconds).
+  writeFixtureRepository(root, {
+    models: ['bert-classifier'],
+    maxBatchSize: 64,
+    maxQueueDelayMicroseconds: 500,
+  });
+  cpSync(join(root, 'bert-classifier'), join(root, BIG), { recursive: true });
+  execFileSync('rm', ['-rf', join(root, 'bert-classifier')]);
+  writeFileSync(
+    join(root, BIG, '1', 'model.onnx'),
+    buildBertClassifier({ hidden: 256, heads: 8, layers: 4, maxPositions: 128 }),
+  );
+  for (const name of ['lang-id', 'glove-embed']) {
+    cpSync(join(defaultRepositoryPath(), name), join(root, name), { recursive: true });
+  }
+  let generationModel = 'austen-gpt';
+  const austen = join(defaultRepositoryPath(), 'austen-gpt');
+  if (existsSync(join(austen, 'config.json')) || existsSync(join(austen, 'config.yaml'))) {
+    cpSync(austen, join(root, 'austen-gpt'), { recursive: true });
+  } else {
+    generationModel = 'tiny-gpt2';
+    writeFixtureRepository(root, { models: ['tiny-gpt2'], generation: { maxConcurrentSequences: 16 } });
+  }
+  writeFileSync(join(root, '..', `${root.split('/').pop()}-keys.yaml`), `- id: bench\n  key: ${KEY}\n`);
+  return { root, generationModel };
+}
+
+const keysFile = (root: string) => join(root, '..', `${root.split('/').pop()}-keys.yaml`);
+
+// ---------------------------------------------------------------- raw
+
+interface RawResult {
+  batch1: Stats;
+  byBatch: Record<number, number>;
+  bestBatch: number;
+  best: number;
+}
+
+async function raw(root: string, model: BenchModel, registry: TokenizerRegistry): Promise<RawResult> {
+  const config = readModelConfig(join(root, model.name), model.name);
+  const tokenizer = registry.get(config.tokenizer?.name ?? model.name)!;
+  const session = await ort.InferenceSession.create(join(root, model.name, '1', 'model.onnx'), {
+    intraOpNumThreads: 1,
+    interOpNumThreads: 1,
+  });
+  const inputNames = config.inputs.map((i) => i.name);
+  const texts = sentences(512, model.words);
+  let next = 0;
+  const run = async (batch: number) => {
+    const chunk = Array.from({ length: batch }, () => texts[next++ % texts.length]!);
+    const encodings = await tokenizer.encodeBatch(chunk, undefined, {
+      addSpecialTokens: config.tokenizer?.addSpecialTokens ?? true,
+      padding: { strategy: 'longest', length: 0, side: 'right', padToMultipleOf: 0 },
+      offsets: false,
+      tokens: false,
+    });
+    const seq = encodings[0]!.ids.length;
+    const column = (pick: (e: (typeof encodings)[number]) => number[]) =>
+      new ort.Tensor('int64', BigInt64Array.from(encodings.flatMap(pick), BigInt), [batch, seq]);
+    const feeds: Record<string, ort.Tensor> = {};
+    if (inputNames.includes('input_ids')) feeds.input_ids = column((e) => e.ids);
+    if (inputNames.includes('attention_mask')) feeds.attention_mask = column((e) => e.attentionMask);
+    if (inputNames.includes('token_type_ids')) feeds.token_type_ids = column((e) => e.ids.map(() => 0));
+    await session.run(feeds);
+    return batch;
+  };
+  for (let i = 0; i < 20; i++) await run(1);
+  const batch1 = await measure(1, () => run(1));
+  const byBatch: Record<number, number> = { 1: batch1.rps };
+  for (const batch of [8, 16, 32, 64].filter((b) => b <= config.maxBatchSize)) {
+    for (let i = 0; i < 3; i++) await run(batch);
+    byBatch[batch] = (await measure(1, () => run(batch))).rps;
+  }
+  await session.release();
+  const [bestBatch, best] = Object.entries(byBatch).sort((a, b) => b[1] - a[1])[0]!;
+  return { batch1, byBatch, bestBatch: Number(bestBatch), best };
+}
+
+// ---------------------------------------------------------------- processes
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.listen(0, '127.0.0.1', () => {
+      const port = (server.address() as { port: number }).port;
+      server.close(() => resolve(port));
+    });
+    server.on('error', reject);
+  });
+}
+
+const children: ChildProcess[] = [];
+
+function startProcess(script: string, args: string[], env: Record<string, string>): ChildProcess {
+  const child = spawn(process.execPath, [script, ...args], {
+    stdio: ['ignore', 'ignore', 'inherit'],
+    detached: true,
+    env: { ...process.env, METRICS_PORT: '-1', LOG_LEVEL: 'warn', ...env },
+  });
+  children.push(child);
+  return child;
+}
+
+function stopAll(): void {
+  for (const child of children.splice(0)) {
+    if (child.exitCode === null) process.kill(-child.pid!, 'SIGKILL');
+  }
+}
+
+async function waitServing(port: number): Promise<void> {
+  for (let i = 0; i < 1200; i++) {
+    if ((await checkHealth(`127.0.0.1:${port}`).catch(() => 'DOWN')) === 'SERVING') return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`nothing SERVING on port ${port}`);
+}
+
+const serviceMain = (name: string) => join(__dirname, '..', '..', '..', name, 'dist', 'src', 'main.js');
+
+async function startStack(root: string, orchestratorEnv: Record<string, string> = {}) {
+  const [tokenizerPort, runnerPort, orchestratorPort] = [
+    await freePort(),
+    await freePort(),
+    await freePort(),
+  ];
+  startProcess(serviceMain('tokenizer'), [], {
+    GRPC_PORT: String(tokenizerPort),
+    MODEL_REPOSITORY: root,
+    TOKENIZER_RELOAD_INTERVAL_MS: '0',
+  });
+  startProcess(serviceMain('model-runner'), [], { GRPC_PORT: String(runnerPort), MODEL_REPOSITORY: root });
+  startProcess(serviceMain('orchestrator'), [], {
+    GRPC_PORT: String(orchestratorPort),
+    MODEL_REPOSITORY: root,
+    TOKENIZER_ADDRESS: `127.0.0.1:${tokenizerPort}`,
+    RUNNER_ADDRESS: `127.0.0.1:${runnerPort}`,
+    API_KEYS_FILE: keysFile(root),
+    // The audit log is part of the real path: written (at info), to a sink nobody reads.
+    LOG_LEVEL: 'info',
+    ...orchestratorEnv,
+  });
+  await Promise.all([tokenizerPort, runnerPort, orchestratorPort].map(waitServing));
+  return `127.0.0.1:${orchestratorPort}`;
+}
+
+/** Runs this file in client mode in its own process, as real clients are; returns its JSON. */
+function client<T>(args: string[]): T {
+  const out = execFileSync(process.execPath, [__filename, '--client', ...args], {
+    encoding: 'utf8',
+    env: process.env,
+    maxBuffer: 1 << 24,
+  });
+  return JSON.parse(out.trim().split('\n').pop()!) as T;
+}
+
+// ---------------------------------------------------------------- client mode
+
+async function clientMode(args: string[]): Promise<void> {
+  const [mode, address, model, wordsText, concurrencyList] = args as [string, string, string, string, string];
+  const maas = new MaasServiceClient(address, credentials.createInsecure(), {
+    'grpc.max_receive_message_length': 64 << 20,
+  });
+  const metadata = new Metadata();
+  metadata.set('authorization', `Bearer ${KEY}`);
+  const concurrencies = concurrencyList.split(',').map(Number);
+  const result: Record<number, unknown> = {};
+  if (mode === 'classify' || mode === 'embed') {
+    const texts = sentences(512, Number(wordsText));
+    let next = 0;
+    const one = () =>
+      new Promise<number>((resolve, reject) => {
+        const text = texts[next++ % texts.length]!;
+        const done = (error: ServiceError | null) => (error ? reject(error) : resolve(1));
+        if (mode === 'classify') {
+          maas.classify(
+            ClassifyRequest.fromPartial({ model, texts: [text] }),
+            metadata,
+            (e: ServiceError | null, _r: ClassifyResponse) => done(e),
+          );
+        } else {
+          maas.embed(
+            EmbedRequest.fromPartial({ model, texts: [text] }),
+            metadata,
+            (e: ServiceError | null, _r: EmbedResponse) => done(e),
+          );
+        }
+      });
+    for (let i = 0; i < 200; i++) await one();
+    for (const c of concurrencies) result[c] = await measure(c, one);
+  } else {
+    const maxNewTokens = Number(wordsText);
+    const prompt =
+      'It is a truth universally acknowledged, that a single man in possession of a good fortune';
+    let seed = 0;
+    const one = () =>
+      new Promise<{ ttft: number; tokens: number }>((resolve, reject) => {
+        const stream = maas.generate(
+          GenerateRequest.fromPartial({
+            model,
+            prompt,
+            maxNewTokens,
+            sampling: { temperature: 0.8, topK: 40, seed: ++seed },
+          }),
+          metadata,
+        );
+        let last: GenerateResponse | undefined;
+        stream.on('data', (m: GenerateResponse) => (last = m));
+        stream.on('error', reject);
+        stream.on('end', () =>
+          resolve({ ttft: last!.timeToFirstTokenMs, tokens: last!.usage!.generatedTokens }),
+        );
+      });
+    await one();
+    for (const streams of concurrencies) {
+      const ttfts: number[] = [];
+      let tokens = 0;
+      const start = performance.now();
+      await Promise.all(
+        Array.from({ length: streams }, async () => {
+          while (performance.now() - start < MS) {
+            const r = await one();
+            ttfts.push(r.ttft);
+            tokens += r.tokens;
+          }
+        }),
+      );
+      const seconds = (performance.now() - start) / 1000;
+      ttfts.sort((a, b) => a - b);
+      result[streams] = {
+        tokensPerSecond: tokens / seconds,
+        perStream: tokens / seconds / streams,
+        ttftP50: percentile(ttfts, 50),
+        ttftP95: percentile(ttfts, 95),
+        sequences: ttfts.length,
+      };
+    }
+  }
+  maas.close();
+  console.log(JSON.stringify(result));
+}
+
+// ---------------------------------------------------------------- pass-through chain
+
+/** A stub tokenizer / runner answering at once, or the front that calls both per request (like the real path). */
+async function passThroughMode([role, portText, tokenizerAddress, runnerAddress, model]: string[]) {
+  const server = new Server({ 'grpc.max_receive_message_length': 64 << 20 });
+  if (role === 'tokenizer') {
+    const ids = Array.from({ length: 12 }, (_, i) => 100 + i);
+    const encoded: EncodeResponse = {
+      encodings: [
+        {
+          ids,
+          attentionMask: ids.map(() => 1),
+          typeIds: ids.map(() => 0),
+          specialTokensMask: [],
+          offsets: [],
+          tokens: [],
+          length: ids.length,
+          truncated: false,
+        },
+      ],
+      totalTokens: ids.length,
+    };
+    server.addService(TokenizerServiceService, {
+      encode: (_call: unknown, callback: (e: null, r: EncodeResponse) => void) => callback(null, encoded),
+    } as unknown as UntypedServiceImplementation);
+  } else if (role === 'runner') {
+    const values = Buffer.alloc(176 * 4);
+    const inferred: ModelInferResponse = {
+      modelName: model!,
+      modelVersion: '1',
+      id: '',
+      parameters: {},
+      outputs: [{ name: 'out', datatype: 'FP32', shape: [1, 176], parameters: {}, contents: undefined }],
+      rawOutputContents: [values],
+    };
+    server.addService(GRPCInferenceServiceService, {
+      modelInfer: (_call: unknown, callback: (e: null, r: ModelInferResponse) => void) =>
+        callback(null, inferred),
+    } as unknown as UntypedServiceImplementation);
+  } else {
+    const tokenizer = new TokenizerServiceClient(tokenizerAddress!, credentials.createInsecure());
+    const runner = new GRPCInferenceServiceClient(runnerAddress!, credentials.createInsecure());
+    const pass = (texts: string[], respond: (error: ServiceError | null) => void) =>
+      tokenizer.encode(
+        {
+          tokenizer: model!,
+          texts,
+          textPairs: [],
+          addSpecialTokens: true,
+          truncation: undefined,
+          padding: {
+            strategy: PaddingStrategy.PADDING_STRATEGY_LONGEST,
+            length: 0,
+            side: 0,
+            padToMultipleOf: 0,
+          },
+          returnOffsets: false,
+          returnTokens: false,
+        },
+        (error, encoded) => {
+          if (error) return respond(error);
+          const ids = encoded.encodings[0]!.ids;
+          runner.modelInfer(
+            {
+              modelName: model!,
+              modelVersion: '',
+              id: '',
+              parameters: {},
+              inputs: [
+                {
+                  name: 'input_ids',
+                  datatype: 'INT64',
+                  shape: [1, ids.length],
+                  parameters: {},
+                  contents: undefined,
+                },
+              ],
+              outputs: [],
+              rawInputContents: [Buffer.from(BigInt64Array.from(ids, BigInt).buffer)],
+            },
+            (e) => respond(e),
+          );
+        },
+      );
+    server.addService(MaasServiceService, {
+      classify: (
+        call: { request: ClassifyRequest },
+        callback: (e: ServiceError | null, r?: ClassifyResponse) => void,
+      ) =>
+        pass(call.request.texts, (e) =>
+          e
+            ? callback(e)
+            : callback(null, {
+                results: [{ labels: [{ label: 'en', score: 0.9, index: 0 }] }],
+                modelVersion: '1',
+                usage: { promptTokens: 12, generatedTokens: 0, totalTokens: 12 },
+              }),
+        ),
+      embed: (
+        call: { request: EmbedRequest },
+        callback: (e: ServiceError | null, r?: EmbedResponse) => void,
+      ) =>
+        pass(call.request.texts, (e) =>
+          e
+            ? callback(e)
+            : callback(null, {
+                embeddings: [{ values: new Array(100).fill(0.1) }],
+                dimensions: 100,
+                modelVersion: '1',
+                usage: { promptTokens: 12, generatedTokens: 0, totalTokens: 12 },
+              }),
+        ),
+    } as unknown as UntypedServiceImplementation);
+  }
+  // Health, so that the same readiness wait applies.
+  const { HealthImplementation } = require('grpc-health-check') as typeof import('grpc-health-check');
+  new HealthImplementation({ '': 'SERVING' }).addToServer(server);
+  await new Promise<void>((resolve, reject) =>
+    server.bindAsync(`127.0.0.1:${portText}`, ServerCredentials.createInsecure(), (e) =>
+      e ? reject(e) : resolve(),
+    ),
+  );
+}
+
+async function passThroughChain(model: BenchModel): Promise<number> {
+  const [front, tok, run] = [await freePort(), await freePort(), await freePort()];
+  const tokAddress = `127.0.0.1:${tok}`;
+  const runAddress = `127.0.0.1:${run}`;
+  startProcess(__filename, ['--pass-through', 'tokenizer', String(tok), '-', '-', model.name], {});
+  startProcess(__filename, ['--pass-through', 'runner', String(run), '-', '-', model.name], {});
+  startProcess(
+    __filename,
+    ['--pass-through', 'front', String(front), tokAddress, runAddress, model.name],
+    {},
+  );
+  await Promise.all([front, tok, run].map(waitServing));
+  const mode = model.task === 'classification' ? 'classify' : 'embed';
+  const stats = client<Record<number, Stats>>([
+    mode,
+    `127.0.0.1:${front}`,
+    model.name,
+    String(model.words),
+    '64',
+  ]);
+  stopAll();
+  return stats[64]!.rps;
+}
+
+// ---------------------------------------------------------------- report
+
+const f0 = (n: number) => n.toFixed(0);
+const f2 = (n: number) => n.toFixed(2);
+const pct = (a: number, b: number) => `${((a / b) * 100).toFixed(0)}%`;
+
+async function main(): Promise<void> {
+  const { root, generationModel } = prepareRepository();
+  console.log(`maas end-to-end benchmark — ${MS} ms per point, ${require('node:os').cpus().length} CPUs\n`);
+
+  console.log('1. raw, in this process: tokenizer library + onnxruntime session.run (1 intra-op thread)');
+  const registry = new TokenizerRegistry({
+    repository: root,
+    logger: createLogger({ service: 'bench', level: 'silent' }),
+  });
+  await registry.reload();
+  const raws = new Map<string, RawResult>();
+  for (const model of MODELS) {
+    const r = await raw(root, model, registry);
+    raws.set(model.name, r);
+    console.log(
+      `  ${model.name.padEnd(12)} batch 1: ${f0(r.batch1.rps)}/s, p50 ${f2(r.batch1.p50)} ms, p95 ${f2(r.batch1.p95)}, p99 ${f2(r.batch1.p99)}` +
+        ` | items/s by batch ${Object.entries(r.byBatch)
+          .map(([b, v]) => `${b}:${f0(v)}`)
+          .join(' ')} | best ${r.bestBatch}: ${f0(r.best)}/s`,
+    );
+  }
+  registry.close();
+
+  console.log(
+    '\n2. through the orchestrator (3 processes, API key, audit log), single-text requests, client in its own process',
+  );
+  const address = await startStack(root);
+  const served = new Map<string, Record<number, Stats>>();
+  for (const model of MODELS) {
+    const mode = model.task === 'classification' ? 'classify' : 'embed';
+    const stats = client<Record<number, Stats>>([
+      mode,
+      address,
+      model.name,
+      String(model.words),
+      CONCURRENCY.join(','),
+    ]);
+    served.set(model.name, stats);
+    const r = raws.get(model.name)!;
+    console.log(`  ${model.name}:`);
+    for (const c of CONCURRENCY) {
+      const s = stats[c]!;
+      console.log(
+        `    c=${String(c).padEnd(2)} ${f0(s.rps).padStart(6)}/s  p50 ${f2(s.p50)} ms  p95 ${f2(s.p95)}  p99 ${f2(s.p99)}` +
+          `  | ${pct(s.rps, r.best)} of raw best batch, ${pct(s.rps, r.batch1.rps)} of raw batch 1`,
+      );
+    }
+    const extra = stats[1]!.p50 - r.batch1.p50;
+    console.log(
+      `    → p50 at c=1 is ${f2(extra)} ms above raw batch 1 (target ≤ 1.5 ms: ${extra <= 1.5 ? 'met' : 'NOT met'})` +
+        (r.batch1.p50 >= 2
+          ? `; c=32 throughput ${pct(stats[32]!.rps, r.best)} of raw best batch (target ≥ 70%: ${stats[32]!.rps >= 0.7 * r.best ? 'met' : 'NOT met'})`
+          : ''),
+    );
+  }
+
+  console.log(
+    `\n3. generation through the orchestrator (${generationModel}, 48 new tokens per sequence, sampled)`,
+  );
+  const generation = client<
+    Record<
+      number,
+      { tokensPerSecond: number; perStream: number; ttftP50: number; ttftP95: number; sequences: number }
+    >
+  >(['generate', address, generationModel, '48', '1,16']);
+  for (const streams of [1, 16]) {
+    const g = generation[streams]!;
+    console.log(
+      `  ${String(streams).padStart(2)} stream(s): ${f0(g.tokensPerSecond)} tokens/s total, ${f0(g.perStream)} per stream, ` +
+        `time to first token p50 ${f2(g.ttftP50)} ms, p95 ${f2(g.ttftP95)} ms (${g.sequences} sequences)`,
+    );
+  }
+  stopAll();
+
+  const windowUs = Number(process.env.BENCH_WINDOW_US ?? 1000);
+  console.log(`\n4. coalescing window BATCH_WINDOW_US=${windowUs} instead of 0 (lang-id)`);
+  const windowed = await startStack(root, { BATCH_WINDOW_US: String(windowUs) });
+  const w = client<Record<number, Stats>>(['classify', windowed, 'lang-id', '10', '1,64']);
+  console.log(
+    `    c=1 ${f0(w[1]!.rps)}/s p50 ${f2(w[1]!.p50)} ms; c=64 ${f0(w[64]!.rps)}/s p50 ${f2(w[64]!.p50)} ms` +
+      ` (window 0: c=1 p50 ${f2(served.get('lang-id')![1]!.p50)} ms, c=64 ${f0(served.get('lang-id')![64]!.rps)}/s)`,
+  );
+  stopAll();
+
+  console.log(
+    '\n5. pass-through chain (client → front → tokenizer stub + runner stub, minimal grpc-js), concurrency 64',
+  );
+  for (const model of MODELS.filter((m) => m.passThrough)) {
+    const chain = await passThroughChain(model);
+    const ours = served.get(model.name)![64]!.rps;
+    console.log(
+      `  ${model.name.padEnd(12)} chain ${f0(chain)}/s, orchestrator ${f0(ours)}/s → ${pct(ours, chain)} of the chain (target ≥ 50%: ${ours >= 0.5 * chain ? 'met' : 'NOT met'})`,
+    );
+  }
+}
+
+process.on('exit', stopAll);
+process.on('SIGINT', () => process.exit(130));
+const [flag, ...rest] = process.argv.slice(2);
+if (flag === '--client') {
+  clientMode(rest).catch((error: unknown) => {
+    console.error(error);
+    process.exit(1);
+  });
+} else if (flag === '--pass-through') {
+  passThroughMode(rest).catch((error: unknown) => {
+    console.error(error);
+    process.exit(1);
+  });
+} else {
+  main().then(
+    () => process.exit(0),
+    (error: unknown) => {
+      console.error(error);
+      process.exit(1);
+    },
+  );
+}

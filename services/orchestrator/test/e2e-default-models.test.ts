@@ -1,0 +1,67 @@
+/**
+ * The default models (services/models/repository) through the public API:
+ * what `npm start` serves.
+ */
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { defaultRepositoryPath } from '@maas/shared';
+import {
+  type ClassifyResponse,
+  type EmbedResponse,
+  FinishReason,
+} from '@maas/shared/gen/maas/orchestrator/v1/orchestrator';
+import { call, generate, startStack, type Stack } from './helpers';
+
+const root = defaultRepositoryPath();
+const hasAusten = ['config.json', 'config.yaml'].some((f) => existsSync(join(root, 'austen-gpt', f)));
+let stack: Stack;
+
+beforeAll(async () => {
+  stack = await startStack({ root, env: { AUTH_MODE: 'disabled' } });
+});
+afterAll(async () => {
+  await stack?.close();
+});
+
+it('lang-id: "Bonjour tout le monde" is French', async () => {
+  const response = await call<ClassifyResponse>(
+    stack.client,
+    'classify',
+    {
+      model: 'lang-id',
+      texts: ['Bonjour tout le monde', 'The weather is lovely today', 'Wie geht es dir?'],
+      topK: 3,
+    },
+    null,
+  );
+  expect(response.results.map((r) => r.labels[0]!.label)).toEqual(['fr', 'en', 'de']);
+  expect(response.results[0]!.labels[0]!.score).toBeGreaterThan(0.5);
+});
+
+it('glove-embed: 100 dimensions, related sentences closer than unrelated ones', async () => {
+  const response = await call<EmbedResponse>(
+    stack.client,
+    'embed',
+    {
+      model: 'glove-embed',
+      texts: ['the king and the queen', 'a prince and a princess', 'stock markets fell sharply'],
+      normalize: true,
+    },
+    null,
+  );
+  expect(response.dimensions).toBe(100);
+  const [a, b, c] = response.embeddings.map((e) => e.values);
+  const cosine = (x: number[], y: number[]) => x.reduce((s, v, i) => s + v * y[i]!, 0);
+  expect(cosine(a!, b!)).toBeGreaterThan(cosine(a!, c!));
+});
+
+(hasAusten ? it : it.skip)('austen-gpt: generates a few tokens of text', async () => {
+  const { text, last } = await generate(
+    stack.client,
+    { model: 'austen-gpt', prompt: 'It is a truth universally acknowledged', maxNewTokens: 8 },
+    null,
+  ).done;
+  expect(text.length).toBeGreaterThan(0);
+  expect([FinishReason.FINISH_REASON_LENGTH, FinishReason.FINISH_REASON_EOS]).toContain(last.finishReason);
+  expect(last.usage!.generatedTokens).toBeGreaterThan(0);
+});
