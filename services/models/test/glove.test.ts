@@ -1,11 +1,14 @@
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Tokenizer } from '@anush008/tokenizers';
 import { Tokenizer as TsTokenizer } from '@huggingface/tokenizers';
-import { readFileSync } from 'node:fs';
 import * as ort from 'onnxruntime-node';
-import { readModelConfig } from '@maas/shared';
+import { scanModel } from '@maas/shared';
+import { GraphBuilder } from '../src/onnx-builder';
+import { toFloat16Bits } from '../src/glove/convert-glove';
 
-const DIR = join(__dirname, '..', 'repository', 'glove-embed');
+const REPOSITORY = join(__dirname, '..', 'repository');
+const VERSION_DIR = join(REPOSITORY, 'glove-embed', '1');
 
 const PARAPHRASES: [string, string][] = [
   ['The cat sat on the mat.', 'A cat was sitting on the rug.'],
@@ -36,16 +39,23 @@ const UNRELATED: [string, string][] = [
   ['The doctor examined the patient.', 'Volcanoes erupt molten rock.'],
 ];
 
+const cosine = (a: Float32Array, b: Float32Array) => a.reduce((s, v, i) => s + v * b[i]!, 0);
+const mean = (a: number[]) => a.reduce((s, v) => s + v, 0) / a.length;
+
 describe('glove-embed: GloVe sentence embeddings', () => {
-  const tokenizer = Tokenizer.fromFile(join(DIR, '1', 'tokenizer.json'));
+  const tokenizerFile = join(VERSION_DIR, 'tokenizer.json');
+  const tokenizer = Tokenizer.fromFile(tokenizerFile);
+  const model = scanModel(REPOSITORY, 'glove-embed');
+  const dims = model.config!.outputs[0]!.dims[0]!;
   let session: ort.InferenceSession;
+
   beforeAll(async () => {
-    session = await ort.InferenceSession.create(join(DIR, '1', 'model.onnx'));
+    session = await ort.InferenceSession.create(join(VERSION_DIR, 'model.onnx'));
   });
 
   async function embed(texts: string[]): Promise<Float32Array[]> {
     const encodings = await tokenizer.encodeBatch(texts, { addSpecialTokens: false });
-    const length = Math.max(...encodings.map((e) => e.getLength()));
+    const length = Math.max(1, ...encodings.map((e) => e.getLength()));
     const ids = new BigInt64Array(texts.length * length);
     const mask = new BigInt64Array(texts.length * length);
     encodings.forEach((e, row) =>
@@ -59,24 +69,33 @@ describe('glove-embed: GloVe sentence embeddings', () => {
       attention_mask: new ort.Tensor('int64', mask, [texts.length, length]),
     });
     const data = out.sentence_embedding!.data as Float32Array;
-    return texts.map((_, i) => data.slice(i * 100, (i + 1) * 100));
+    return texts.map((_, i) => data.slice(i * dims, (i + 1) * dims));
   }
-  const cosine = (a: Float32Array, b: Float32Array) => a.reduce((s, v, i) => s + v * b[i]!, 0);
+
+  it('is a valid repository model', () => {
+    expect(model.error).toBeUndefined();
+    expect(model.config!.task).toBe('embedding');
+    expect(model.config!.embedding).toEqual({
+      output: 'sentence_embedding',
+      pooling: 'none',
+      normalize: false,
+    });
+    expect(dims).toBe(100);
+  });
 
   it('places paraphrases closer than unrelated pairs', async () => {
-    const score = async (pairs: [string, string][]) => {
-      const vectors = await embed(pairs.flat());
-      return pairs.map((_, i) => cosine(vectors[2 * i]!, vectors[2 * i + 1]!));
-    };
-    const para = await score(PARAPHRASES);
-    const unrelated = await score(UNRELATED);
-    const mean = (a: number[]) => a.reduce((s, v) => s + v, 0) / a.length;
+    const vectors = await embed([...PARAPHRASES.flat(), ...UNRELATED.flat()]);
+    const score = (pairs: [string, string][], from: number) =>
+      pairs.map((_, i) => cosine(vectors[from + 2 * i]!, vectors[from + 2 * i + 1]!));
+    const para = score(PARAPHRASES, 0);
+    const unrelated = score(UNRELATED, 2 * PARAPHRASES.length);
     let ordered = 0;
     for (const p of para) for (const u of unrelated) if (p > u) ordered++;
     const fraction = ordered / (para.length * unrelated.length);
     console.log(
-      `paraphrase cosine mean ${mean(para).toFixed(3)} (min ${Math.min(...para).toFixed(3)}), ` +
-        `unrelated mean ${mean(unrelated).toFixed(3)} (max ${Math.max(...unrelated).toFixed(3)}), ordered pairs ${(fraction * 100).toFixed(1)}%`,
+      `glove-embed: paraphrase cosine mean ${mean(para).toFixed(3)} (min ${Math.min(...para).toFixed(3)}), ` +
+        `unrelated mean ${mean(unrelated).toFixed(3)} (max ${Math.max(...unrelated).toFixed(3)}), ` +
+        `ordered pairs ${(fraction * 100).toFixed(1)}% of ${para.length}×${unrelated.length}`,
     );
     expect(mean(para) - mean(unrelated)).toBeGreaterThan(0.15);
     expect(fraction).toBeGreaterThanOrEqual(0.9);
@@ -84,25 +103,114 @@ describe('glove-embed: GloVe sentence embeddings', () => {
     para.forEach((p, i) => expect(p).toBeGreaterThan(unrelated[i]!));
   });
 
-  it('outputs unit vectors unaffected by padding', async () => {
+  it('outputs unit vectors unaffected by padding, and zero for text with no known word', async () => {
     const [alone] = await embed(['A short sentence.']);
-    const [batched] = await embed([
+    const [batched, , nothing, empty] = await embed([
       'A short sentence.',
       'A much longer sentence that forces padding of the first one.',
+      'zzqqxx qqzzyy',
+      '',
     ]);
-    expect(Math.abs(cosine(alone!, alone!) - 1)).toBeLessThan(1e-5);
-    alone!.forEach((v, i) => expect(v).toBeCloseTo(batched![i]!, 5));
+    expect(cosine(alone!, alone!)).toBeCloseTo(1, 5);
+    alone!.forEach((v, i) => expect(v).toBeCloseTo(batched![i]!, 6));
+    expect(Array.from(nothing!).every((v) => v === 0)).toBe(true);
+    expect(Array.from(empty!).every((v) => v === 0)).toBe(true);
   });
 
-  it('has a tokenizer both tokenizer libraries read alike, and a valid config', async () => {
-    const ts = new TsTokenizer(JSON.parse(readFileSync(join(DIR, '1', 'tokenizer.json'), 'utf8')), {});
-    // Only in-vocabulary text: @huggingface/tokenizers 0.2 returns undefined instead of [UNK] for
-    // unknown words in WordLevel models (one reason the tokenizer service uses the Rust library).
-    for (const text of ['Hello, World! The river is long.', 'the quick brown fox']) {
-      const rust = (await tokenizer.encode(text, null, { addSpecialTokens: false })).getIds();
-      expect(ts.encode(text, { add_special_tokens: false }).ids).toEqual(rust);
+  it('ignores case and accents, like the lower-cased, accent-free GloVe vocabulary', async () => {
+    const [a, b] = await embed(['The CAFÉ in Zürich is Open.', 'the cafe in zurich is open.']);
+    expect(cosine(a!, b!)).toBeCloseTo(1, 5);
+  });
+
+  it('has a tokenizer both tokenizer libraries read alike', async () => {
+    // @huggingface/tokenizers 0.2 has no WordLevel model: it falls back to a plain vocabulary
+    // lookup that takes the unknown token from the tokenizer config, not from tokenizer.json.
+    const ts = new TsTokenizer(JSON.parse(readFileSync(tokenizerFile, 'utf8')), { unk_token: '[UNK]' });
+    const texts = [
+      'Hello, World! The river is long.',
+      'the quick brown fox',
+      'Crème brûlée at the CAFÉ — “quoted” text… (well-known) e-mail: a@b.c, 3.14 and 2024!',
+      'zzqqxx unknownword qwertyuiop',
+      'Tabs\tand\nnewlines  and  spaces',
+      '日本語 text',
+      '',
+    ];
+    for (const text of texts) {
+      const rust = await tokenizer.encode(text, null, { addSpecialTokens: false });
+      const pure = ts.encode(text, { add_special_tokens: false });
+      // ids agree; for an unknown word the pure library reports the word, the Rust one "[UNK]"
+      expect([text, pure.ids]).toEqual([text, rust.getIds()]);
     }
-    expect((await tokenizer.encode('zzqqxx', null)).getIds()).toEqual([1]);
-    expect(readModelConfig(DIR, 'glove-embed').task).toBe('embedding');
+    const unknown = await tokenizer.encode('zzqqxx the', null, { addSpecialTokens: false });
+    expect(unknown.getTokens()).toEqual(['[UNK]', 'the']);
+    expect(unknown.getIds()[0]).toBe(1);
+    // the package has no one-letter words and no numbers: "a", "I" and "2024" are unknown
+    const gaps = await tokenizer.encode('a I 2024 an', null, { addSpecialTokens: false });
+    expect(gaps.getIds().slice(0, 3)).toEqual([1, 1, 1]);
+    expect(tokenizer.getVocabSize(true)).toBe(50_002);
+  });
+
+  it('stores float16 values rounded as onnxruntime rounds them', async () => {
+    const values = new Float32Array([
+      0,
+      -0,
+      1,
+      -1,
+      0.1,
+      1 / 3,
+      65504,
+      65520,
+      1e6,
+      -1e6,
+      6.1e-5,
+      6.0e-5,
+      3e-8,
+      2.98e-8,
+      5.96e-8,
+      1e-10,
+      1.00048828125,
+      1.00146484375,
+      0.00012207031,
+      -7.5e-6,
+      2049,
+      2051,
+      1e-5,
+    ]);
+    const g = new GraphBuilder('cast');
+    g.input('x', 'float32', [values.length]);
+    g.node('Cast', ['x'], { to: { i: 10 } }, ['y']);
+    g.output('y', 'float16', [values.length]);
+    const cast = await ort.InferenceSession.create(g.toBytes());
+    const y = (await cast.run({ x: new ort.Tensor('float32', values, [values.length]) })).y!;
+    const bits = new Uint16Array(
+      (y.data as Uint16Array).buffer,
+      (y.data as Uint16Array).byteOffset,
+      values.length,
+    );
+    expect(Array.from(values, (v) => toFloat16Bits(v))).toEqual(Array.from(bits));
+  });
+
+  it('embeds a batch of 64 sentences quickly', async () => {
+    const texts = Array.from({ length: 64 }, (_, i) => `${PARAPHRASES[i % 12]![0]} ${UNRELATED[i % 12]![1]}`);
+    const encodings = await tokenizer.encodeBatch(texts, { addSpecialTokens: false });
+    const length = Math.max(...encodings.map((e) => e.getLength()));
+    const ids = new BigInt64Array(64 * length);
+    const mask = new BigInt64Array(64 * length);
+    encodings.forEach((e, row) =>
+      e.getIds().forEach((id, col) => {
+        ids[row * length + col] = BigInt(id);
+        mask[row * length + col] = 1n;
+      }),
+    );
+    const feeds = {
+      input_ids: new ort.Tensor('int64', ids, [64, length]),
+      attention_mask: new ort.Tensor('int64', mask, [64, length]),
+    };
+    await session.run(feeds);
+    const started = process.hrtime.bigint();
+    for (let i = 0; i < 10; i++) await session.run(feeds);
+    const ms = Number(process.hrtime.bigint() - started) / 1e6 / 10;
+    console.log(`glove-embed: batch of 64 × ${length} tokens in ${ms.toFixed(2)} ms`);
+    expect(ms).toBeLessThan(500);
   });
 });
