@@ -13,6 +13,7 @@ import { createGenerationMetrics } from './generation/index.js';
 import { createRunnerMetrics } from './metrics.js';
 import { ModelRepository } from './repository.js';
 import { createGenerationService, createInferenceService } from './server.js';
+import type { createSession } from './session.js';
 
 export { loadRunnerConfig, runnerConfigSchema, type RunnerConfig } from './config.js';
 export { ModelRepository, type IndexEntry, type ModelVersion } from './repository.js';
@@ -32,6 +33,8 @@ export interface ModelRunnerDeps {
   metricsRegistry?: Registry;
   /** Resolve once listening instead of once the models are loaded (health says NOT_SERVING meanwhile). */
   returnBeforeLoaded?: boolean;
+  /** Creates onnxruntime sessions (default: session.ts's createSession, which applies execution providers). */
+  createSession?: typeof createSession;
 }
 
 /**
@@ -57,6 +60,7 @@ export async function startModelRunner(
     metrics,
     generationMetrics: createGenerationMetrics(metricsRegistry),
     logger,
+    createSession: deps.createSession,
     onStateChange: () => {
       if (!stopping) host.setReady(repository.isReady());
     },

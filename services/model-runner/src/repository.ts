@@ -71,6 +71,8 @@ export interface RepositoryDeps {
   logger: Logger;
   /** Called whenever a model version changes state (readiness may have changed). */
   onStateChange?: () => void;
+  /** Creates the sessions of a version; session.ts's createSession unless another is given. */
+  createSession?: typeof createSession;
 }
 
 export class ModelRepository {
@@ -315,7 +317,12 @@ export class ModelRepository {
       // A generation engine owns one session; instanceCount applies to batched models.
       const instances = config.task === 'generation' ? 1 : config.instanceCount;
       for (let i = 0; i < instances; i++) {
-        const created = await createSession(files.modelPath, config, this.deps.threads, logger);
+        const created = await (this.deps.createSession ?? createSession)(
+          files.modelPath,
+          config,
+          this.deps.threads,
+          logger,
+        );
         mv.sessions.push(created.session);
         mv.provider = created.provider;
       }

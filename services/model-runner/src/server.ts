@@ -48,9 +48,10 @@ const deadlineMs = (call: CancellableCall) => {
 
 function cancellation(call: CancellableCall): () => CancelReason | false {
   const deadline = deadlineMs(call);
+  // grpc-js also marks a call cancelled when its deadline passes: the deadline is the real reason then.
   return () => {
-    if (call.cancelled) return 'cancelled';
-    return Number.isFinite(deadline) && deadline <= Date.now() ? 'deadline' : false;
+    if (Number.isFinite(deadline) && deadline <= Date.now()) return 'deadline';
+    return call.cancelled ? 'cancelled' : false;
   };
 }
 

@@ -1,12 +1,18 @@
 import type { ServiceError } from '@grpc/grpc-js';
 import { createClient, createLogger } from '@maas/shared';
+import { metricValue } from '@maas/shared/testing';
 import { GRPCInferenceServiceClient, ModelInferRequest } from '@maas/shared/gen/inference/grpc_service';
 import {
   GenerationServiceClient,
   GenerateRequest,
   type GenerateResponse,
 } from '@maas/shared/gen/maas/runner/v1/generation';
-import { loadRunnerConfig, startModelRunner, type RunningModelRunner } from '../src/index';
+import {
+  loadRunnerConfig,
+  startModelRunner,
+  type ModelRunnerDeps,
+  type RunningModelRunner,
+} from '../src/index';
 
 export interface TestRunner {
   runner: RunningModelRunner;
@@ -16,11 +22,16 @@ export interface TestRunner {
   close(): Promise<void>;
 }
 
-export async function startTestRunner(root: string, env: Record<string, string> = {}): Promise<TestRunner> {
+export async function startTestRunner(
+  root: string,
+  env: Record<string, string> = {},
+  options: Pick<ModelRunnerDeps, 'returnBeforeLoaded' | 'createSession'> = {},
+): Promise<TestRunner> {
   const runner = await startModelRunner(
     loadRunnerConfig({ GRPC_PORT: '0', METRICS_PORT: '0', MODEL_REPOSITORY: root, ...env }),
     {
       logger: createLogger({ service: 'runner-test', level: 'silent' }),
+      ...options,
     },
   );
   const address = `127.0.0.1:${runner.grpcPort}`;
@@ -113,3 +124,15 @@ export function failure(promise: Promise<unknown>): Promise<ServiceError> {
     (e: ServiceError) => e,
   );
 }
+
+/** How much a metric grew between two scrapes. */
+export function metricDelta(
+  before: string,
+  after: string,
+  name: string,
+  labels: Record<string, string> = {},
+): number {
+  return metricValue(after, name, labels) - metricValue(before, name, labels);
+}
+
+export const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));

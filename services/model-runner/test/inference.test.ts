@@ -1,192 +1,338 @@
-import { mkdirSync, writeFileSync, readFileSync, rmSync } from 'node:fs';
-import { join } from 'node:path';
+/** KServe v2 ModelInfer / ModelStreamInfer against real onnxruntime sessions: tensors in and out, and refusals. */
 import { status } from '@grpc/grpc-js';
+import { scrapeMetrics } from '@maas/shared/testing';
 import {
-  buildBertClassifier,
-  GraphBuilder,
-  writeFixtureRepository,
-  type FixtureRepository,
-} from '@maas/models';
-import { checkHealth, metricValue, scrapeMetrics } from '@maas/shared/testing';
-import type {
-  ModelInferResponse,
-  RepositoryIndexResponse,
-  ModelMetadataResponse,
-  ModelStreamInferResponse,
+  ModelInferRequest,
+  type ModelInferResponse,
+  type ModelMetadataResponse,
+  type ModelStreamInferResponse,
 } from '@maas/shared/gen/inference/grpc_service';
-import { ModelInferRequest } from '@maas/shared/gen/inference/grpc_service';
-import { call, encoderInputs, failure, inferRequest, startTestRunner, type TestRunner } from './helpers';
+import {
+  call,
+  encoderInputs,
+  failure,
+  inferRequest,
+  metricDelta,
+  startTestRunner,
+  type TestRunner,
+} from './helpers';
+import { DATATYPE_ELEM, testRepository, writeIdentityModel, writeSmallDecoder } from './models';
 
-let repo: FixtureRepository;
 let t: TestRunner;
 
 beforeAll(async () => {
-  repo = writeFixtureRepository(undefined, {
-    models: ['bert-classifier', 'sentence-encoder'],
-    broken: true,
-    maxQueueDelayMicroseconds: 20_000,
-  });
-  t = await startTestRunner(repo.root);
+  const root = testRepository(['bert-classifier']);
+  writeSmallDecoder(root, 'tiny-gpt2');
+  writeIdentityModel(root, 'identity', { maxBatchSize: 4 });
+  writeIdentityModel(root, 'identity-fixed', { maxBatchSize: 0 });
+  t = await startTestRunner(root, { RUNNER_WARMUP: 'false' });
 });
 afterAll(async () => {
   await t?.close();
 });
 
-const logits = (r: ModelInferResponse) => r.outputs[0]!.contents!.fp32Contents;
-const classify = (rows: number[][], raw = false) =>
-  call<ModelInferResponse>(
-    t.inference,
-    'modelInfer',
-    inferRequest({ modelName: 'bert-classifier', ...encoderInputs(rows, raw) }),
-  );
+const infer = (partial: Parameters<typeof inferRequest>[0]) =>
+  call<ModelInferResponse>(t.inference, 'modelInfer', inferRequest(partial));
+const classify = (rows: number[][], raw = false, extra: Parameters<typeof inferRequest>[0] = {}) =>
+  infer({ modelName: 'bert-classifier', ...encoderInputs(rows, raw), ...extra });
+const f32 = (bytes: Uint8Array) => Array.from(new Float32Array(Uint8Array.from(bytes).buffer));
 
-describe('repository', () => {
-  it('loads good models, isolates broken ones with a reason, and is SERVING', async () => {
-    const index = await call<RepositoryIndexResponse>(t.inference, 'repositoryIndex', {});
-    const byName = new Map(index.models.map((m) => [m.name, m]));
-    expect(byName.get('bert-classifier')?.state).toBe('READY');
-    expect(byName.get('sentence-encoder')?.state).toBe('READY');
-    expect(byName.get('broken-onnx')?.state).toBe('UNAVAILABLE');
-    expect(byName.get('broken-onnx')?.reason).toMatch(/protobuf|parse|load|model/i);
-    expect(byName.get('broken-config')?.reason).toMatch(/input 'ids' is not in the graph/);
-    expect(await checkHealth(t.address)).toBe('SERVING');
-    expect(
-      (await call<{ ready: boolean }>(t.inference, 'modelReady', { name: 'bert-classifier', version: '' }))
-        .ready,
-    ).toBe(true);
-    expect(
-      (await call<{ ready: boolean }>(t.inference, 'modelReady', { name: 'broken-onnx', version: '' })).ready,
-    ).toBe(false);
-    const failed = await failure(classifyModel('broken-onnx'));
-    expect(failed.code).toBe(status.UNAVAILABLE);
+/** Two values per datatype, as raw bytes and as typed contents. */
+const SAMPLES: Record<string, { raw: Buffer; typed: object; values: unknown[] }> = {
+  BOOL: { raw: Buffer.from([1, 0]), typed: { boolContents: [true, false] }, values: [true, false] },
+  UINT8: { raw: Buffer.from([0, 255]), typed: { uintContents: [0, 255] }, values: [0, 255] },
+  INT8: {
+    raw: Buffer.from(new Int8Array([-128, 127]).buffer),
+    typed: { intContents: [-128, 127] },
+    values: [-128, 127],
+  },
+  UINT16: {
+    raw: Buffer.from(new Uint16Array([1, 65535]).buffer),
+    typed: { uintContents: [1, 65535] },
+    values: [1, 65535],
+  },
+  INT16: {
+    raw: Buffer.from(new Int16Array([-32768, 5]).buffer),
+    typed: { intContents: [-32768, 5] },
+    values: [-32768, 5],
+  },
+  UINT32: {
+    raw: Buffer.from(new Uint32Array([4294967295, 7]).buffer),
+    typed: { uintContents: [4294967295, 7] },
+    values: [4294967295, 7],
+  },
+  INT32: {
+    raw: Buffer.from(new Int32Array([-7, 2147483647]).buffer),
+    typed: { intContents: [-7, 2147483647] },
+    values: [-7, 2147483647],
+  },
+  UINT64: {
+    raw: Buffer.from(new BigUint64Array([2n ** 63n + 5n, 1n]).buffer),
+    typed: { uint64Contents: [2 ** 40, 1] },
+    values: [2 ** 40, 1],
+  },
+  INT64: {
+    raw: Buffer.from(new BigInt64Array([-(2n ** 62n), 3n]).buffer),
+    typed: { int64Contents: [-(2 ** 40), 3] },
+    values: [-(2 ** 40), 3],
+  },
+  FP16: { raw: Buffer.from(new Uint16Array([0x3c00, 0xc000]).buffer), typed: {}, values: [] },
+  FP32: {
+    raw: Buffer.from(new Float32Array([1.5, -2]).buffer),
+    typed: { fp32Contents: [1.5, -2] },
+    values: [1.5, -2],
+  },
+  FP64: {
+    raw: Buffer.from(new Float64Array([1e300, -0.25]).buffer),
+    typed: { fp64Contents: [1e300, -0.25] },
+    values: [1e300, -0.25],
+  },
+  // BYTES raw: each element is a 4-byte little-endian length, then its bytes ('ça!' is 4 bytes of UTF-8).
+  BYTES: {
+    raw: Buffer.concat([
+      Buffer.from([3, 0, 0, 0]),
+      Buffer.from('abc'),
+      Buffer.from([4, 0, 0, 0]),
+      Buffer.from('ça!'),
+    ]),
+    typed: { bytesContents: [Buffer.from('abc'), Buffer.from('')] },
+    values: ['abc', ''],
+  },
+};
+
+describe('ModelInfer', () => {
+  it('gives the same result for typed and raw contents, echoes the id, and answers in the form asked', async () => {
+    const ids = [[2, 17, 25, 3]];
+    const typed = await classify(ids, false, { id: 'req-1' });
+    const raw = await classify(ids, true);
+    const binary = await classify(ids, false, {
+      parameters: { binary_data_output: { parameterChoice: { $case: 'boolParam', value: true } } },
+    });
+    expect([typed.id, typed.modelName, typed.modelVersion]).toEqual(['req-1', 'bert-classifier', '1']);
+    expect(typed.outputs[0]).toMatchObject({ name: 'logits', datatype: 'FP32', shape: [1, 3] });
+    expect(typed.rawOutputContents).toHaveLength(0);
+    const logits = typed.outputs[0]!.contents!.fp32Contents;
+    for (const other of [raw, binary]) {
+      expect(other.outputs[0]!.contents).toBeUndefined();
+      f32(other.rawOutputContents[0]!).forEach((v, i) => expect(v).toBeCloseTo(logits[i]!, 6));
+    }
   });
 
-  it('describes models in KServe terms', async () => {
+  it('round-trips every datatype raw, and typed where KServe has a field for it', async () => {
+    const rawOut = await infer({
+      modelName: 'identity',
+      inputs: DATATYPE_ELEM.map(([datatype, elem]) => ({ name: `in_${elem}`, datatype, shape: [1, 2] })),
+      rawInputContents: DATATYPE_ELEM.map(([datatype]) => SAMPLES[datatype]!.raw),
+    });
+    expect(rawOut.outputs.map((o) => [o.name, o.datatype, o.shape])).toEqual(
+      DATATYPE_ELEM.map(([datatype, elem]) => [`out_${elem}`, datatype, [1, 2]]),
+    );
+    rawOut.rawOutputContents.forEach((bytes, i) =>
+      expect([rawOut.outputs[i]!.datatype, Buffer.from(bytes).toString('hex')]).toEqual([
+        DATATYPE_ELEM[i]![0],
+        SAMPLES[DATATYPE_ELEM[i]![0]]!.raw.toString('hex'),
+      ]),
+    );
+
+    const typedTypes = DATATYPE_ELEM.filter(([d]) => d !== 'FP16');
+    const typedOut = await infer({
+      modelName: 'identity',
+      inputs: typedTypes.map(([datatype, elem]) => ({
+        name: `in_${elem}`,
+        datatype,
+        shape: [1, 2],
+        contents: SAMPLES[datatype]!.typed,
+      })),
+      outputs: typedTypes.map(([, elem]) => ({ name: `out_${elem}` })),
+    });
+    for (const [i, [datatype]] of typedTypes.entries()) {
+      const contents = typedOut.outputs[i]!.contents!;
+      const values = Object.values(contents).find((v) => (v as unknown[]).length > 0) as unknown[];
+      const decoded =
+        datatype === 'BYTES' ? (values as Buffer[]).map((b) => Buffer.from(b).toString()) : values;
+      expect([datatype, decoded]).toEqual([datatype, SAMPLES[datatype]!.values]);
+    }
+  });
+
+  it('returns only the outputs asked for, in the order asked', async () => {
+    const out = await infer({
+      modelName: 'identity',
+      inputs: [
+        { name: 'in_float32', datatype: 'FP32', shape: [2, 2], contents: { fp32Contents: [1, 2, 3, 4] } },
+      ],
+      outputs: [{ name: 'out_float32' }, { name: 'out_int8' }],
+    });
+    expect(out.outputs.map((o) => [o.name, o.shape])).toEqual([
+      ['out_float32', [2, 2]],
+      ['out_int8', [2, 2]],
+    ]);
+    expect(out.outputs[0]!.contents!.fp32Contents).toEqual([1, 2, 3, 4]);
+    // A left-out optional input is filled with its padValue (0).
+    expect(out.outputs[1]!.contents!.intContents).toEqual([0, 0, 0, 0]);
+  });
+
+  it('serves a model without batching with its full shapes', async () => {
     const meta = await call<ModelMetadataResponse>(t.inference, 'modelMetadata', {
-      name: 'bert-classifier',
+      name: 'identity-fixed',
       version: '',
     });
-    expect(meta.platform).toBe('onnxruntime_onnx');
-    expect(meta.inputs.map((i) => [i.name, i.datatype, i.shape])).toContainEqual([
-      'input_ids',
-      'INT64',
-      [-1, -1],
+    expect(meta.inputs.find((i) => i.name === 'in_float32')?.shape).toEqual([2, 3]);
+    const out = await infer({
+      modelName: 'identity-fixed',
+      inputs: [
+        {
+          name: 'in_float32',
+          datatype: 'FP32',
+          shape: [2, 3],
+          contents: { fp32Contents: [1, 2, 3, 4, 5, 6] },
+        },
+      ],
+      outputs: [{ name: 'out_float32' }],
+    });
+    expect([out.outputs[0]!.shape, out.outputs[0]!.contents!.fp32Contents]).toEqual([
+      [2, 3],
+      [1, 2, 3, 4, 5, 6],
     ]);
-    expect(meta.outputs[0]).toMatchObject({ name: 'logits', datatype: 'FP32', shape: [-1, 3] });
-    const server = await call<{ name: string; extensions: string[] }>(t.inference, 'serverMetadata', {});
-    expect(server.extensions).toContain('model_repository');
+    const wrong = await failure(
+      infer({
+        modelName: 'identity-fixed',
+        inputs: [
+          {
+            name: 'in_float32',
+            datatype: 'FP32',
+            shape: [1, 2, 3],
+            contents: { fp32Contents: [1, 2, 3, 4, 5, 6] },
+          },
+        ],
+      }),
+    );
+    expect([wrong.code, wrong.details]).toEqual([
+      status.INVALID_ARGUMENT,
+      expect.stringMatching(/input 'in_float32'.*3 dimensions.*expected \[2, 3\]/),
+    ]);
+  });
+
+  it('refuses bad tensors with INVALID_ARGUMENT naming the tensor, before they reach the runtime', async () => {
+    const before = await scrapeMetrics(t.runner.metricsPort!);
+    const base = encoderInputs([[2, 3]]);
+    const raw = encoderInputs([[2, 3]], true);
+    const withInput = (name: string, change: object) => ({
+      ...base,
+      inputs: base.inputs.map((i) => (i.name === name ? { ...i, ...change } : i)),
+    });
+    const cases: [string, object, RegExp][] = [
+      [
+        'wrong datatype',
+        withInput('input_ids', { datatype: 'FP32' }),
+        /^input 'input_ids': expected datatype INT64, got FP32$/,
+      ],
+      [
+        'wrong rank',
+        withInput('input_ids', { shape: [1, 2, 1] }),
+        /input 'input_ids': shape \[1, 2, 1\] has 3 dimensions/,
+      ],
+      [
+        'too few values',
+        withInput('input_ids', { shape: [1, 3] }),
+        /input 'input_ids': contents.int64_contents has 2 values, shape needs 3/,
+      ],
+      [
+        'values in the wrong field',
+        withInput('input_ids', { contents: { fp32Contents: [1, 2] } }),
+        /input 'input_ids'.*sent in fp32_contents, which is not for INT64/,
+      ],
+      [
+        'missing input',
+        { ...base, inputs: base.inputs.filter((i) => i.name !== 'attention_mask') },
+        /input 'attention_mask': is required/,
+      ],
+      [
+        'unknown input',
+        { ...base, inputs: [...base.inputs, { name: 'pixels', datatype: 'FP32', shape: [1] }] },
+        /input 'pixels': unknown; model 'bert-classifier' takes input_ids, attention_mask, token_type_ids/,
+      ],
+      [
+        'wrong byte size',
+        { ...raw, rawInputContents: [Buffer.alloc(3), Buffer.alloc(16), Buffer.alloc(16)] },
+        /input 'input_ids': raw contents have 3 bytes, shape needs 16/,
+      ],
+      [
+        'raw for some inputs only',
+        { ...raw, rawInputContents: raw.rawInputContents.slice(1) },
+        /raw_input_contents: has 2 entries for 3 inputs/,
+      ],
+      [
+        'batch over maxBatchSize',
+        encoderInputs(Array.from({ length: 17 }, () => [2, 3])),
+        /input 'input_ids'.*batch 17, over the model's maxBatchSize 16/,
+      ],
+      [
+        'sequence lengths disagree',
+        withInput('attention_mask', { shape: [1, 1], contents: { int64Contents: [1] } }),
+        /input 'attention_mask': sequence length 1 differs from input 'input_ids' \(2\)/,
+      ],
+      [
+        'batch sizes disagree',
+        withInput('attention_mask', { shape: [2, 2], contents: { int64Contents: [1, 1, 1, 1] } }),
+        /input 'attention_mask': batch dimension 2 differs/,
+      ],
+      ['unknown output', { ...base, outputs: [{ name: 'nope' }] }, /output 'nope': unknown/],
+    ];
+    for (const [what, partial, pattern] of cases) {
+      const error = await failure(infer({ modelName: 'bert-classifier', ...partial }));
+      expect([what, error.code, error.details]).toEqual([
+        what,
+        status.INVALID_ARGUMENT,
+        expect.stringMatching(pattern),
+      ]);
+    }
+    const outOfRange = await failure(
+      infer({
+        modelName: 'identity',
+        inputs: [{ name: 'in_int8', datatype: 'INT8', shape: [1, 2], contents: { intContents: [1, 300] } }],
+      }),
+    );
+    expect(outOfRange.details).toMatch(/input 'in_int8': value 300 at 1 is out of range for INT8/);
+    const fp16Typed = await failure(
+      infer({
+        modelName: 'identity',
+        inputs: [{ name: 'in_float16', datatype: 'FP16', shape: [1, 2], contents: { fp32Contents: [1, 2] } }],
+      }),
+    );
+    expect(fp16Typed.details).toMatch(/input 'in_float16': datatype FP16 must be sent in raw_input_contents/);
+
+    const after = await scrapeMetrics(t.runner.metricsPort!);
+    const labels = { model: 'bert-classifier', version: '1' };
+    expect(
+      metricDelta(before, after, 'maas_runner_inference_failures_total', {
+        ...labels,
+        reason: 'invalid_argument',
+      }),
+    ).toBe(cases.length);
+    expect(metricDelta(before, after, 'maas_runner_executions_total', labels)).toBe(0);
+    // The server is unharmed.
+    expect((await classify([[2, 3]])).outputs[0]!.shape).toEqual([1, 3]);
+  });
+
+  it('answers NOT_FOUND for unknown models and versions, FAILED_PRECONDITION for a generation model', async () => {
+    const base = encoderInputs([[2, 3]]);
+    const unknownModel = await failure(infer({ modelName: 'nope', ...base }));
+    const unknownVersion = await failure(infer({ modelName: 'bert-classifier', modelVersion: '7', ...base }));
+    const generation = await failure(infer({ modelName: 'tiny-gpt2', ...base }));
+    expect([unknownModel.code, unknownModel.details]).toEqual([status.NOT_FOUND, "model 'nope' not found"]);
+    expect([unknownVersion.code, unknownVersion.details]).toEqual([
+      status.NOT_FOUND,
+      "model 'bert-classifier' has no version '7'",
+    ]);
+    expect([generation.code, generation.details]).toEqual([
+      status.FAILED_PRECONDITION,
+      expect.stringMatching(/GenerationService\/Generate/),
+    ]);
   });
 });
 
-function classifyModel(modelName: string) {
-  return call<ModelInferResponse>(
-    t.inference,
-    'modelInfer',
-    inferRequest({ modelName, ...encoderInputs([[101, 102]]) }),
-  );
-}
-
-describe('inference', () => {
-  it('typed and raw contents give the same result', async () => {
-    const typed = await classify([[101, 7592, 2088, 102]]);
-    const raw = await classify([[101, 7592, 2088, 102]], true);
-    expect(typed.outputs[0]!.shape).toEqual([1, 3]);
-    const rawValues = new Float32Array(new Uint8Array(raw.rawOutputContents[0]!).buffer);
-    Array.from(rawValues).forEach((v, i) => expect(v).toBeCloseTo(logits(typed)[i]!, 6));
-  });
-
-  it('merges concurrent requests into batches, and padding does not change results', async () => {
-    const before = await scrapeMetrics(t.runner.metricsPort!);
-    const short = [101, 7592, 102];
-    const alone = logits(await classify([short]));
-    const requests = Array.from({ length: 16 }, (_, i) =>
-      classify([i % 2 === 0 ? short : [101, 7592, 2088, 2003, 2307, 1998, 2062, 102].slice(0, 4 + (i % 5))]),
-    );
-    const results = await Promise.all(requests);
-    const after = await scrapeMetrics(t.runner.metricsPort!);
-    const labels = { model: 'bert-classifier', version: '1' };
-    const executions =
-      metricValue(after, 'maas_runner_executions_total', labels) -
-      metricValue(before, 'maas_runner_executions_total', labels);
-    const inferences =
-      metricValue(after, 'maas_runner_inferences_total', labels) -
-      metricValue(before, 'maas_runner_inferences_total', labels);
-    expect(inferences).toBe(17);
-    expect(executions).toBeLessThan(10);
-    results.forEach((r, i) => {
-      if (i % 2 === 0) logits(r).forEach((v, k) => expect(v).toBeCloseTo(alone[k]!, 5));
-    });
-  });
-
-  it('embedding outputs are cut back to each request length', async () => {
-    const [a, b] = await Promise.all([
-      call<ModelInferResponse>(
-        t.inference,
-        'modelInfer',
-        inferRequest({ modelName: 'sentence-encoder', ...encoderInputs([[101, 102]]) }),
-      ),
-      call<ModelInferResponse>(
-        t.inference,
-        'modelInfer',
-        inferRequest({ modelName: 'sentence-encoder', ...encoderInputs([[101, 7592, 2088, 2003, 102]]) }),
-      ),
-    ]);
-    expect(a.outputs[0]!.shape).toEqual([1, 2, 32]);
-    expect(b.outputs[0]!.shape).toEqual([1, 5, 32]);
-  });
-
-  it('refuses bad tensors with INVALID_ARGUMENT naming the tensor', async () => {
-    const base = encoderInputs([[101, 102]]);
-    const cases: [object, RegExp][] = [
-      [
-        {
-          ...base,
-          inputs: base.inputs.map((i) => (i.name === 'input_ids' ? { ...i, datatype: 'FP32' } : i)),
-        },
-        /input 'input_ids'.*expected datatype INT64, got FP32/,
-      ],
-      [
-        {
-          ...base,
-          inputs: base.inputs.map((i) => (i.name === 'input_ids' ? { ...i, shape: [1, 2, 1] } : i)),
-        },
-        /input 'input_ids'.*shape/,
-      ],
-      [
-        { ...base, inputs: base.inputs.map((i) => (i.name === 'input_ids' ? { ...i, shape: [1, 3] } : i)) },
-        /input 'input_ids'.*has 2 values, shape needs 3/,
-      ],
-      [
-        { ...base, inputs: base.inputs.filter((i) => i.name !== 'attention_mask') },
-        /input 'attention_mask'.*required/,
-      ],
-      [
-        { ...base, inputs: [...base.inputs, { name: 'pixels', datatype: 'FP32', shape: [1] }] },
-        /input 'pixels'.*unknown/,
-      ],
-      [
-        {
-          ...encoderInputs([[101, 102]], true),
-          rawInputContents: [Buffer.alloc(3), Buffer.alloc(16), Buffer.alloc(16)],
-        },
-        /input 'input_ids'.*raw contents have 3 bytes/,
-      ],
-      [{ ...base, outputs: [{ name: 'nope' }] }, /output 'nope'/],
-    ];
-    for (const [partial, pattern] of cases) {
-      const error = await failure(
-        call(t.inference, 'modelInfer', inferRequest({ modelName: 'bert-classifier', ...partial })),
-      );
-      expect([error.code, error.details]).toEqual([status.INVALID_ARGUMENT, expect.stringMatching(pattern)]);
-    }
-    expect(
-      (await failure(call(t.inference, 'modelInfer', inferRequest({ modelName: 'nope', ...base })))).code,
-    ).toBe(status.NOT_FOUND);
-    // The server is unharmed.
-    expect(logits(await classify([[101, 102]]))).toHaveLength(3);
-  });
-
-  it('answers ModelStreamInfer per request, errors in error_message', async () => {
+describe('ModelStreamInfer', () => {
+  it('answers each request on the stream, errors in error_message, and stays open after one', async () => {
     const stream = t.inference.modelStreamInfer();
     const responses: ModelStreamInferResponse[] = [];
     const done = new Promise<void>((resolve, reject) => {
@@ -194,260 +340,19 @@ describe('inference', () => {
       stream.on('end', resolve);
       stream.on('error', reject);
     });
-    stream.write(
-      ModelInferRequest.fromPartial({
-        modelName: 'bert-classifier',
-        id: 'a',
-        ...encoderInputs([[101, 102]]),
-      }),
-    );
-    stream.write(
-      ModelInferRequest.fromPartial({ modelName: 'nope', id: 'b', ...encoderInputs([[101, 102]]) }),
-    );
+    const send = (id: string, modelName: string, rows: number[][]) =>
+      stream.write(ModelInferRequest.fromPartial({ modelName, id, ...encoderInputs(rows) }));
+    send('a', 'bert-classifier', [[2, 3]]);
+    send('b', 'nope', [[2, 3]]);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    send('c', 'bert-classifier', [[2, 17, 3]]);
     stream.end();
     await done;
-    expect(responses).toHaveLength(2);
-    expect(responses.find((r) => r.inferResponse?.id === 'a')?.errorMessage).toBe('');
-    expect(responses.find((r) => r.inferResponse?.id === 'b')?.errorMessage).toMatch(/not found/);
-  });
-});
-
-describe('queueing', () => {
-  it('drops requests whose deadline passed before compute, and refuses beyond the queue with RESOURCE_EXHAUSTED', async () => {
-    const small = writeFixtureRepository(undefined, {
-      models: ['bert-classifier'],
-      maxQueueSize: 4,
-      maxQueueDelayMicroseconds: 200_000,
-      maxBatchSize: 64,
-    });
-    const r = await startTestRunner(small.root, { RUNNER_WARMUP: 'false' });
-    try {
-      const req = () => inferRequest({ modelName: 'bert-classifier', ...encoderInputs([[101, 102]]) });
-      const expired = call(r.inference, 'modelInfer', req(), { deadline: new Date(Date.now() + 50) });
-      const queued = [1, 2, 3].map(() => call(r.inference, 'modelInfer', req()));
-      await new Promise((res) => setTimeout(res, 20));
-      const refused = await failure(call(r.inference, 'modelInfer', req()));
-      expect(refused.code).toBe(status.RESOURCE_EXHAUSTED);
-      expect((await failure(expired)).code).toBe(status.DEADLINE_EXCEEDED);
-      await Promise.all(queued);
-      const scrape = await scrapeMetrics(r.runner.metricsPort!);
-      expect(
-        metricValue(scrape, 'maas_runner_inference_failures_total', {
-          model: 'bert-classifier',
-          reason: 'queue_full',
-        }),
-      ).toBe(1);
-      expect(metricValue(scrape, 'maas_runner_inferences_total', { model: 'bert-classifier' })).toBe(3);
-    } finally {
-      await r.close();
-    }
-  });
-});
-
-describe('load and unload at run time', () => {
-  it('reloads a new version under traffic without failing requests, then unloads', async () => {
-    const root = writeFixtureRepository(undefined, { models: ['bert-classifier'] }).root;
-    const r = await startTestRunner(root);
-    try {
-      let stop = false;
-      let ok = 0;
-      const traffic = (async () => {
-        while (!stop) {
-          await call(
-            r.inference,
-            'modelInfer',
-            inferRequest({ modelName: 'bert-classifier', ...encoderInputs([[101, 7592, 102]]) }),
-          );
-          ok++;
-        }
-      })();
-      mkdirSync(join(root, 'bert-classifier', '2'), { recursive: true });
-      writeFileSync(join(root, 'bert-classifier', '2', 'model.onnx'), buildBertClassifier({ seed: 999 }));
-      writeFileSync(
-        join(root, 'bert-classifier', '2', 'tokenizer.json'),
-        readFileSync(join(root, 'bert-classifier', '1', 'tokenizer.json')),
-      );
-      const config = JSON.parse(readFileSync(join(root, 'bert-classifier', 'config.json'), 'utf8'));
-      writeFileSync(
-        join(root, 'bert-classifier', 'config.json'),
-        JSON.stringify({ ...config, versionPolicy: { latest: 2 } }),
-      );
-      await call(r.inference, 'repositoryModelLoad', {
-        repositoryName: '',
-        modelName: 'bert-classifier',
-        parameters: {},
-      });
-      const index = await call<RepositoryIndexResponse>(r.inference, 'repositoryIndex', {
-        repositoryName: '',
-        ready: true,
-      });
-      expect(index.models.map((m) => m.version).sort()).toEqual(['1', '2']);
-      const v2 = await call<ModelInferResponse>(
-        r.inference,
-        'modelInfer',
-        inferRequest({ modelName: 'bert-classifier', ...encoderInputs([[101, 102]]) }),
-      );
-      expect(v2.modelVersion).toBe('2');
-      const v1 = await call<ModelInferResponse>(
-        r.inference,
-        'modelInfer',
-        inferRequest({ modelName: 'bert-classifier', modelVersion: '1', ...encoderInputs([[101, 102]]) }),
-      );
-      expect(v1.modelVersion).toBe('1');
-      stop = true;
-      await traffic;
-      expect(ok).toBeGreaterThan(0);
-      await call(r.inference, 'repositoryModelUnload', {
-        repositoryName: '',
-        modelName: 'bert-classifier',
-        parameters: {},
-      });
-      expect(
-        (
-          await failure(
-            call(
-              r.inference,
-              'modelInfer',
-              inferRequest({ modelName: 'bert-classifier', ...encoderInputs([[101, 102]]) }),
-            ),
-          )
-        ).code,
-      ).toBe(status.NOT_FOUND);
-    } finally {
-      await r.close();
-      rmSync(root, { recursive: true, force: true });
-    }
-  });
-});
-
-describe('execution providers', () => {
-  function repoWithCuda(allowCpuFallback: boolean) {
-    const root = writeFixtureRepository(undefined, { models: ['bert-classifier'] }).root;
-    const file = join(root, 'bert-classifier', 'config.json');
-    const config = JSON.parse(readFileSync(file, 'utf8'));
-    writeFileSync(
-      file,
-      JSON.stringify({ ...config, executionProviders: [{ name: 'cuda', deviceId: 0 }], allowCpuFallback }),
-    );
-    return root;
-  }
-
-  it('fails the model load clearly when CUDA is requested without its runtime', async () => {
-    const r = await startTestRunner(repoWithCuda(false));
-    try {
-      const index = await call<RepositoryIndexResponse>(r.inference, 'repositoryIndex', {});
-      expect(index.models[0]!.state).toBe('UNAVAILABLE');
-      expect(index.models[0]!.reason).toMatch(/CUDA execution provider requested .*not installed/);
-      expect(await checkHealth(r.address)).toBe('NOT_SERVING');
-    } finally {
-      await r.close();
-    }
-  });
-
-  it('runs on CPU when the config allows the fallback', async () => {
-    const r = await startTestRunner(repoWithCuda(true));
-    try {
-      const out = await call<ModelInferResponse>(
-        r.inference,
-        'modelInfer',
-        inferRequest({ modelName: 'bert-classifier', ...encoderInputs([[101, 102]]) }),
-      );
-      expect(out.outputs[0]!.shape).toEqual([1, 3]);
-    } finally {
-      await r.close();
-    }
-  });
-});
-
-describe('datatypes', () => {
-  it('round-trips every supported datatype through an identity graph', async () => {
-    const root = writeFixtureRepository(undefined, { models: [] }).root;
-    const types = [
-      ['FP32', 'float32'],
-      ['FP64', 'float64'],
-      ['INT64', 'int64'],
-      ['INT32', 'int32'],
-      ['INT8', 'int8'],
-      ['UINT8', 'uint8'],
-      ['BOOL', 'bool'],
-      ['FP16', 'float16'],
-    ] as const;
-    const g = new GraphBuilder('identity');
-    for (const [, t] of types) {
-      g.input(`in_${t}`, t, ['batch', 2]);
-      g.node('Identity', [`in_${t}`], {}, [`out_${t}`]);
-      g.output(`out_${t}`, t, ['batch', 2]);
-    }
-    mkdirSync(join(root, 'identity', '1'), { recursive: true });
-    writeFileSync(join(root, 'identity', '1', 'model.onnx'), g.toBytes());
-    writeFileSync(
-      join(root, 'identity', 'config.json'),
-      JSON.stringify({
-        task: 'raw',
-        maxBatchSize: 4,
-        inputs: types.map(([d, t]) => ({ name: `in_${t}`, datatype: d, dims: [2] })),
-        outputs: types.map(([d, t]) => ({ name: `out_${t}`, datatype: d, dims: [2] })),
-      }),
-    );
-    const r = await startTestRunner(root);
-    try {
-      const raw: Record<string, Buffer> = {
-        float32: Buffer.from(new Float32Array([1.5, -2]).buffer),
-        float64: Buffer.from(new Float64Array([1e300, -0.25]).buffer),
-        int64: Buffer.from(new BigInt64Array([2n ** 40n, -3n]).buffer),
-        int32: Buffer.from(new Int32Array([7, -7]).buffer),
-        int8: Buffer.from(new Int8Array([-128, 127]).buffer),
-        uint8: Buffer.from(new Uint8Array([0, 255]).buffer),
-        bool: Buffer.from(new Uint8Array([1, 0]).buffer),
-        float16: Buffer.from(new Uint16Array([0x3c00, 0xc000]).buffer),
-      };
-      const out = await call<ModelInferResponse>(
-        r.inference,
-        'modelInfer',
-        inferRequest({
-          modelName: 'identity',
-          inputs: types.map(([d, t]) => ({ name: `in_${t}`, datatype: d, shape: [1, 2] })),
-          rawInputContents: types.map(([, t]) => raw[t]!),
-        }),
-      );
-      out.outputs.forEach((o, i) => {
-        const t = o.name.slice(4);
-        expect([o.name, o.datatype, Buffer.from(out.rawOutputContents[i]!).equals(raw[t]!)]).toEqual([
-          o.name,
-          types.find(([, x]) => x === t)![0],
-          true,
-        ]);
-      });
-      const typed = await call<ModelInferResponse>(
-        r.inference,
-        'modelInfer',
-        inferRequest({
-          modelName: 'identity',
-          inputs: types
-            .filter(([d]) => d !== 'FP16')
-            .map(([d, t]) => ({
-              name: `in_${t}`,
-              datatype: d,
-              shape: [1, 2],
-              contents:
-                d === 'BOOL'
-                  ? { boolContents: [true, false] }
-                  : d === 'INT64'
-                    ? { int64Contents: [5, -5] }
-                    : d === 'UINT8'
-                      ? { uintContents: [1, 2] }
-                      : d.startsWith('INT')
-                        ? { intContents: [3, -3] }
-                        : d === 'FP64'
-                          ? { fp64Contents: [0.5, 1] }
-                          : { fp32Contents: [0.5, 1] },
-            })),
-        }),
-      ).catch((e) => e);
-      // FP16 must be sent raw, so a typed request without it is missing an input.
-      expect(String(typed.details)).toMatch(/in_float16.*required/);
-    } finally {
-      await r.close();
-    }
+    const byId = new Map(responses.map((r) => [r.inferResponse!.id, r]));
+    expect([...byId.keys()].sort()).toEqual(['a', 'b', 'c']);
+    expect(byId.get('a')!.errorMessage).toBe('');
+    expect(byId.get('a')!.inferResponse!.outputs[0]!.shape).toEqual([1, 3]);
+    expect(byId.get('b')!.errorMessage).toBe("model 'nope' not found");
+    expect(byId.get('c')!.errorMessage).toBe('');
   });
 });

@@ -1,0 +1,359 @@
+/** The model repository through KServe: start-up readiness, broken models, metadata, load/unload, CUDA. */
+import { readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { status } from '@grpc/grpc-js';
+import { createSession } from '../src/session';
+import { checkHealth } from '@maas/shared/testing';
+import type {
+  ModelInferResponse,
+  ModelMetadataResponse,
+  RepositoryIndexResponse,
+} from '@maas/shared/gen/inference/grpc_service';
+import {
+  call,
+  encoderInputs,
+  failure,
+  inferRequest,
+  sleep,
+  startTestRunner,
+  type TestRunner,
+} from './helpers';
+import { editConfig, testRepository, writeModel } from './models';
+
+const index = async (r: TestRunner) =>
+  new Map(
+    (await call<RepositoryIndexResponse>(r.inference, 'repositoryIndex', {})).models.map((m) => [
+      `${m.name}/${m.version}`,
+      m,
+    ]),
+  );
+const ready = async (r: TestRunner, name: string, version = '') =>
+  (await call<{ ready: boolean }>(r.inference, 'modelReady', { name, version })).ready;
+const serverReady = async (r: TestRunner) =>
+  (await call<{ ready: boolean }>(r.inference, 'serverReady', {})).ready;
+const classify = (r: TestRunner, modelName = 'bert-classifier', modelVersion = '') =>
+  call<ModelInferResponse>(
+    r.inference,
+    'modelInfer',
+    inferRequest({ modelName, modelVersion, ...encoderInputs([[2, 17, 3]]) }),
+  );
+const load = (r: TestRunner, modelName: string) =>
+  call(r.inference, 'repositoryModelLoad', { repositoryName: '', modelName, parameters: {} });
+const unload = (r: TestRunner, modelName: string) =>
+  call(r.inference, 'repositoryModelUnload', { repositoryName: '', modelName, parameters: {} });
+
+describe('start-up', () => {
+  it('is NOT_SERVING and not ready until every model has finished loading, then SERVING', async () => {
+    const root = testRepository(['bert-classifier', 'sentence-encoder']);
+    // The real session factory, held back for the second model until the test has looked.
+    let release!: () => void;
+    const gate = new Promise<void>((resolve) => (release = resolve));
+    const r = await startTestRunner(
+      root,
+      {},
+      {
+        returnBeforeLoaded: true,
+        createSession: async (path, ...rest) => {
+          if (path.includes('sentence-encoder')) await gate;
+          return createSession(path, ...rest);
+        },
+      },
+    );
+    try {
+      const until = async (check: () => Promise<boolean>) => {
+        for (let i = 0; i < 100 && !(await check()); i++) await sleep(50);
+      };
+      await until(async () => (await index(r)).get('sentence-encoder/1')?.state === 'LOADING');
+      const models = await index(r);
+      expect([models.get('bert-classifier/1')?.state, models.get('sentence-encoder/1')?.state]).toEqual([
+        'READY',
+        'LOADING',
+      ]);
+      // One model is READY, but start-up has not finished trying the other.
+      expect(await checkHealth(r.address)).toBe('NOT_SERVING');
+      expect(await checkHealth(r.address, 'inference.GRPCInferenceService')).toBe('NOT_SERVING');
+      expect(await serverReady(r)).toBe(false);
+      expect([await ready(r, 'bert-classifier'), await ready(r, 'sentence-encoder')]).toEqual([true, false]);
+      expect(await call(r.inference, 'serverLive', {})).toEqual({ live: true });
+      release();
+      await r.runner.loaded;
+      expect(await checkHealth(r.address)).toBe('SERVING');
+      expect(await checkHealth(r.address, 'maas.runner.v1.GenerationService')).toBe('SERVING');
+      expect(await serverReady(r)).toBe(true);
+      expect(await ready(r, 'sentence-encoder', '1')).toBe(true);
+    } finally {
+      release();
+      await r.close();
+    }
+  });
+
+  it('isolates broken models, each UNAVAILABLE with its reason, while the others serve', async () => {
+    const root = testRepository(['bert-classifier', 'broken-onnx', 'broken-config']);
+    const good = JSON.parse(readFileSync(join(root, 'bert-classifier', 'config.json'), 'utf8'));
+    const bert = readFileSync(join(root, 'bert-classifier', '1', 'model.onnx'));
+    writeModel(
+      root,
+      'wrong-datatype',
+      { ...good, inputs: good.inputs.map((i: object) => ({ ...i, datatype: 'INT32' })) },
+      bert,
+    );
+    writeModel(
+      root,
+      'wrong-dims',
+      { ...good, outputs: [{ name: 'logits', datatype: 'FP32', dims: [5] }] },
+      bert,
+    );
+    writeModel(root, 'bad-json', '{ "task": ', bert);
+    writeModel(root, 'missing-file', good, bert);
+    rmSync(join(root, 'missing-file', '1', 'model.onnx'));
+    const r = await startTestRunner(root);
+    try {
+      const models = await index(r);
+      expect(models.get('bert-classifier/1')?.state).toBe('READY');
+      const expected: [string, RegExp][] = [
+        ['broken-onnx/1', /protobuf parsing failed|failed/i],
+        [
+          'broken-config/1',
+          /config disagrees with the graph: input 'ids' is not in the graph.*graph input 'input_ids' is missing from the config/,
+        ],
+        ['wrong-datatype/1', /input 'input_ids' is INT64 in the graph, INT32 in the config/],
+        ['wrong-dims/1', /output 'logits' dimension 1 is 3 in the graph, 5 in the config/],
+        ['bad-json/', /bad-json: cannot parse .*config\.json/],
+        ['missing-file/1', /missing-file\/1\/model\.onnx is missing/],
+      ];
+      for (const [key, reason] of expected) {
+        expect([key, models.get(key)?.state, models.get(key)?.reason]).toEqual([
+          key,
+          'UNAVAILABLE',
+          expect.stringMatching(reason),
+        ]);
+      }
+      expect(await checkHealth(r.address)).toBe('SERVING');
+      expect(await serverReady(r)).toBe(true);
+      expect([
+        await ready(r, 'bert-classifier'),
+        await ready(r, 'wrong-dims'),
+        await ready(r, 'bad-json'),
+      ]).toEqual([true, false, false]);
+      const refused = await failure(classify(r, 'wrong-datatype'));
+      expect([refused.code, refused.details]).toEqual([
+        status.UNAVAILABLE,
+        expect.stringMatching(/is not ready: .*INT32 in the config/),
+      ]);
+      expect((await classify(r)).outputs[0]!.shape).toEqual([1, 3]);
+    } finally {
+      await r.close();
+    }
+  });
+
+  it('loads only the models named in MODELS', async () => {
+    const root = testRepository(['bert-classifier', 'sentence-encoder']);
+    const r = await startTestRunner(root, { MODELS: 'sentence-encoder' });
+    try {
+      const models = await index(r);
+      expect(models.get('sentence-encoder/1')?.state).toBe('READY');
+      expect(models.get('bert-classifier/')).toMatchObject({ state: 'UNAVAILABLE', reason: 'not loaded' });
+      expect((await failure(classify(r))).code).toBe(status.NOT_FOUND);
+    } finally {
+      await r.close();
+    }
+  });
+});
+
+describe('metadata', () => {
+  let r: TestRunner;
+  beforeAll(async () => {
+    r = await startTestRunner(testRepository(['bert-classifier', 'sentence-encoder']));
+  });
+  afterAll(async () => {
+    await r?.close();
+  });
+
+  it('describes the server and the models in KServe terms', async () => {
+    const server = await call<{ name: string; version: string; extensions: string[] }>(
+      r.inference,
+      'serverMetadata',
+      {},
+    );
+    expect(server).toEqual({
+      name: 'maas-model-runner',
+      version: expect.any(String),
+      extensions: ['model_repository', 'binary_tensor_data'],
+    });
+    const bert = await call<ModelMetadataResponse>(r.inference, 'modelMetadata', {
+      name: 'bert-classifier',
+      version: '',
+    });
+    expect(bert).toEqual({
+      name: 'bert-classifier',
+      versions: ['1'],
+      platform: 'onnxruntime_onnx',
+      inputs: ['input_ids', 'attention_mask', 'token_type_ids'].map((name) => ({
+        name,
+        datatype: 'INT64',
+        shape: [-1, -1],
+      })),
+      outputs: [{ name: 'logits', datatype: 'FP32', shape: [-1, 3] }],
+    });
+    const encoder = await call<ModelMetadataResponse>(r.inference, 'modelMetadata', {
+      name: 'sentence-encoder',
+      version: '1',
+    });
+    expect(encoder.outputs).toEqual([{ name: 'last_hidden_state', datatype: 'FP32', shape: [-1, -1, 32] }]);
+    expect((await failure(call(r.inference, 'modelMetadata', { name: 'nope', version: '' }))).code).toBe(
+      status.NOT_FOUND,
+    );
+    expect((await failure(call(r.inference, 'modelReady', { name: 'nope', version: '' }))).code).toBe(
+      status.NOT_FOUND,
+    );
+    expect(await ready(r, 'bert-classifier', '2')).toBe(false);
+  });
+});
+
+describe('load and unload at run time', () => {
+  it('reloads with a new version beside the old under traffic, then unloads and loads again', async () => {
+    const root = testRepository(['bert-classifier'], { maxQueueDelayMicroseconds: 1000 });
+    const r = await startTestRunner(root);
+    try {
+      let stop = false;
+      let ok = 0;
+      const failures: string[] = [];
+      const versions = new Set<string>();
+      const traffic = Array.from({ length: 4 }, async () => {
+        while (!stop) {
+          await classify(r).then(
+            (response) => {
+              ok++;
+              versions.add(response.modelVersion);
+            },
+            (error: Error) => failures.push(error.message),
+          );
+        }
+      });
+      await sleep(100);
+      writeModel(
+        root,
+        'bert-classifier',
+        JSON.parse(readFileSync(join(root, 'bert-classifier', 'config.json'), 'utf8')),
+        readFileSync(join(root, 'bert-classifier', '1', 'model.onnx')),
+        2,
+      );
+      writeFileSync(
+        join(root, 'bert-classifier', '2', 'tokenizer.json'),
+        readFileSync(join(root, 'bert-classifier', '1', 'tokenizer.json')),
+      );
+      editConfig(root, 'bert-classifier', (c) => ({ ...c, versionPolicy: { latest: 2 } }));
+      await load(r, 'bert-classifier');
+      const okAtSwitch = ok;
+      await sleep(200);
+      stop = true;
+      await Promise.all(traffic);
+      expect(failures).toEqual([]);
+      expect(ok).toBeGreaterThan(okAtSwitch);
+      expect([...versions].sort()).toEqual(['1', '2']);
+      const models = await index(r);
+      expect([models.get('bert-classifier/1')?.state, models.get('bert-classifier/2')?.state]).toEqual([
+        'READY',
+        'READY',
+      ]);
+      expect((await classify(r)).modelVersion).toBe('2');
+      expect((await classify(r, 'bert-classifier', '1')).modelVersion).toBe('1');
+
+      // A reload that fails keeps the versions that serve.
+      writeModel(
+        root,
+        'bert-classifier',
+        JSON.parse(readFileSync(join(root, 'bert-classifier', 'config.json'), 'utf8')),
+        'not onnx',
+        3,
+      );
+      editConfig(root, 'bert-classifier', (c) => ({ ...c, versionPolicy: { latest: 1 } }));
+      const failedReload = await failure(load(r, 'bert-classifier'));
+      expect([failedReload.code, failedReload.details]).toEqual([
+        status.FAILED_PRECONDITION,
+        expect.stringMatching(/reload failed, serving the loaded versions: version 3/),
+      ]);
+      expect((await classify(r)).modelVersion).toBe('2');
+
+      await unload(r, 'bert-classifier');
+      const unloaded = await failure(classify(r));
+      expect([unloaded.code, unloaded.details]).toEqual([
+        status.NOT_FOUND,
+        "model 'bert-classifier' is not loaded (it was unloaded)",
+      ]);
+      expect((await index(r)).get('bert-classifier/2')).toMatchObject({
+        state: 'UNAVAILABLE',
+        reason: 'unloaded',
+      });
+      expect(await checkHealth(r.address)).toBe('NOT_SERVING');
+      expect((await failure(unload(r, 'bert-classifier'))).code).toBe(status.NOT_FOUND);
+
+      rmSync(join(root, 'bert-classifier', '3'), { recursive: true });
+      await load(r, 'bert-classifier');
+      expect((await classify(r)).modelVersion).toBe('2');
+      expect(await checkHealth(r.address)).toBe('SERVING');
+      expect((await failure(load(r, 'nope'))).code).toBe(status.NOT_FOUND);
+    } finally {
+      await r.close();
+    }
+  });
+
+  it('polls the repository for new, changed and removed models when REPOSITORY_POLL_SECONDS is set', async () => {
+    const root = testRepository(['bert-classifier']);
+    const r = await startTestRunner(root, { REPOSITORY_POLL_SECONDS: '1' });
+    try {
+      // Copied beside the repository, then moved in: the poller never sees half a model.
+      const encoder = testRepository(['sentence-encoder']);
+      renameSync(join(encoder, 'sentence-encoder'), join(root, 'sentence-encoder'));
+      const until = async (check: () => Promise<boolean>) => {
+        for (let i = 0; i < 60 && !(await check()); i++) await sleep(100);
+        return check();
+      };
+      expect(await until(async () => (await index(r)).get('sentence-encoder/1')?.state === 'READY')).toBe(
+        true,
+      );
+      rmSync(join(root, 'bert-classifier'), { recursive: true });
+      expect(await until(async () => !(await ready(r, 'bert-classifier').catch(() => false)))).toBe(true);
+    } finally {
+      await r.close();
+    }
+  });
+});
+
+describe('execution providers', () => {
+  function repositoryWithCuda(allowCpuFallback: boolean) {
+    const root = testRepository(['bert-classifier']);
+    editConfig(root, 'bert-classifier', (c) => ({
+      ...c,
+      executionProviders: [{ name: 'cuda', deviceId: 0 }],
+      allowCpuFallback,
+    }));
+    return root;
+  }
+
+  it('fails the model load with a clear message when CUDA is requested without its runtime', async () => {
+    const r = await startTestRunner(repositoryWithCuda(false));
+    try {
+      const entry = (await index(r)).get('bert-classifier/1');
+      expect(entry?.state).toBe('UNAVAILABLE');
+      expect(entry?.reason).toMatch(
+        /CUDA execution provider requested \(device 0\) but onnxruntime-node's CUDA runtime is not installed/,
+      );
+      expect(entry?.reason).toMatch(/ONNXRUNTIME_NODE_INSTALL=cuda12/);
+      expect(entry?.reason).toMatch(/allowCpuFallback/);
+      expect(await checkHealth(r.address)).toBe('NOT_SERVING');
+    } finally {
+      await r.close();
+    }
+  });
+
+  it('runs on CPU when the config allows the fallback', async () => {
+    const r = await startTestRunner(repositoryWithCuda(true));
+    try {
+      expect((await classify(r)).outputs[0]!.shape).toEqual([1, 3]);
+      expect(await checkHealth(r.address)).toBe('SERVING');
+    } finally {
+      await r.close();
+    }
+  });
+});
