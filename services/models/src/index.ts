@@ -4,4 +4,4 @@ export * from './fasttext/tokenizer.js';
 export * from './fasttext/convert-lid.js';
 export * from './tokenizer-files/index.js';
 export * from './glove/convert-glove.js';
-export * from './fixtures.js';
+export * from './fixtures/index.js';

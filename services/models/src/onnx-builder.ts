@@ -292,9 +292,15 @@ export class SeededRandom {
     const u = Math.max(this.next(), 1e-12);
     return Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * this.next()) * std;
   }
+  /** `count` Normal(0, std) values; uses both Box-Muller outputs, as embedding tables can be millions of values. */
   floats(count: number, std: number): Float32Array {
     const out = new Float32Array(count);
-    for (let i = 0; i < count; i++) out[i] = this.normal(std);
+    for (let i = 0; i < count; i += 2) {
+      const radius = Math.sqrt(-2 * Math.log(Math.max(this.next(), 1e-12))) * std;
+      const angle = 2 * Math.PI * this.next();
+      out[i] = radius * Math.cos(angle);
+      if (i + 1 < count) out[i + 1] = radius * Math.sin(angle);
+    }
     return out;
   }
 }
