@@ -193,6 +193,21 @@ describe('lang-id: lid.176 converted to ONNX', () => {
     alone.forEach((p, i) => expect(p).toBeCloseTo(row[i]!, 6));
   });
 
+  it('classifies a batch of 64 sentences quickly', async () => {
+    const batch = Array.from({ length: 64 }, (_, i) => SAMPLE[i % SAMPLE.length]![1]);
+    const { ids, mask, length } = padded(batch.map((t) => tokenizer.encodeIds(t)));
+    const feeds = {
+      input_ids: new ort.Tensor('int64', ids, [batch.length, length]),
+      attention_mask: new ort.Tensor('int64', mask, [batch.length, length]),
+    };
+    await session.run(feeds);
+    const started = process.hrtime.bigint();
+    for (let i = 0; i < 20; i++) await session.run(feeds);
+    const ms = Number(process.hrtime.bigint() - started) / 1e6 / 20;
+    console.log(`lang-id: batch of 64 sentences × ${length} ids in ${ms.toFixed(2)} ms`);
+    expect(ms).toBeLessThan(500);
+  });
+
   it('is rebuilt byte for byte by the converter', () => {
     const converted = convertLid176();
     expect(Buffer.from(converted.onnx).equals(readFileSync(join(VERSION_DIR, 'model.onnx')))).toBe(true);
