@@ -7,7 +7,7 @@
 import { dirname, join } from 'node:path';
 import { GraphBuilder } from '../onnx-builder.js';
 import { type FastTextModelFile, readFastTextModel } from './ftz-reader.js';
-import { FASTTEXT_EOS, type FastTextTokenizerFile } from './tokenizer.js';
+import { FASTTEXT_EOS, FASTTEXT_LABEL_PREFIX, type FastTextTokenizerFile } from './tokenizer.js';
 
 export function lid176Path(): string {
   return join(
@@ -67,7 +67,10 @@ export function convertLid176(path = lid176Path()): ConvertedLid {
   if (args.wordNgrams > 1) throw new Error('word n-grams > 1 are not supported by this converter');
   const dim = args.dim;
   const labelEntries = model.entries.slice(nwords);
-  const labels = labelEntries.map((e) => e.word.replace(/^__label__/, ''));
+  // Users want `en`, not fastText's `__label__en`.
+  const labels = labelEntries.map((e) =>
+    e.word.startsWith(FASTTEXT_LABEL_PREFIX) ? e.word.slice(FASTTEXT_LABEL_PREFIX.length) : e.word,
+  );
 
   // Path matrices: score(label) = Σ_nodes left[n,l]·log(1−σ+ε) + right[n,l]·log(σ+ε).
   const tree = buildHuffmanTree(labelEntries.map((e) => e.count));
