@@ -96,6 +96,8 @@ export async function startStack(options: {
   env?: Record<string, string>;
   tokenizerReplicas?: number;
   orchestratorLogger?: Logger;
+  /** Puts something (a proxy) between the orchestrator and tokenizer replica `index`; returns the port to use. */
+  tokenizerPort?: (port: number, index: number) => Promise<number> | number;
 }): Promise<Stack> {
   const common = {
     GRPC_PORT: '0',
@@ -114,7 +116,13 @@ export async function startStack(options: {
   const orchestrator = await startOrchestrator(
     loadOrchestratorConfig({
       ...common,
-      TOKENIZER_ADDRESS: tokenizers.map((t) => `127.0.0.1:${t.grpcPort}`).join(','),
+      TOKENIZER_ADDRESS: (
+        await Promise.all(
+          tokenizers.map(
+            async (t, i) => `127.0.0.1:${await (options.tokenizerPort ?? ((p) => p))(t.grpcPort, i)}`,
+          ),
+        )
+      ).join(','),
       RUNNER_ADDRESS: `127.0.0.1:${runner.grpcPort}`,
       ...options.env,
     }),
@@ -212,4 +220,45 @@ export async function eventually(check: () => Promise<boolean> | boolean, timeou
     if (Date.now() > until) throw new Error('condition not met in time');
     await sleep(20);
   }
+}
+
+/**
+ * A TCP proxy to a local port, standing for the network path to one replica:
+ * `hold()` stops delivering its answers (calls hang in flight, as on a node
+ * that froze), `kill()` resets every connection and refuses new ones (the
+ * node is gone).
+ */
+export async function tcpProxy(targetPort: number) {
+  const { createServer, connect } = await import('node:net');
+  const sockets = new Set<import('node:net').Socket>();
+  const upstreams = new Set<import('node:net').Socket>();
+  let killed = false;
+  const server = createServer((client) => {
+    if (killed) return client.destroy();
+    const upstream = connect(targetPort, '127.0.0.1');
+    sockets.add(client);
+    upstreams.add(upstream);
+    client.pipe(upstream);
+    upstream.pipe(client);
+    const drop = () => {
+      client.destroy();
+      upstream.destroy();
+      sockets.delete(client);
+      upstreams.delete(upstream);
+    };
+    client.on('error', drop).on('close', drop);
+    upstream.on('error', drop).on('close', drop);
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    port: (server.address() as import('node:net').AddressInfo).port,
+    hold() {
+      for (const upstream of upstreams) upstream.unpipe();
+    },
+    kill() {
+      killed = true;
+      server.close();
+      for (const socket of [...sockets, ...upstreams]) socket.resetAndDestroy();
+    },
+  };
 }
