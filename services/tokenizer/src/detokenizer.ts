@@ -1,43 +1,69 @@
 /**
- * Incremental detokenization: token ids arrive one by one, text leaves in
- * deltas that are always whole characters. Decoding a window that starts a
- * few tokens back (prefix offset) keeps decoders that depend on context (a
- * leading space, a WordPiece `##`) right; a delta is released only when the
- * decoded text grew and does not end in an incomplete character (U+FFFD).
- * The same algorithm as Hugging Face text-generation-inference.
+ * Incremental detokenization: token ids arrive a few at a time, text leaves
+ * in deltas that are always whole characters, and the deltas add up to
+ * decoding the whole sequence at once. The algorithm of Hugging Face
+ * text-generation-inference (prefix offset / read offset): each step decodes a
+ * window that starts a few tokens back, so decoders that depend on context (a
+ * leading space, a WordPiece `##`, a Metaspace `▁`) see it, and releases the
+ * text past what that window's prefix already gave, unless it ends in U+FFFD:
+ * a multi-byte character split across byte-level tokens is then incomplete and
+ * is held back until the next token completes it.
+ *
+ * Knows nothing of gRPC or of a particular library: the orchestrator can use it
+ * over any batch decode function.
  */
-export type DecodeFn = (ids: number[]) => Promise<string> | string;
+
+/** Decodes several id sequences at once (the prefix window and the whole window, in one call). */
+export type BatchDecode = (sequences: number[][]) => Promise<string[]> | string[];
 
 export class IncrementalDetokenizer {
-  private readonly ids: number[] = [];
+  /** The ids from the prefix offset on: older ones are never decoded again, so a long stream stays small. */
+  private ids: number[] = [];
+  private dropped = 0;
   private prefixOffset = 0;
   private readOffset = 0;
 
-  constructor(private readonly decode: DecodeFn) {}
+  constructor(private readonly decode: BatchDecode) {}
 
+  /** Ids received so far. */
   get consumed(): number {
-    return this.ids.length;
+    return this.dropped + this.ids.length;
   }
 
-  /** Adds ids; returns the new text they complete (may be ''). */
-  async push(ids: number[]): Promise<string> {
-    this.ids.push(...ids);
-    const prefixText = await this.decode(this.ids.slice(this.prefixOffset, this.readOffset));
-    const newText = await this.decode(this.ids.slice(this.prefixOffset));
+  /** Adds ids; returns the text they complete (may be '' while a character is incomplete). */
+  async push(ids: readonly number[]): Promise<string> {
+    for (const id of ids) this.ids.push(id);
+    const [prefixText, newText] = await this.windows();
     if (newText.length > prefixText.length && !newText.endsWith('\uFFFD')) {
       this.prefixOffset = this.readOffset;
       this.readOffset = this.ids.length;
+      this.dropBeforePrefix();
       return newText.slice(prefixText.length);
     }
     return '';
   }
 
-  /** At the end of the sequence: whatever is still held back, even if it is not valid text. */
+  private dropBeforePrefix(): void {
+    if (this.prefixOffset === 0) return;
+    this.ids = this.ids.slice(this.prefixOffset);
+    this.dropped += this.prefixOffset;
+    this.readOffset -= this.prefixOffset;
+    this.prefixOffset = 0;
+  }
+
+  /** At the end of the sequence: whatever is still held back, even an incomplete character. */
   async flush(): Promise<string> {
     if (this.readOffset === this.ids.length) return '';
-    const prefixText = await this.decode(this.ids.slice(this.prefixOffset, this.readOffset));
-    const newText = await this.decode(this.ids.slice(this.prefixOffset));
+    const [prefixText, newText] = await this.windows();
     this.prefixOffset = this.readOffset = this.ids.length;
     return newText.slice(prefixText.length);
+  }
+
+  private async windows(): Promise<[string, string]> {
+    const [prefixText = '', newText = ''] = await this.decode([
+      this.ids.slice(this.prefixOffset, this.readOffset),
+      this.ids.slice(this.prefixOffset),
+    ]);
+    return [prefixText, newText];
   }
 }

@@ -13,8 +13,10 @@ import { TokenizerRegistry } from './registry.js';
 import { createTokenizerService } from './server.js';
 
 export { loadTokenizerConfig, tokenizerConfigSchema, type TokenizerConfig } from './config.js';
-export { IncrementalDetokenizer } from './detokenizer.js';
-export { TokenizerRegistry } from './registry.js';
+export { IncrementalDetokenizer, type BatchDecode } from './detokenizer.js';
+export { FastTextTextTokenizer } from './fasttext-text-tokenizer.js';
+export { cleanUpTokenizationSpaces, HuggingFaceTokenizer } from './huggingface-tokenizer.js';
+export { loadTokenizer, TokenizerRegistry, type TokenizerSource } from './registry.js';
 export * from './text-tokenizer.js';
 
 export interface RunningTokenizer extends ListeningAddresses {
@@ -23,7 +25,10 @@ export interface RunningTokenizer extends ListeningAddresses {
   stop(): Promise<void>;
 }
 
-/** Loads tokenizers, serves them, and reports SERVING once they are loaded. */
+/**
+ * Listens at once (health NOT_SERVING), loads the tokenizers, then reports
+ * SERVING; health follows later rescans (NOT_SERVING while none is loaded).
+ */
 export async function startTokenizer(
   config: TokenizerConfig,
   deps: { logger?: Logger; metricsRegistry?: Registry } = {},
@@ -31,22 +36,30 @@ export async function startTokenizer(
   const logger = deps.logger ?? createLogger({ service: 'tokenizer', level: config.LOG_LEVEL });
   const metricsRegistry = deps.metricsRegistry ?? createMetricsRegistry();
   const metrics = createTokenizerMetrics(metricsRegistry);
-  const registry = new TokenizerRegistry(
-    { repository: config.MODEL_REPOSITORY, extraDir: config.TOKENIZER_DIR, logger },
-    {
-      onReload(result, loaded) {
-        metrics.reloads.inc({ result });
-        metrics.loaded.set(loaded);
-      },
-    },
-  );
   const host = new GrpcServiceHost({ name: 'tokenizer', config, logger, registry: metricsRegistry });
+  const registry = new TokenizerRegistry({
+    repository: config.MODEL_REPOSITORY,
+    extraDir: config.TOKENIZER_DIR,
+    logger,
+    onReload(result, loaded) {
+      metrics.reloads.inc({ result });
+      metrics.loaded.set(loaded);
+      host.setReady(loaded > 0);
+      if (loaded === 0) logger.warn('no tokenizer loaded; NOT_SERVING until one is');
+    },
+    onLoadFailure(name) {
+      metrics.loadFailures.inc({ tokenizer: name });
+    },
+  });
   host.addService(TokenizerServiceService, createTokenizerService(registry, config, metrics) as never);
   const addresses = await host.start();
-  await registry.reload();
-  registry.watch(config.TOKENIZER_RELOAD_INTERVAL_MS);
-  host.setReady(registry.list().length > 0);
-  if (registry.list().length === 0) logger.warn('no tokenizer loaded; reporting NOT_SERVING until one is');
+  try {
+    await registry.reload();
+  } catch (error) {
+    await host.stop(0);
+    throw error;
+  }
+  registry.watch(config.TOKENIZER_RELOAD_INTERVAL_MS, config.TOKENIZER_WATCH);
   return {
     ...addresses,
     host,

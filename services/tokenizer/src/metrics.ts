@@ -7,19 +7,19 @@ export function createTokenizerMetrics(registry: Registry) {
   return {
     texts: new Counter({
       name: 'maas_tokenizer_texts_total',
-      help: 'Texts (or sequences, for decode) processed, by tokenizer and operation.',
+      help: 'Texts encoded or counted, and sequences decoded, by tokenizer and operation.',
       labelNames: ['tokenizer', 'operation'],
       registers: [registry],
     }),
     tokens: new Counter({
       name: 'maas_tokenizer_tokens_total',
-      help: 'Tokens produced (encode, count) or consumed (decode), by tokenizer and operation.',
+      help: 'Tokens produced (encode, count; before padding) or decoded (decode, decode_stream), by tokenizer and operation.',
       labelNames: ['tokenizer', 'operation'],
       registers: [registry],
     }),
     duration: new Histogram({
       name: 'maas_tokenizer_duration_seconds',
-      help: 'Time spent in the tokenizer library per call (a whole batch), by tokenizer and operation.',
+      help: 'Time in the tokenizer per call (a whole batch; one message for decode_stream), by tokenizer and operation.',
       labelNames: ['tokenizer', 'operation'],
       buckets: LATENCY_BUCKETS_SECONDS,
       registers: [registry],
@@ -31,8 +31,14 @@ export function createTokenizerMetrics(registry: Registry) {
     }),
     reloads: new Counter({
       name: 'maas_tokenizer_reloads_total',
-      help: 'Repository rescans, by result (error: at least one tokenizer failed to load).',
+      help: 'Rescans of the repository and TOKENIZER_DIR, by result (error: at least one tokenizer failed to load).',
       labelNames: ['result'],
+      registers: [registry],
+    }),
+    loadFailures: new Counter({
+      name: 'maas_tokenizer_load_failures_total',
+      help: 'Tokenizer files that failed to load (counted once per change of the file), by tokenizer.',
+      labelNames: ['tokenizer'],
       registers: [registry],
     }),
   };
