@@ -104,6 +104,12 @@ export function argmax(values: Float32Array): number {
 
 /** Probability octaves tracked for top-p; weights below 2^-OCTAVES of the best share the last one. */
 const OCTAVES = 64;
+/** Linear slices of the octave where top-p's cut falls. */
+const SLICES = 256;
+
+// Hot loops use these module bindings, not `Math.*`: a global lookup per
+// element is slow where the global object is intercepted (jest's vm realm).
+const { exp, floor, min, max, LOG2E } = Math;
 
 /**
  * Chooses tokens from logits. Holds scratch buffers sized to the vocabulary, so
@@ -114,15 +120,17 @@ export class TokenSampler {
   /** Candidate token ids; the first `count` are live. */
   private readonly candidates: Int32Array;
   private readonly weights: Float64Array;
-  private readonly octaveOf: Uint8Array;
+  /** Per candidate: its octave, then (boundary octave only) OCTAVES + 1 + its slice. */
+  private readonly bucketOf: Uint16Array;
   private readonly octaveMass = new Float64Array(OCTAVES + 1);
+  private readonly sliceMass = new Float64Array(SLICES);
   private readonly nucleus: Int32Array;
 
   constructor(readonly vocabSize: number) {
     this.logits = new Float32Array(vocabSize);
     this.candidates = new Int32Array(vocabSize);
     this.weights = new Float64Array(vocabSize);
-    this.octaveOf = new Uint8Array(vocabSize);
+    this.bucketOf = new Uint16Array(vocabSize);
     this.nucleus = new Int32Array(vocabSize);
   }
 
@@ -153,16 +161,16 @@ export class TokenSampler {
     const count = topK < this.vocabSize ? this.selectTopK(topK) : this.selectAll();
 
     const { candidates, weights } = this;
-    let max = -Infinity;
-    for (let i = 0; i < count; i++) max = Math.max(max, logits[candidates[i]!]!);
+    let best = logits[candidates[0]!]!;
+    for (let i = 1; i < count; i++) best = max(best, logits[candidates[i]!]!);
     let total = 0;
     for (let i = 0; i < count; i++) {
-      const w = Math.exp((logits[candidates[i]!]! - max) / temperature);
+      const w = exp((logits[candidates[i]!]! - best) / temperature);
       weights[i] = w;
       total += w;
     }
     const topP = options.topP ?? 1;
-    if (topP < 1) return this.sampleNucleus(count, total, topP, max, temperature, random);
+    if (topP < 1) return this.sampleNucleus(count, total, topP, best, temperature, random);
 
     let r = random.next() * total;
     for (let i = 0; i < count; i++) {
@@ -212,39 +220,64 @@ export class TokenSampler {
 
   /**
    * Top-p over candidates[0..count) with their weights: the smallest set of
-   * most likely tokens holding top_p of the mass. Weights are bucketed by
-   * octave below the best (w in (2^-(o+1), 2^-o]); the octaves that together
-   * first reach top_p contain the whole nucleus, and only their tokens are
-   * sorted.
+   * most likely tokens holding top_p of the mass. No full sort: weights are
+   * bucketed by octave below the best (w in (2^-(o+1), 2^-o]); the octaves
+   * before the one where the cumulative mass reaches top_p are wholly in the
+   * nucleus, in any order. That boundary octave is split again into linear
+   * slices by weight, and only the tokens of the boundary slice are sorted to
+   * find the cut. Flat distributions, whose nucleus is most of the
+   * vocabulary, stay O(vocab) this way.
    */
   private sampleNucleus(
     count: number,
     total: number,
     topP: number,
-    max: number,
+    best: number,
     temperature: number,
     random: SequenceRandom,
   ): number {
-    const { logits, candidates, weights, octaveOf, octaveMass, nucleus } = this;
+    const { logits, candidates, weights, bucketOf, octaveMass, sliceMass, nucleus } = this;
     octaveMass.fill(0);
-    const perOctave = Math.LOG2E / temperature;
+    const perOctave = LOG2E / temperature;
     for (let i = 0; i < count; i++) {
-      const o = Math.min(OCTAVES, Math.floor((max - logits[candidates[i]!]!) * perOctave));
-      octaveOf[i] = o;
+      const o = min(OCTAVES, floor((best - logits[candidates[i]!]!) * perOctave));
+      bucketOf[i] = o;
       octaveMass[o]! += weights[i]!;
     }
     const target = topP * total;
-    let last = 0;
-    for (let cumulative = octaveMass[0]!; cumulative < target && last < OCTAVES;)
-      cumulative += octaveMass[++last]!;
+    let octave = 0;
+    let before = 0;
+    while (octave < OCTAVES && before + octaveMass[octave]! < target) before += octaveMass[octave++]!;
+
+    // Slices of the boundary octave, heaviest first: weights in (low, high].
+    const high = 2 ** -octave;
+    const low = octave === OCTAVES ? 0 : high / 2;
+    const perSlice = SLICES / (high - low);
+    sliceMass.fill(0);
     let size = 0;
-    for (let i = 0; i < count; i++) if (octaveOf[i]! <= last) nucleus[size++] = i;
-    const ordered = nucleus.subarray(0, size);
-    ordered.sort((a, b) => weights[b]! - weights[a]! || candidates[a]! - candidates[b]!);
+    for (let i = 0; i < count; i++) {
+      if (bucketOf[i]! < octave) nucleus[size++] = i;
+      else if (bucketOf[i] === octave) {
+        const slice = min(SLICES - 1, max(0, floor((high - weights[i]!) * perSlice)));
+        bucketOf[i] = OCTAVES + 1 + slice;
+        sliceMass[slice]! += weights[i]!;
+      }
+    }
+    let slice = 0;
+    while (slice < SLICES - 1 && before + sliceMass[slice]! < target) before += sliceMass[slice++]!;
+    for (let i = 0; i < count; i++) {
+      const b = bucketOf[i]! - OCTAVES - 1;
+      if (b >= 0 && b < slice) nucleus[size++] = i;
+    }
+    let kept = before;
+    const boundary = size;
+    for (let i = 0; i < count; i++) if (bucketOf[i] === OCTAVES + 1 + slice) nucleus[size++] = i;
+    nucleus
+      .subarray(boundary, size)
+      .sort((a, b) => weights[b]! - weights[a]! || candidates[a]! - candidates[b]!);
     let keep = size;
-    let kept = 0;
-    for (let i = 0; i < size; i++) {
-      kept += weights[ordered[i]!]!;
+    for (let i = boundary; i < size; i++) {
+      kept += weights[nucleus[i]!]!;
       if (kept >= target) {
         keep = i + 1;
         break;
@@ -252,9 +285,9 @@ export class TokenSampler {
     }
     let r = random.next() * kept;
     for (let i = 0; i < keep; i++) {
-      r -= weights[ordered[i]!]!;
-      if (r < 0) return candidates[ordered[i]!]!;
+      r -= weights[nucleus[i]!]!;
+      if (r < 0) return candidates[nucleus[i]!]!;
     }
-    return candidates[ordered[keep - 1]!]!;
+    return candidates[nucleus[keep - 1]!]!;
   }
 }
