@@ -22,6 +22,7 @@ beforeAll(async () => {
   const repo = writeFixtureRepository(undefined, {
     models: ['bert-classifier', 'tiny-gpt2'],
     maxQueueDelayMicroseconds: 200,
+    tokenizers: 'tiny',
   });
   stack = await startStack({
     root: repo.root,
