@@ -1,5 +1,5 @@
 import { existsSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { Tokenizer } from '@huggingface/tokenizers';
 import * as ort from 'onnxruntime-node';
 import { readLabels, readModelConfig, scanRepository } from '@maas/shared/model-repository';
@@ -303,6 +303,10 @@ describe('writeFixtureRepository', () => {
         expect(existsSync(model.modelPaths[version]!)).toBe(true);
         const tokenizer = new Tokenizer(JSON.parse(readFileSync(model.tokenizerPaths[version]!, 'utf8')), {});
         expect(tokenizer.get_vocab().size).toBe(model.vocabSize);
+        const tokenizerConfig = JSON.parse(
+          readFileSync(join(dirname(model.tokenizerPaths[version]!), 'tokenizer_config.json'), 'utf8'),
+        ) as { model_max_length: number };
+        expect(tokenizerConfig.model_max_length).toBe(config.tokenizer!.maxLength);
       }
       // Each version has its own weights.
       expect(readFileSync(model.modelPaths[1]!).equals(readFileSync(model.modelPaths[2]!))).toBe(false);

@@ -25,4 +25,18 @@ describe('onnx-builder', () => {
     expect(new SeededRandom(7).floats(4, 1)).toEqual(new SeededRandom(7).floats(4, 1));
     expect(new SeededRandom(7).floats(4, 1)).not.toEqual(new SeededRandom(8).floats(4, 1));
   });
+
+  it('draws normal values with the std asked for, odd counts included', () => {
+    const values = new SeededRandom(3).floats(100_001, 0.02);
+    expect(values.every(Number.isFinite)).toBe(true);
+    const mean = values.reduce((a, b) => a + b, 0) / values.length;
+    const std = Math.sqrt(values.reduce((a, b) => a + (b - mean) ** 2, 0) / values.length);
+    expect(Math.abs(mean)).toBeLessThan(0.001);
+    expect(std).toBeGreaterThan(0.0196);
+    expect(std).toBeLessThan(0.0204);
+    // About 68% within one std, as for a normal distribution.
+    const within = values.filter((v) => Math.abs(v) < 0.02).length / values.length;
+    expect(within).toBeGreaterThan(0.67);
+    expect(within).toBeLessThan(0.69);
+  });
 });
