@@ -234,8 +234,13 @@ export class GenerationEngine {
     }
   }
 
+  /**
+   * Starts the scheduler unless it runs. It starts one event-loop turn later,
+   * so that requests arriving together are prefilled together.
+   */
   private wake(): void {
-    this.loop ??= this.schedule()
+    this.loop ??= new Promise<void>((resolve) => setImmediate(resolve))
+      .then(() => this.schedule())
       .catch((error: unknown) =>
         this.options.logger.error({ ...this.labels, err: error }, 'generation scheduler failed'),
       )

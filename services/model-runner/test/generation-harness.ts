@@ -1,0 +1,172 @@
+/**
+ * Generation engines over real onnxruntime sessions, for the generation
+ * tests: the tiny GPT-2-style fixture decoder (built in memory) and, when it
+ * is in the default repository, the trained austen-gpt.
+ */
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import * as ort from 'onnxruntime-node';
+import { Registry } from 'prom-client';
+import { buildTinyGpt2, decoderDefaults } from '@maas/models';
+import {
+  createLogger,
+  defaultRepositoryPath,
+  modelConfigSchema,
+  readModelConfig,
+  type ModelConfig,
+} from '@maas/shared';
+import {
+  createGenerationMetrics,
+  GenerationEngine,
+  type GenerationRequest,
+  type GenerationResult,
+} from '../src/generation/index';
+
+export type GenerationLimits = Partial<
+  Pick<
+    NonNullable<ModelConfig['generation']>,
+    'maxConcurrentSequences' | 'maxCachedTokens' | 'maxQueuedSequences' | 'eosTokenId'
+  >
+>;
+
+export interface DecoderModel {
+  name: string;
+  session: ort.InferenceSession;
+  config: ModelConfig;
+}
+
+/**
+ * The fixture decoder with a 2,048-token vocabulary: the GPT-2 vocabulary
+ * makes no difference to the engine, and the fixture builder takes tens of
+ * seconds to write its 50k×32 embedding.
+ */
+export const TINY_VOCAB = 2048;
+
+export async function tinyDecoder(): Promise<DecoderModel> {
+  const d = decoderDefaults({ vocab: TINY_VOCAB, seed: 11 });
+  const session = await ort.InferenceSession.create(buildTinyGpt2(d), {
+    intraOpNumThreads: 1,
+    // The failure tests provoke onnxruntime errors on purpose; the engine reports them itself.
+    logSeverityLevel: 4,
+  });
+  const config = modelConfigSchema.parse({
+    name: 'tiny-gpt2',
+    task: 'generation',
+    inputs: ['input_ids', 'attention_mask', 'position_ids'].map((name) => ({
+      name,
+      datatype: 'INT64',
+      dims: [-1],
+    })),
+    outputs: [{ name: 'logits', datatype: 'FP32', dims: [-1, d.vocab] }],
+    generation: {
+      numLayers: d.layers,
+      numHeads: d.heads,
+      headDim: d.hidden / d.heads,
+      vocabSize: d.vocab,
+      maxContextLength: d.maxPositions,
+      eosTokenId: d.vocab - 1,
+      maxConcurrentSequences: 8,
+      maxCachedTokens: 8 * d.maxPositions,
+      maxQueuedSequences: 32,
+    },
+  });
+  return { name: 'tiny-gpt2', session, config };
+}
+
+export const austenDir = join(defaultRepositoryPath(), 'austen-gpt');
+export const austenPresent = () =>
+  existsSync(join(austenDir, '1', 'model.onnx')) &&
+  ['config.json', 'config.yaml'].some((f) => existsSync(join(austenDir, f)));
+
+export async function austenDecoder(): Promise<DecoderModel> {
+  const config = readModelConfig(austenDir, 'austen-gpt');
+  const session = await ort.InferenceSession.create(join(austenDir, '1', 'model.onnx'), {
+    intraOpNumThreads: 2,
+  });
+  return { name: 'austen-gpt', session, config };
+}
+
+export interface TestEngine {
+  engine: GenerationEngine;
+  registry: Registry;
+  model: DecoderModel;
+}
+
+export function startEngine(
+  model: DecoderModel,
+  limits: GenerationLimits = {},
+  session: ort.InferenceSession = model.session,
+): TestEngine {
+  const registry = new Registry();
+  const config: ModelConfig = { ...model.config, generation: { ...model.config.generation!, ...limits } };
+  const engine = new GenerationEngine({
+    modelName: model.name,
+    modelVersion: '1',
+    session,
+    config,
+    metrics: createGenerationMetrics(registry),
+    logger: createLogger({ service: 'generation-test', level: 'silent' }),
+  });
+  return { engine, registry, model };
+}
+
+export type Ask = Partial<Omit<GenerationRequest, 'promptIds'>> & { promptIds: number[] };
+
+export interface Generated {
+  tokens: number[];
+  result: GenerationResult;
+}
+
+/** Runs one sequence; `onToken` sees each token with the count so far. */
+export async function generate(
+  engine: GenerationEngine,
+  ask: Ask,
+  onToken?: (token: number, count: number) => void,
+): Promise<Generated> {
+  const tokens: number[] = [];
+  const result = await engine.generate(
+    {
+      maxNewTokens: 16,
+      sampling: {},
+      stopTokenIds: [],
+      ignoreEos: true,
+      signal: new AbortController().signal,
+      ...ask,
+    },
+    (ids) => {
+      for (const id of ids) {
+        tokens.push(id);
+        onToken?.(id, tokens.length);
+      }
+    },
+  );
+  return { tokens, result };
+}
+
+/** Resolves once `predicate` holds, checking at every event-loop turn (bounded). */
+export async function until(predicate: () => boolean, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!predicate()) {
+    if (Date.now() > deadline) throw new Error('condition not reached in time');
+    await new Promise((r) => setImmediate(r));
+  }
+}
+
+export async function metric(registry: Registry, name: string, labels: Record<string, string> = {}) {
+  const found = (await registry.getMetricsAsJSON()).find((m) => m.name === name);
+  const values = (found?.values ?? []) as {
+    value: number;
+    labels: Record<string, unknown>;
+    metricName?: string;
+  }[];
+  return values
+    .filter((v) => Object.entries(labels).every(([k, want]) => String(v.labels[k]) === want))
+    .reduce((sum, v) => sum + v.value, 0);
+}
+
+/** A histogram's count or sum (`part`), all label sets together. */
+export async function histogram(registry: Registry, name: string, part: 'count' | 'sum') {
+  const found = (await registry.getMetricsAsJSON()).find((m) => m.name === name);
+  const values = (found?.values ?? []) as { value: number; metricName?: string }[];
+  return values.filter((v) => v.metricName === `${name}_${part}`).reduce((s, v) => s + v.value, 0);
+}
