@@ -105,6 +105,22 @@ export function cleanUpTokenizationSpaces(text: string): string {
     .replaceAll(" 're", "'re");
 }
 
+/**
+ * One past the largest id. The library counts distinct token strings, which is
+ * less when a vocabulary repeats a piece (the Unigram test model has "”5" at
+ * three ids), and every id of the model is still valid.
+ */
+function idLimit(json: TokenizerJson, distinctTokens: number): number {
+  let limit = distinctTokens;
+  const vocab = json.model?.vocab;
+  if (Array.isArray(vocab)) limit = Math.max(limit, vocab.length);
+  else if (vocab && typeof vocab === 'object') {
+    for (const id of Object.values(vocab as Record<string, number>)) if (id >= limit) limit = id + 1;
+  }
+  for (const added of json.added_tokens ?? []) if (added.id >= limit) limit = added.id + 1;
+  return limit;
+}
+
 function readTokenizerConfig(tokenizerPath: string): TokenizerConfigJson {
   const path = join(dirname(tokenizerPath), 'tokenizer_config.json');
   if (!existsSync(path)) return {};
@@ -134,7 +150,7 @@ export class HuggingFaceTokenizer implements TextTokenizer {
     this.source = source.path;
     this.tokenizer = RustTokenizer.fromString(text);
     this.kind = KINDS[json.model?.type ?? ''] ?? 'unknown';
-    this.vocabSize = this.tokenizer.getVocabSize(true);
+    this.vocabSize = idLimit(json, this.tokenizer.getVocabSize(true));
     for (const role of SPECIAL_ROLES) {
       const configured = config[`${role}_token`];
       const content = typeof configured === 'string' ? configured : configured?.content;
@@ -301,9 +317,8 @@ export class HuggingFaceTokenizer implements TextTokenizer {
       return this.withoutCleanup().decodeBatch(sequences, options.skipSpecialTokens);
     }
     const texts = await this.tokenizer.decodeBatch(sequences, options.skipSpecialTokens);
-    return options.cleanUpTokenizationSpaces && !this.cleanupSource
-      ? texts.map(cleanUpTokenizationSpaces)
-      : texts;
+    // Asked for explicitly, clean-up is transformers' whole-text pass on top of the decoder's own.
+    return options.cleanUpTokenizationSpaces ? texts.map(cleanUpTokenizationSpaces) : texts;
   }
 
   /** Built on first use: the same tokenizer with its decoder's clean-up turned off. */
