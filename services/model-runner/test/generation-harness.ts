@@ -3,11 +3,11 @@
  * tests: the tiny GPT-2-style fixture decoder (built in memory) and, when it
  * is in the default repository, the trained austen-gpt.
  */
-import { existsSync } from 'node:fs';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { Registry } from 'prom-client';
-import { buildTinyGpt2, decoderDefaults } from '@maas/models';
+import { buildTinyGpt2, decoderDefaults, makeTempDir } from '@maas/models';
 import {
   createLogger,
   defaultRepositoryPath,
@@ -42,16 +42,17 @@ export interface DecoderModel {
  */
 export const TINY_VOCAB = 2048;
 
-export async function tinyDecoder(): Promise<DecoderModel> {
-  const d = decoderDefaults({ vocab: TINY_VOCAB, seed: 11 });
-  const session = await ort.InferenceSession.create(buildTinyGpt2(d), {
-    intraOpNumThreads: 1,
-    // The failure tests provoke onnxruntime errors on purpose; the engine reports them itself.
-    logSeverityLevel: 4,
-  });
-  const config = modelConfigSchema.parse({
+const tiny = decoderDefaults({ vocab: TINY_VOCAB, seed: 11 });
+let tinyBytes: Uint8Array | undefined;
+const tinyModelBytes = () => (tinyBytes ??= buildTinyGpt2(tiny));
+
+/** The fixture decoder's config.json (as writeFixtureRepository writes it), with these limits. */
+function tinyConfigJson(limits: GenerationLimits = {}) {
+  const d = tiny;
+  return {
     name: 'tiny-gpt2',
     task: 'generation',
+    maxBatchSize: 16,
     inputs: ['input_ids', 'attention_mask', 'position_ids'].map((name) => ({
       name,
       datatype: 'INT64',
@@ -65,11 +66,31 @@ export async function tinyDecoder(): Promise<DecoderModel> {
       vocabSize: d.vocab,
       maxContextLength: d.maxPositions,
       eosTokenId: d.vocab - 1,
+      defaultMaxNewTokens: 16,
       maxConcurrentSequences: 8,
       maxCachedTokens: 8 * d.maxPositions,
       maxQueuedSequences: 32,
+      ...limits,
     },
+  };
+}
+
+/** A model repository holding only the tiny decoder, as version 1. */
+export function writeTinyDecoderRepository(limits: GenerationLimits = {}): string {
+  const root = makeTempDir('maas-generation-');
+  mkdirSync(join(root, 'tiny-gpt2', '1'), { recursive: true });
+  writeFileSync(join(root, 'tiny-gpt2', 'config.json'), JSON.stringify(tinyConfigJson(limits), null, 2));
+  writeFileSync(join(root, 'tiny-gpt2', '1', 'model.onnx'), tinyModelBytes());
+  return root;
+}
+
+export async function tinyDecoder(): Promise<DecoderModel> {
+  const session = await ort.InferenceSession.create(tinyModelBytes(), {
+    intraOpNumThreads: 1,
+    // The failure tests provoke onnxruntime errors on purpose; the engine reports them itself.
+    logSeverityLevel: 4,
   });
+  const config = modelConfigSchema.parse(tinyConfigJson());
   return { name: 'tiny-gpt2', session, config };
 }
 
