@@ -6,13 +6,17 @@
  *     batch 1 (latency) and the best batch (throughput);
  *  2. through the orchestrator (tokenizer, model-runner and orchestrator each
  *     in its own process, an API key on every call), single-text requests at
- *     concurrency 1, 8, 32 and 64, from a client in its own process;
+ *     concurrency 1, 8, 32 and 64, from a client in its own process (with,
+ *     for lang-id and glove-embed, right after their orchestrator figures: a
+ *     chain of minimal grpc-js pass-through servers with the same hops —
+ *     client → front → tokenizer stub, runner stub — at concurrency 64: the
+ *     practical limit of this stack);
  *  3. generation through the orchestrator: time to first token and tokens/s
  *     for 1 and 16 concurrent streams;
- *  4. the coalescing window (BATCH_WINDOW_US) at another setting;
- *  5. for lang-id and glove-embed: a chain of minimal grpc-js pass-through
- *     servers with the same hops (client → front → tokenizer stub, runner
- *     stub), requests/s at concurrency 64 — the practical limit of this stack.
+ *  4. the coalescing window (BATCH_WINDOW_US) at another setting.
+ *
+ * CPU time per request of each server process (from /proc) is printed too:
+ * unlike latency, it says little about what else the machine is running.
  *
  * BENCH_MS sets the duration of each point (default 3000).
  */
@@ -28,7 +32,7 @@ import {
   type ServiceError,
   type UntypedServiceImplementation,
 } from '@grpc/grpc-js';
-import { buildBertClassifier, makeTempDir, writeFixtureRepository } from '@maas/models';
+import { BERT_VOCAB, buildBertClassifier, makeTempDir, writeFixtureRepository } from '@maas/models';
 import { createLogger, defaultRepositoryPath, readModelConfig } from '@maas/shared';
 import { checkHealth } from '@maas/shared/testing';
 import {
@@ -65,7 +69,27 @@ interface Stats {
   p50: number;
   p95: number;
   p99: number;
+  /** CPU time per request of each server process (µs), which the machine's other load does not inflate much. */
+  cpuUs?: number[];
 }
+
+/** utime + stime of a process in ms, from /proc (Linux). */
+function cpuMs(pid: number): number {
+  try {
+    const stat = require('node:fs').readFileSync(`/proc/${pid}/stat`, 'utf8') as string;
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return ((Number(fields[11]) + Number(fields[12])) * 1000) / CLOCK_TICKS;
+  } catch {
+    return NaN;
+  }
+}
+const CLOCK_TICKS = (() => {
+  try {
+    return Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
+  } catch {
+    return 100;
+  }
+})();
 
 const percentile = (sorted: number[], p: number) =>
   sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? NaN;
@@ -141,7 +165,14 @@ function prepareRepository(): { root: string; generationModel: string } {
   execFileSync('rm', ['-rf', join(root, 'bert-classifier')]);
   writeFileSync(
     join(root, BIG, '1', 'model.onnx'),
-    buildBertClassifier({ hidden: 256, heads: 8, layers: 4, maxPositions: 128 }),
+    buildBertClassifier({
+      vocab: BERT_VOCAB,
+      hidden: 256,
+      heads: 8,
+      layers: 4,
+      intermediate: 1024,
+      maxPositions: 128,
+    }),
   );
   for (const name of ['lang-id', 'glove-embed']) {
     cpSync(join(defaultRepositoryPath(), name), join(root, name), { recursive: true });
@@ -273,7 +304,9 @@ async function startStack(root: string, orchestratorEnv: Record<string, string> 
     ...orchestratorEnv,
   });
   await Promise.all([tokenizerPort, runnerPort, orchestratorPort].map(waitServing));
-  return `127.0.0.1:${orchestratorPort}`;
+  const pids = children.slice(-3).map((c) => c.pid!);
+  // [orchestrator, tokenizer, runner], the order the report prints them in.
+  return { address: `127.0.0.1:${orchestratorPort}`, pids: [pids[2]!, pids[0]!, pids[1]!] };
 }
 
 /** Runs this file in client mode in its own process, as real clients are; returns its JSON. */
@@ -289,7 +322,15 @@ function client<T>(args: string[]): T {
 // ---------------------------------------------------------------- client mode
 
 async function clientMode(args: string[]): Promise<void> {
-  const [mode, address, model, wordsText, concurrencyList] = args as [string, string, string, string, string];
+  const [mode, address, model, wordsText, concurrencyList, pidList] = args as [
+    string,
+    string,
+    string,
+    string,
+    string,
+    string | undefined,
+  ];
+  const pids = pidList ? pidList.split(',').map(Number) : [];
   const maas = new MaasServiceClient(address, credentials.createInsecure(), {
     'grpc.max_receive_message_length': 64 << 20,
   });
@@ -319,7 +360,13 @@ async function clientMode(args: string[]): Promise<void> {
         }
       });
     for (let i = 0; i < 200; i++) await one();
-    for (const c of concurrencies) result[c] = await measure(c, one);
+    for (const c of concurrencies) {
+      const before = pids.map(cpuMs);
+      const stats = await measure(c, one);
+      const requests = (stats.rps * MS) / 1000;
+      stats.cpuUs = pids.map((pid, i) => ((cpuMs(pid) - before[i]!) * 1000) / requests);
+      result[c] = stats;
+    }
   } else {
     const maxNewTokens = Number(wordsText);
     const prompt =
@@ -496,17 +543,19 @@ async function passThroughMode([role, portText, tokenizerAddress, runnerAddress,
   );
 }
 
-async function passThroughChain(model: BenchModel): Promise<number> {
+async function passThroughChain(model: BenchModel): Promise<Stats> {
   const [front, tok, run] = [await freePort(), await freePort(), await freePort()];
   const tokAddress = `127.0.0.1:${tok}`;
   const runAddress = `127.0.0.1:${run}`;
-  startProcess(__filename, ['--pass-through', 'tokenizer', String(tok), '-', '-', model.name], {});
-  startProcess(__filename, ['--pass-through', 'runner', String(run), '-', '-', model.name], {});
-  startProcess(
-    __filename,
-    ['--pass-through', 'front', String(front), tokAddress, runAddress, model.name],
-    {},
-  );
+  const chain = [
+    startProcess(
+      __filename,
+      ['--pass-through', 'front', String(front), tokAddress, runAddress, model.name],
+      {},
+    ),
+    startProcess(__filename, ['--pass-through', 'tokenizer', String(tok), '-', '-', model.name], {}),
+    startProcess(__filename, ['--pass-through', 'runner', String(run), '-', '-', model.name], {}),
+  ];
   await Promise.all([front, tok, run].map(waitServing));
   const mode = model.task === 'classification' ? 'classify' : 'embed';
   const stats = client<Record<number, Stats>>([
@@ -515,9 +564,13 @@ async function passThroughChain(model: BenchModel): Promise<number> {
     model.name,
     String(model.words),
     '64',
+    chain.map((c) => c.pid).join(','),
   ]);
-  stopAll();
-  return stats[64]!.rps;
+  for (const child of chain) {
+    process.kill(-child.pid!, 'SIGKILL');
+    children.splice(children.indexOf(child), 1);
+  }
+  return stats[64]!;
 }
 
 // ---------------------------------------------------------------- report
@@ -525,10 +578,18 @@ async function passThroughChain(model: BenchModel): Promise<number> {
 const f0 = (n: number) => n.toFixed(0);
 const f2 = (n: number) => n.toFixed(2);
 const pct = (a: number, b: number) => `${((a / b) * 100).toFixed(0)}%`;
+const cpu = (s: Stats, names: string[]) =>
+  s.cpuUs ? `cpu/request ${names.map((n, i) => `${n} ${f0(s.cpuUs![i]!)} µs`).join(', ')}` : '';
 
 async function main(): Promise<void> {
   const { root, generationModel } = prepareRepository();
-  console.log(`maas end-to-end benchmark — ${MS} ms per point, ${require('node:os').cpus().length} CPUs\n`);
+  console.log(
+    `maas end-to-end benchmark — ${MS} ms per point, ${require('node:os').cpus().length} CPUs, ` +
+      `load average ${require('node:os')
+        .loadavg()
+        .map((l: number) => l.toFixed(1))
+        .join(' ')}\n`,
+  );
 
   console.log('1. raw, in this process: tokenizer library + onnxruntime session.run (1 intra-op thread)');
   const registry = new TokenizerRegistry({
@@ -552,16 +613,17 @@ async function main(): Promise<void> {
   console.log(
     '\n2. through the orchestrator (3 processes, API key, audit log), single-text requests, client in its own process',
   );
-  const address = await startStack(root);
+  const stack = await startStack(root);
   const served = new Map<string, Record<number, Stats>>();
   for (const model of MODELS) {
     const mode = model.task === 'classification' ? 'classify' : 'embed';
     const stats = client<Record<number, Stats>>([
       mode,
-      address,
+      stack.address,
       model.name,
       String(model.words),
       CONCURRENCY.join(','),
+      stack.pids.join(','),
     ]);
     served.set(model.name, stats);
     const r = raws.get(model.name)!;
@@ -570,7 +632,7 @@ async function main(): Promise<void> {
       const s = stats[c]!;
       console.log(
         `    c=${String(c).padEnd(2)} ${f0(s.rps).padStart(6)}/s  p50 ${f2(s.p50)} ms  p95 ${f2(s.p95)}  p99 ${f2(s.p99)}` +
-          `  | ${pct(s.rps, r.best)} of raw best batch, ${pct(s.rps, r.batch1.rps)} of raw batch 1`,
+          `  | ${pct(s.rps, r.best)} of raw best batch, ${pct(s.rps, r.batch1.rps)} of raw batch 1 | ${cpu(s, ['orchestrator', 'tokenizer', 'runner'])}`,
       );
     }
     const extra = stats[1]!.p50 - r.batch1.p50;
@@ -580,6 +642,16 @@ async function main(): Promise<void> {
           ? `; c=32 throughput ${pct(stats[32]!.rps, r.best)} of raw best batch (target ≥ 70%: ${stats[32]!.rps >= 0.7 * r.best ? 'met' : 'NOT met'})`
           : ''),
     );
+    if (model.passThrough) {
+      // Measured right after, with the (idle) stack still up, so both see the same machine.
+      const chain = await passThroughChain(model);
+      const ours = stats[64]!.rps;
+      console.log(
+        `    pass-through chain (client → front → tokenizer stub + runner stub, minimal grpc-js) at c=64: ${f0(chain.rps)}/s, ` +
+          `p50 ${f2(chain.p50)} ms | ${cpu(chain, ['front', 'tokenizer stub', 'runner stub'])}\n` +
+          `    → orchestrator ${f0(ours)}/s is ${pct(ours, chain.rps)} of the chain (target ≥ 50%: ${ours >= 0.5 * chain.rps ? 'met' : 'NOT met'})`,
+      );
+    }
   }
 
   console.log(
@@ -590,7 +662,7 @@ async function main(): Promise<void> {
       number,
       { tokensPerSecond: number; perStream: number; ttftP50: number; ttftP95: number; sequences: number }
     >
-  >(['generate', address, generationModel, '48', '1,16']);
+  >(['generate', stack.address, generationModel, '48', '1,16']);
   for (const streams of [1, 16]) {
     const g = generation[streams]!;
     console.log(
@@ -603,23 +675,12 @@ async function main(): Promise<void> {
   const windowUs = Number(process.env.BENCH_WINDOW_US ?? 1000);
   console.log(`\n4. coalescing window BATCH_WINDOW_US=${windowUs} instead of 0 (lang-id)`);
   const windowed = await startStack(root, { BATCH_WINDOW_US: String(windowUs) });
-  const w = client<Record<number, Stats>>(['classify', windowed, 'lang-id', '10', '1,64']);
+  const w = client<Record<number, Stats>>(['classify', windowed.address, 'lang-id', '10', '1,64']);
   console.log(
     `    c=1 ${f0(w[1]!.rps)}/s p50 ${f2(w[1]!.p50)} ms; c=64 ${f0(w[64]!.rps)}/s p50 ${f2(w[64]!.p50)} ms` +
       ` (window 0: c=1 p50 ${f2(served.get('lang-id')![1]!.p50)} ms, c=64 ${f0(served.get('lang-id')![64]!.rps)}/s)`,
   );
   stopAll();
-
-  console.log(
-    '\n5. pass-through chain (client → front → tokenizer stub + runner stub, minimal grpc-js), concurrency 64',
-  );
-  for (const model of MODELS.filter((m) => m.passThrough)) {
-    const chain = await passThroughChain(model);
-    const ours = served.get(model.name)![64]!.rps;
-    console.log(
-      `  ${model.name.padEnd(12)} chain ${f0(chain)}/s, orchestrator ${f0(ours)}/s → ${pct(ours, chain)} of the chain (target ≥ 50%: ${ours >= 0.5 * chain ? 'met' : 'NOT met'})`,
-    );
-  }
 }
 
 process.on('exit', stopAll);
