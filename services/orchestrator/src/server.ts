@@ -5,6 +5,7 @@
  * counters see every request, failed ones included.
  */
 import { type Metadata, status } from '@grpc/grpc-js';
+import { trace } from '@opentelemetry/api';
 import {
   downstreamDeadline,
   failedPrecondition,
@@ -286,7 +287,8 @@ export function createMaasService(deps: MaasDeps): MaasServiceServer {
                 sampling: request.sampling,
                 maxNewTokens: request.maxNewTokens,
                 stop: request.stop,
-                requestId: '',
+                // The runner logs it: the trace id leads from its log lines to this request.
+                requestId: trace.getActiveSpan()?.spanContext().traceId ?? '',
               },
               {
                 deadline: ctx.deadline,

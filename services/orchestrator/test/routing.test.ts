@@ -86,7 +86,7 @@ describe('downstream', () => {
 
 describe('catalogue', () => {
   it('describes the repository models and says why one cannot be served', () => {
-    const repo = writeFixtureRepository(undefined, { broken: true });
+    const repo = writeFixtureRepository(undefined, { broken: true, tokenizers: 'tiny' });
     const catalogue = new ModelCatalogue({
       root: repo.root,
       maxInputCharacters: 1000,
