@@ -2,8 +2,6 @@
  * The default models (services/models/repository) through the public API:
  * what `npm start` serves.
  */
-import { existsSync } from 'node:fs';
-import { join } from 'node:path';
 import { defaultRepositoryPath } from '@maas/shared';
 import {
   type ClassifyResponse,
@@ -13,7 +11,6 @@ import {
 import { call, generate, startStack, type Stack } from './helpers';
 
 const root = defaultRepositoryPath();
-const hasAusten = ['config.json', 'config.yaml'].some((f) => existsSync(join(root, 'austen-gpt', f)));
 let stack: Stack;
 
 beforeAll(async () => {
@@ -55,13 +52,20 @@ it('glove-embed: 100 dimensions, related sentences closer than unrelated ones', 
   expect(cosine(a!, b!)).toBeGreaterThan(cosine(a!, c!));
 });
 
-(hasAusten ? it : it.skip)('austen-gpt: generates a few tokens of text', async () => {
-  const { text, last } = await generate(
+it('austen-gpt: generates text, and stops at a stop string', async () => {
+  const prompt = 'It is a truth universally acknowledged';
+  const full = await generate(stack.client, { model: 'austen-gpt', prompt, maxNewTokens: 24 }, null).done;
+  expect(full.text.length).toBeGreaterThan(10);
+  expect([FinishReason.FINISH_REASON_LENGTH, FinishReason.FINISH_REASON_EOS]).toContain(
+    full.last.finishReason,
+  );
+  expect(full.last.usage!.generatedTokens).toBeGreaterThan(0);
+  const stop = full.text.slice(6, 10);
+  const stopped = await generate(
     stack.client,
-    { model: 'austen-gpt', prompt: 'It is a truth universally acknowledged', maxNewTokens: 8 },
+    { model: 'austen-gpt', prompt, maxNewTokens: 24, stop: [stop] },
     null,
   ).done;
-  expect(text.length).toBeGreaterThan(0);
-  expect([FinishReason.FINISH_REASON_LENGTH, FinishReason.FINISH_REASON_EOS]).toContain(last.finishReason);
-  expect(last.usage!.generatedTokens).toBeGreaterThan(0);
+  expect(stopped.text).toBe(full.text.slice(0, full.text.indexOf(stop)));
+  expect(stopped.last.finishReason).toBe(FinishReason.FINISH_REASON_STOP);
 });
