@@ -1,128 +1,148 @@
 /**
- * npm run bench:tokenizer — tokens/s in-process vs. through the gRPC service on
- * 127.0.0.1 (a separate process, as in production), batch 64 and single texts.
+ * npm run bench:tokenizer — (1) the two candidate libraries in process;
+ * (2) tokens/s of the chosen one in process vs. through the gRPC service on
+ * 127.0.0.1 (in a child process, as in production), for a batch of 64
+ * sentences and for single short texts, plus single-text latency.
+ * BENCH_MS sets the time per measurement (default 3000).
  */
 import { fork } from 'node:child_process';
-import { mkdtempSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createClient } from '@maas/shared';
+import { cpus, loadavg } from 'node:os';
+import { createClient, defaultRepositoryPath } from '@maas/shared';
 import { checkHealth } from '@maas/shared/testing';
-import { writeParityTokenizers } from '@maas/models';
-import { TokenizerServiceClient, type EncodeResponse } from '@maas/shared/gen/maas/tokenizer/v1/tokenizer';
+import { prepareParityTokenizers } from '@maas/models';
+import {
+  type EncodeRequest,
+  type EncodeResponse,
+  TokenizerServiceClient,
+} from '@maas/shared/gen/maas/tokenizer/v1/tokenizer';
+import { Tokenizer as RustTokenizer } from '@anush008/tokenizers';
+import { readFileSync } from 'node:fs';
 import { HuggingFaceTokenizer } from '../src/huggingface-tokenizer.js';
+import { compareLibraries, probeFeatures } from './libraries.js';
+import { BATCH, fmt, latencies, pct, SHORT, tokensPerSecond } from './measure.js';
 
-const SENTENCES = [
-  'The quick brown fox jumps over the lazy dog near the riverbank.',
-  'It is a truth universally acknowledged, that a single man in possession of a good fortune must be in want of a wife.',
-  'Models as a service put ONNX models behind a fast, metered, observable gRPC API.',
-  'Numbers like 3.14159 and dates like 2024-11-24 tokenize into several pieces.',
-  'Emoji 🙂 and accents like café and naïve are handled as bytes.',
-  'function add(a, b) { return a + b; }',
-  'She walked to the station, bought a ticket, and waited for the evening train.',
-  'The committee postponed its decision until the next quarterly meeting.',
-];
-const BATCH = Array.from({ length: 64 }, (_, i) => SENTENCES[i % SENTENCES.length]!);
-const SHORT = 'Hello, world!';
-const DURATION_MS = Number(process.env.BENCH_MS ?? 3000);
+const MS = Number(process.env.BENCH_MS ?? 3000);
+const NAME = process.env.BENCH_TOKENIZER ?? 'gpt2';
 
-/** Tokens/s with `concurrency` calls in flight (each loop issues its next call when the last returns). */
-async function timed(
-  run: () => Promise<number>,
-  concurrency = 1,
-): Promise<{ tokensPerSecond: number; calls: number }> {
-  for (let i = 0; i < 20; i++) await run();
-  let tokens = 0;
-  let calls = 0;
-  const start = performance.now();
-  await Promise.all(
-    Array.from({ length: concurrency }, async () => {
-      while (performance.now() - start < DURATION_MS) {
-        tokens += await run();
-        calls++;
-      }
-    }),
-  );
-  return { tokensPerSecond: (tokens / (performance.now() - start)) * 1000, calls };
-}
-
-async function latencies(run: () => Promise<unknown>, n = 2000): Promise<{ p50: number; p99: number }> {
-  for (let i = 0; i < 100; i++) await run();
-  const samples: number[] = [];
-  for (let i = 0; i < n; i++) {
-    const start = performance.now();
-    await run();
-    samples.push(performance.now() - start);
-  }
-  samples.sort((a, b) => a - b);
-  return { p50: samples[Math.floor(n * 0.5)]!, p99: samples[Math.floor(n * 0.99)]! };
-}
-
-async function main() {
-  const dir = mkdtempSync(join(tmpdir(), 'maas-bench-'));
-  const files = writeParityTokenizers(dir);
-  const tokenizer = await HuggingFaceTokenizer.load({ name: 'gpt2', path: files.gpt2 });
-  const options = { addSpecialTokens: true, offsets: false, tokens: false };
-  const inProcessBatch = await timed(async () =>
-    (await tokenizer.encodeBatch(BATCH, undefined, options)).reduce((n, e) => n + e.length, 0),
-  );
-  const inProcessSingle = await timed(
-    async () => (await tokenizer.encodeBatch([SHORT], undefined, options))[0]!.length,
-  );
-  const inProcessLatency = await latencies(() => tokenizer.encodeBatch([SHORT], undefined, options));
-
+async function startService(tokenizerDir: string): Promise<{ address: string; stop(): void }> {
   const port = 47000 + Math.floor(Math.random() * 1000);
   const child = fork(join(__dirname, '..', 'src', 'main.js'), [], {
     env: {
       ...process.env,
       GRPC_PORT: String(port),
       METRICS_PORT: '-1',
-      TOKENIZER_DIR: dir,
+      TOKENIZER_DIR: tokenizerDir,
+      TOKENIZER_WATCH: 'false',
       LOG_LEVEL: 'warn',
     },
   });
+  const address = `127.0.0.1:${port}`;
+  for (let i = 0; i < 300; i++) {
+    if ((await checkHealth(address).catch(() => 'DOWN')) === 'SERVING') break;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return { address, stop: () => child.kill('SIGTERM') };
+}
+
+async function main() {
+  const files = prepareParityTokenizers();
+  console.log(
+    `tokenizer benchmark: ${MS} ms per measurement, ${cpus().length} CPUs, load average ${loadavg()[0]!.toFixed(1)}\n`,
+  );
+
+  console.log('1. Libraries in process (tokens/s; TypeScript encodes one text at a time)');
+  console.log(
+    `${'tokenizer'.padEnd(20)}${'batch 64: Rust'.padStart(16)}${'TS'.padStart(12)}${'single: Rust'.padStart(16)}${'TS'.padStart(12)}`,
+  );
+  for (const row of await compareLibraries(files, MS / 2)) {
+    console.log(
+      `${row.tokenizer.padEnd(20)}${fmt(row.rustBatch).padStart(16)}${fmt(row.tsBatch).padStart(12)}${fmt(row.rustSingle).padStart(16)}${fmt(row.tsSingle).padStart(12)}`,
+    );
+  }
+  console.log(
+    '\nfeatures the service needs            Rust (@anush008/tokenizers)    TS (@huggingface/tokenizers)',
+  );
+  const glove = join(defaultRepositoryPath(), 'glove-embed', '1', 'tokenizer.json');
+  for (const [feature, rust, ts] of await probeFeatures(files, glove)) {
+    console.log(`${feature.padEnd(38)}${rust.padEnd(31)}${ts}`);
+  }
+
+  console.log(
+    `\n2. The service (${NAME}, Rust library): in process vs. gRPC on 127.0.0.1 (server in a child process)`,
+  );
+  const path = files[NAME as keyof typeof files];
+  const raw = RustTokenizer.fromString(readFileSync(path, 'utf8'));
+  const tokenizer = await HuggingFaceTokenizer.load({ name: NAME, path });
+  const options = { addSpecialTokens: true, offsets: false, tokens: false };
+  const count = (encodings: { length: number }[]) => encodings.reduce((n, e) => n + e.length, 0);
+  const library = {
+    batch: await tokensPerSecond(async () => {
+      let n = 0;
+      for (const e of await raw.encodeBatch(BATCH)) n += e.getIds().length;
+      return n;
+    }, MS),
+    single: await tokensPerSecond(async () => (await raw.encode(SHORT)).getIds().length, MS),
+  };
+  const inProcess = {
+    batch: await tokensPerSecond(
+      async () => count(await tokenizer.encodeBatch(BATCH, undefined, options)),
+      MS,
+    ),
+    single: await tokensPerSecond(
+      async () => count(await tokenizer.encodeBatch([SHORT], undefined, options)),
+      MS,
+    ),
+    latency: await latencies(() => tokenizer.encodeBatch([SHORT], undefined, options), 3000),
+  };
+
+  const service = await startService(join(path, '..', '..'));
   try {
-    const address = `127.0.0.1:${port}`;
-    for (let i = 0; i < 100; i++) {
-      if ((await checkHealth(address).catch(() => 'DOWN')) === 'SERVING') break;
-      await new Promise((r) => setTimeout(r, 100));
-    }
-    const client = createClient(TokenizerServiceClient, address);
-    const encode = (texts: string[]) =>
+    const client = createClient(TokenizerServiceClient, service.address);
+    const encode = (texts: string[], extra: Partial<EncodeRequest> = {}) =>
       new Promise<EncodeResponse>((resolve, reject) =>
-        client.encode({ tokenizer: 'gpt2', texts, textPairs: [] } as never, (e, r) =>
+        client.encode({ tokenizer: NAME, texts, textPairs: [], ...extra } as EncodeRequest, (e, r) =>
           e ? reject(e) : resolve(r),
         ),
       );
-    const grpcBatch = await timed(async () => (await encode(BATCH)).totalTokens);
-    const grpcBatch4 = await timed(async () => (await encode(BATCH)).totalTokens, 4);
-    const grpcSingle = await timed(async () => (await encode([SHORT])).totalTokens);
-    const grpcLatency = await latencies(() => encode([SHORT]));
+    const grpc = {
+      batch: await tokensPerSecond(async () => (await encode(BATCH)).totalTokens, MS),
+      batchOffsets: await tokensPerSecond(
+        async () => (await encode(BATCH, { returnOffsets: true })).totalTokens,
+        MS,
+      ),
+      batch4: await tokensPerSecond(async () => (await encode(BATCH)).totalTokens, MS, 4),
+      single: await tokensPerSecond(async () => (await encode([SHORT])).totalTokens, MS),
+      single8: await tokensPerSecond(async () => (await encode([SHORT])).totalTokens, MS, 8),
+      latency: await latencies(() => encode([SHORT]), 3000),
+    };
     client.close();
 
     const row = (label: string, a: number, b: number) =>
-      console.log(
-        `${label.padEnd(34)} ${a.toFixed(0).padStart(12)} ${b.toFixed(0).padStart(12)} ${((b / a) * 100).toFixed(1).padStart(8)}%`,
-      );
+      console.log(`${label.padEnd(44)}${fmt(a).padStart(14)}${fmt(b).padStart(14)}${pct(b, a).padStart(9)}`);
     console.log(
-      `tokenizer: gpt2 (Rust tokenizers via @anush008/tokenizers), ${DURATION_MS} ms per measurement`,
+      `${'tokens/s'.padEnd(44)}${'in process'.padStart(14)}${'gRPC'.padStart(14)}${'ratio'.padStart(9)}`,
+    );
+    row('batch of 64 sentences (vs. library call)', library.batch, grpc.batch);
+    row('batch of 64 sentences (vs. service domain)', inProcess.batch, grpc.batch);
+    row('batch of 64, with offsets', inProcess.batch, grpc.batchOffsets);
+    row('batch of 64, 4 calls in flight', inProcess.batch, grpc.batch4);
+    row('single short text (vs. library call)', library.single, grpc.single);
+    row('single short text, 8 calls in flight', library.single, grpc.single8);
+    console.log(
+      `\nsingle short text latency: in process p50 ${inProcess.latency.p50.toFixed(3)} ms, p99 ${inProcess.latency.p99.toFixed(3)} ms; ` +
+        `gRPC loopback p50 ${grpc.latency.p50.toFixed(3)} ms, p99 ${grpc.latency.p99.toFixed(3)} ms`,
     );
     console.log(
-      `${'tokens/s'.padEnd(34)} ${'in-process'.padStart(12)} ${'gRPC'.padStart(12)} ${'ratio'.padStart(9)}`,
-    );
-    row('batch of 64 sentences', inProcessBatch.tokensPerSecond, grpcBatch.tokensPerSecond);
-    row('batch of 64, 4 calls in flight', inProcessBatch.tokensPerSecond, grpcBatch4.tokensPerSecond);
-    row('single short text', inProcessSingle.tokensPerSecond, grpcSingle.tokensPerSecond);
-    console.log(
-      `single short text latency: in-process p50 ${inProcessLatency.p50.toFixed(3)} ms p99 ${inProcessLatency.p99.toFixed(3)} ms; ` +
-        `gRPC loopback p50 ${grpcLatency.p50.toFixed(3)} ms p99 ${grpcLatency.p99.toFixed(3)} ms`,
-    );
-    console.log(
-      `target: batch-64 ratio >= 80% (${((grpcBatch.tokensPerSecond / inProcessBatch.tokensPerSecond) * 100).toFixed(1)}%), gRPC p50 < 1 ms (${grpcLatency.p50.toFixed(3)} ms)`,
+      `targets: gRPC batch-64 ≥ 80% of in process: ${pct(grpc.batch, library.batch)} of the library call; ` +
+        `single short text p50 < 1 ms: ${grpc.latency.p50.toFixed(3)} ms`,
     );
   } finally {
-    child.kill('SIGTERM');
+    service.stop();
   }
 }
 
-void main();
+main().catch((error: unknown) => {
+  console.error(error);
+  process.exit(1);
+});

@@ -8,8 +8,7 @@ import { FastTextTokenizer } from '@maas/models';
 import {
   type DecodeOptions,
   type EncodeOptions,
-  paddedLength,
-  type PaddingOptions,
+  padEncodings,
   type TextEncoding,
   type TextTokenizer,
   TokenizerInputError,
@@ -19,27 +18,6 @@ export interface FastTextSource {
   name: string;
   path: string;
   modelMaxLength?: number;
-}
-
-function pad(encodings: TextEncoding[], padding: PaddingOptions, padId: number, padToken: string): void {
-  const target = paddedLength(
-    encodings.map((e) => e.ids.length),
-    padding,
-  );
-  for (const e of encodings) {
-    const n = target - e.ids.length;
-    if (n <= 0) continue;
-    const extend = <T>(values: T[], value: T): T[] => {
-      const fill = new Array<T>(n).fill(value);
-      return padding.side === 'left' ? [...fill, ...values] : [...values, ...fill];
-    };
-    e.ids = extend(e.ids, padId);
-    e.attentionMask = extend(e.attentionMask, 0);
-    e.typeIds = extend(e.typeIds, 0);
-    e.specialTokensMask = extend(e.specialTokensMask, 1);
-    if (e.offsets.length) e.offsets = extend<[number, number]>(e.offsets, [0, 0]);
-    if (e.tokens.length) e.tokens = extend(e.tokens, padToken);
-  }
 }
 
 export class FastTextTextTokenizer implements TextTokenizer {
@@ -107,7 +85,7 @@ export class FastTextTextTokenizer implements TextTokenizer {
         truncated,
       };
     });
-    if (options.padding) pad(out, options.padding, this.eosId, this.tokenizer.eos);
+    if (options.padding) padEncodings(out, options.padding, this.eosId, this.tokenizer.eos, options);
     return out;
   }
 

@@ -109,6 +109,39 @@ export function paddedLength(lengths: number[], padding: PaddingOptions): number
 }
 
 /**
+ * Pads encodings in place, as the Rust library's Encoding.pad does (pad id,
+ * type id 0, attention 0, special 1, offsets [0, 0], the pad token), on the
+ * arrays already in JavaScript: cheaper than padding in the library and then
+ * copying every array across again.
+ */
+export function padEncodings(
+  encodings: TextEncoding[],
+  padding: PaddingOptions,
+  padId: number,
+  padToken: string,
+  include: { offsets: boolean; tokens: boolean },
+): void {
+  const target = paddedLength(
+    encodings.map((e) => e.ids.length),
+    padding,
+  );
+  for (const e of encodings) {
+    const n = target - e.ids.length;
+    if (n <= 0) continue;
+    const extend = <T>(values: T[], value: T): T[] => {
+      const fill = new Array<T>(n).fill(value);
+      return padding.side === 'left' ? fill.concat(values) : values.concat(fill);
+    };
+    e.ids = extend(e.ids, padId);
+    e.attentionMask = extend(e.attentionMask, 0);
+    e.typeIds = extend(e.typeIds, 0);
+    e.specialTokensMask = extend(e.specialTokensMask, 1);
+    if (include.offsets) e.offsets = extend<[number, number]>(e.offsets, [0, 0]);
+    if (include.tokens) e.tokens = extend(e.tokens, padToken);
+  }
+}
+
+/**
  * How many tokens each side keeps so that a (pair of) sequence(s) fits in
  * `budget` tokens: the Rust `tokenizers` truncate_encodings rules (longest
  * first trims the longer sequence down to the shorter, then splits evenly).
