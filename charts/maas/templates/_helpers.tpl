@@ -34,9 +34,21 @@ The components: Kubernetes name => key in values. Templates range over this (sor
 Helpers below that take "a component context" expect: dict "root" $ "name" "model-runner" "c" .Values.modelRunner
 */}}
 
-{{/* <fullname>-<component>, e.g. maas-model-runner. Argument: a component context. */}}
+{{/*
+<fullname>-<component>, e.g. maas-model-runner, at most 52 characters. The prefix is what gets cut,
+so two components never end up with one name. Argument: a component context.
+*/}}
 {{- define "maas.componentFullname" -}}
-{{- printf "%s-%s" (include "maas.fullname" .root) .name | trunc 52 | trimSuffix "-" }}
+{{- $prefix := include "maas.fullname" .root | trunc (int (sub 51 (len .name))) | trimSuffix "-" }}
+{{- printf "%s-%s" $prefix .name }}
+{{- end }}
+
+{{/* <fullname>-<suffix> within 63 characters, the prefix cut. Argument: list $ "suffix". */}}
+{{- define "maas.suffixedName" -}}
+{{- $root := index . 0 }}
+{{- $suffix := index . 1 }}
+{{- $prefix := include "maas.fullname" $root | trunc (int (sub 62 (len $suffix))) | trimSuffix "-" }}
+{{- printf "%s-%s" $prefix $suffix }}
 {{- end }}
 
 {{- define "maas.headlessName" -}}
@@ -111,14 +123,14 @@ app.kubernetes.io/component: {{ .name }}
 {{- end }}
 
 {{- define "maas.apiKeysSecretName" -}}
-{{- default (printf "%s-api-keys" (include "maas.fullname" .)) .Values.apiKeys.existingSecret }}
+{{- default (include "maas.suffixedName" (list . "api-keys")) .Values.apiKeys.existingSecret }}
 {{- end }}
 
 {{- define "maas.modelsClaimName" -}}
 {{- if eq .Values.modelRepository.source "existingClaim" }}
 {{- required "modelRepository.existingClaim is required when modelRepository.source is existingClaim" .Values.modelRepository.existingClaim }}
 {{- else }}
-{{- printf "%s-models" (include "maas.fullname" .) }}
+{{- include "maas.suffixedName" (list . "models") }}
 {{- end }}
 {{- end }}
 
