@@ -21,11 +21,12 @@ import {
   GenerationServiceClient,
   type GenerateResponse as RunnerResponse,
 } from '@maas/shared/gen/maas/runner/v1/generation';
-import { TokenizerServiceClient } from '@maas/shared/gen/maas/tokenizer/v1/tokenizer';
+import { EncodeRequest, TokenizerServiceClient } from '@maas/shared/gen/maas/tokenizer/v1/tokenizer';
 import { main as cli } from '../src/cli/main';
 import {
   call,
   capturingLogger,
+  eventually,
   failure,
   generate,
   KEYS,
@@ -40,7 +41,7 @@ let stack: Stack;
 const audit = capturingLogger('orchestrator');
 
 beforeAll(async () => {
-  repo = writeFixtureRepository(undefined, { maxQueueDelayMicroseconds: 500 });
+  repo = writeFixtureRepository(undefined, { maxQueueDelayMicroseconds: 500, tokenizers: 'tiny' });
   stack = await startStack({
     root: repo.root,
     env: { API_KEYS_FILE: writeKeysFile(), MAX_INPUT_CHARACTERS: '2000' },
@@ -266,21 +267,46 @@ describe('embed', () => {
 });
 
 describe('tokenize', () => {
-  it('returns ids, tokens and offsets, and counts', async () => {
+  it('returns ids, tokens and offsets as the tokenizer service does, and counts', async () => {
     const response = await call<TokenizeResponse>(stack.client, 'tokenize', {
       model: 'bert-classifier',
       texts: ['Hello world'],
       returnOffsets: true,
     });
     const [result] = response.results;
-    expect(result!.tokens).toEqual(['[CLS]', 'hello', 'world', '[SEP]']);
-    expect(result!.ids).toEqual([101, 7592, 2088, 102]);
-    expect(result!.offsets[1]).toEqual({ start: 0, end: 5 });
+    expect(result!.tokens[0]).toBe('[CLS]');
+    expect(result!.tokens[result!.tokens.length - 1]).toBe('[SEP]');
+    expect(result!.ids).toHaveLength(result!.tokens.length);
+    expect(result!.offsets).toHaveLength(result!.tokens.length);
+    expect(result!.offsets[1]!.start).toBe(0);
+    const direct = await new Promise<{ encodings: { ids: number[]; tokens: string[] }[] }>(
+      (resolve, reject) => {
+        const tokenizer = createClient(TokenizerServiceClient, `127.0.0.1:${stack.tokenizers[0]!.grpcPort}`);
+        tokenizer.encode(
+          EncodeRequest.fromPartial({
+            tokenizer: 'bert-classifier',
+            texts: ['Hello world'],
+            returnTokens: true,
+          }),
+          (e, r) => (tokenizer.close(), e ? reject(e) : resolve(r)),
+        );
+      },
+    );
+    expect(result!.ids).toEqual(direct.encodings[0]!.ids);
+    expect(result!.tokens).toEqual(direct.encodings[0]!.tokens);
+    const plain = await call<TokenizeResponse>(stack.client, 'tokenize', {
+      model: 'bert-classifier',
+      texts: ['Hello world'],
+      addSpecialTokens: false,
+    });
+    expect(plain.results[0]!.ids).toEqual(result!.ids.slice(1, -1));
+    expect(plain.results[0]!.offsets).toEqual([]);
     const counted = await call<CountTokensResponse>(stack.client, 'countTokens', {
       model: 'bert-classifier',
       texts: ['Hello world', 'a'],
     });
-    expect(counted).toEqual({ counts: [4, 3], total: 7 });
+    expect(counted.counts[0]).toBe(result!.ids.length);
+    expect(counted.total).toBe(counted.counts[0]! + counted.counts[1]!);
   });
 });
 
@@ -425,6 +451,8 @@ describe('deadlines and cancellation', () => {
 
   it('cancelling a generation stream stops the sequence on the runner at once', async () => {
     const engine = stack.runner.repository.resolve('tiny-gpt2').engine!;
+    // The previous test's sequences (cut by their deadline) must have left first.
+    await eventually(() => engine.stats().running === 0 && engine.stats().waiting === 0, 2000);
     const before = metricValue(
       await scrapeMetrics(stack.runner.metricsPort!),
       'maas_runner_generation_finished_total',
@@ -435,7 +463,8 @@ describe('deadlines and cancellation', () => {
     expect(engine.stats().running).toBe(1);
     running.stream.cancel();
     await expect(running.done).rejects.toMatchObject({ code: status.CANCELLED });
-    await sleep(30);
+    // Within a decode step or two (a loaded 2-core machine stretches them), long before the 120 tokens.
+    await eventually(() => engine.stats().running === 0, 2000);
     expect(engine.stats().running).toBe(0);
     const scrape = await scrapeMetrics(stack.runner.metricsPort!);
     expect(metricValue(scrape, 'maas_runner_generation_running_sequences')).toBe(0);
