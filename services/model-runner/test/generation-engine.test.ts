@@ -312,12 +312,12 @@ describe('failures and closing', () => {
     const faulty = new Proxy(model.session, {
       get(target, key) {
         if (key === 'run')
-          return (feeds: ort.InferenceSession.FeedsType) => {
+          return (...args: Parameters<ort.InferenceSession['run']>) => {
             if (failNextRun) {
               failNextRun = false;
               return Promise.reject(new Error('injected failure'));
             }
-            return target.run(feeds);
+            return target.run(...args);
           };
         const value = Reflect.get(target, key) as unknown;
         return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
