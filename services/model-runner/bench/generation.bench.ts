@@ -18,7 +18,8 @@
  * default 3), BENCH_THREADS, BENCH_MODEL=fixture to force the fixture.
  */
 import { execFile } from 'node:child_process';
-import { existsSync, mkdirSync, symlinkSync, writeFileSync } from 'node:fs';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { existsSync, mkdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type * as ort from 'onnxruntime-node';
 import { Registry } from 'prom-client';
@@ -106,6 +107,9 @@ interface Phase {
   tokensPerSecond: number;
   stepMs?: number;
   batch?: number;
+  /** Event-loop delay while the engine ran: p99 and max, ms (onnxruntime-node runs sessions on the JS thread). */
+  loopP99Ms?: number;
+  loopMaxMs?: number;
 }
 
 const histogramMean = async (registry: Registry, name: string) => {
@@ -129,6 +133,8 @@ async function engineRun(session: ort.InferenceSession, model: BenchModel, strea
     logger,
   });
   const asks = prompts(streams, model.config.generation!.vocabSize);
+  const loop = monitorEventLoopDelay({ resolution: 1 });
+  loop.enable();
   const started = performance.now();
   const results = await Promise.all(
     asks.map((promptIds) =>
@@ -146,10 +152,13 @@ async function engineRun(session: ort.InferenceSession, model: BenchModel, strea
     ),
   );
   const seconds = (performance.now() - started) / 1000;
+  loop.disable();
   await engine.close();
   const tokens = results.reduce((n, r) => n + r.generatedTokens, 0);
   return {
     tokensPerSecond: tokens / seconds,
+    loopP99Ms: loop.percentile(99) / 1e6,
+    loopMaxMs: loop.max / 1e6,
     stepMs: 1000 * (await histogramMean(registry, 'maas_runner_generation_step_duration_seconds')),
     batch: await histogramMean(registry, 'maas_runner_generation_step_batch_size'),
   };
@@ -248,7 +257,8 @@ async function main(): Promise<void> {
     const p = engine[streams];
     console.log(
       `engine in-process, ${streams} stream(s): ${f(p.tokensPerSecond)} tokens/s total, ${f(p.tokensPerSecond / streams)} per stream, ` +
-        `${f(1000 / (p.tokensPerSecond / streams), 2)} ms/token per stream; decode step ${f(p.stepMs!, 2)} ms at mean batch ${f(p.batch!)}`,
+        `${f(1000 / (p.tokensPerSecond / streams), 2)} ms/token per stream; decode step ${f(p.stepMs!, 2)} ms at mean batch ${f(p.batch!)}; ` +
+        `event-loop delay p99 ${f(p.loopP99Ms!)} ms, max ${f(p.loopMaxMs!)} ms`,
     );
   }
   await session.release();
@@ -275,6 +285,7 @@ async function main(): Promise<void> {
     }
   } finally {
     await runner.stop();
+    rmSync(model.repository, { recursive: true, force: true });
   }
 
   const one = engine[1]!.tokensPerSecond;

@@ -59,8 +59,12 @@ export interface GenerationStats {
   cachedTokens: number;
 }
 
-/** Prompt tokens (padding included) per prefill run: bounds how long one prefill stalls the running batch. */
-const PREFILL_TOKENS_PER_RUN = 2048;
+/**
+ * Prompt tokens (padding included) per prefill run. onnxruntime-node runs a
+ * session synchronously on the JS thread, so one run stalls the running batch
+ * and the whole event loop; 512 tokens already amortise the weights well.
+ */
+const PREFILL_TOKENS_PER_RUN = 512;
 /** Prefill returns logits for every prompt position: keep that tensor under 128 MB. */
 const PREFILL_LOGITS_PER_RUN = 2 ** 25;
 
