@@ -49,10 +49,10 @@ export async function probeFeatures(
   const rust = RustTokenizer.fromString(bertText);
   const ts = new TsTokenizer(JSON.parse(bertText), {});
   const rustEncoding = await rust.encode('Hello 🙂 world', 'and a pair');
-  const tsEncoding = ts.encode('Hello 🙂 world', { text_pair: 'and a pair' }) as unknown as Record<
-    string,
-    unknown
-  >;
+  const tsEncoding = ts.encode('Hello 🙂 world', {
+    text_pair: 'and a pair',
+    return_token_type_ids: true,
+  }) as unknown as Record<string, unknown>;
   const wordLevel = readFileSync(wordLevelFile, 'utf8');
   const rustUnk = (await RustTokenizer.fromString(wordLevel).encode('zzzqqqxyz')).getIds()[0];
   const tsUnk = new TsTokenizer(JSON.parse(wordLevel), {}).encode('zzzqqqxyz').ids[0];
