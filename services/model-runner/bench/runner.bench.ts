@@ -1,195 +1,368 @@
 /**
- * npm run bench:runner — raw onnxruntime in-process vs. the model-runner over
- * gRPC on 127.0.0.1 (a separate process), for a ≥2 ms model and the default
- * lang-id model; then generation: tokens/s for 1 and 16 streams, and KV cache
- * vs. recompute per token.
+ * npm run bench:runner — what the model-runner costs over calling onnxruntime
+ * directly. For each model, in one run and side by side:
+ *  - raw in-process onnxruntime throughput (items/s) at every batch size 1..64;
+ *  - the runner (its own process, as deployed) over gRPC on 127.0.0.1, at
+ *    concurrency 1, 8 and 32 with single-item requests, from a client process;
+ *  - ratios: runner c=32 / raw best batch (target ≥ 80% for a model whose
+ *    batch-1 run takes ≥ 2 ms), runner c=1 / raw batch 1.
+ * Models: a BERT-style classifier of hidden 256, 4 layers, 64 tokens
+ * (generated here; batch 1 takes a few ms) and the default lang-id model
+ * (fastText as ONNX; tens of µs per run). With BENCH_PROFILE=1 the runner runs
+ * under --cpu-prof during the lang-id load and the profile is summarised:
+ * where a small model's time goes. Then the generation benchmark
+ * (bench/generation*.ts) when it exists. Env: BENCH_MS (per point, default 3000),
+ * BENCH_PROFILE=1, BENCH_GENERATION=0 (skip generation).
  */
-import { execFileSync, spawn } from 'node:child_process';
-import { cpSync, mkdirSync, writeFileSync } from 'node:fs';
+import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { cpSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { createServer, type AddressInfo } from 'node:net';
+import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import * as ort from 'onnxruntime-node';
-import { buildBertClassifier, makeTempDir, writeFixtureRepository } from '@maas/models';
+import { buildBertClassifier, makeTempDir } from '@maas/models';
 import { createClient, defaultRepositoryPath } from '@maas/shared';
-import { checkHealth } from '@maas/shared/testing';
+import { checkHealth, metricValue, scrapeMetrics } from '@maas/shared/testing';
 import { GRPCInferenceServiceClient, ModelInferRequest } from '@maas/shared/gen/inference/grpc_service';
-import { GenerationServiceClient, GenerateRequest } from '@maas/shared/gen/maas/runner/v1/generation';
 
 const MS = Number(process.env.BENCH_MS ?? 3000);
-const SEQ = 64;
-// Fits both the tiny fixture's 128-token context and austen-gpt's 256 with the 16-token prompt.
-const NEW_TOKENS = 96;
+const BATCHES = [1, 2, 4, 8, 16, 32, 64];
+const CONCURRENCY = [1, 8, 32];
 
-async function forDuration(concurrency: number, run: () => Promise<number>): Promise<number> {
+interface BenchModel {
+  name: string;
+  inputs: string[];
+  /** Tokens per request. */
+  seq: number;
+  /** A valid token id for the model. */
+  token: number;
+}
+
+const MODELS: BenchModel[] = [
+  { name: 'bert-256x4', inputs: ['input_ids', 'attention_mask', 'token_type_ids'], seq: 64, token: 37 },
+  { name: 'lang-id', inputs: ['input_ids', 'attention_mask'], seq: 12, token: 37 },
+];
+
+/** Items per second of `concurrency` loops calling `run` (which returns how many items it did) for MS. */
+async function rate(concurrency: number, run: () => Promise<number>): Promise<number> {
   let items = 0;
   const start = performance.now();
   await Promise.all(
     Array.from({ length: concurrency }, async () => {
-      while (performance.now() - start < MS) items += await run();
+      while (performance.now() - start < MS) {
+        // Not `items += await run()`: that reads `items` before the await and loses the other loops' counts.
+        const done = await run();
+        items += done;
+      }
     }),
   );
   return (items / (performance.now() - start)) * 1000;
 }
 
-function feeds(rows: number, seq: number, withTypes: boolean): Record<string, ort.Tensor> {
-  const ids = new BigInt64Array(rows * seq).fill(1037n);
-  const f: Record<string, ort.Tensor> = {
-    input_ids: new ort.Tensor('int64', ids, [rows, seq]),
-    attention_mask: new ort.Tensor('int64', new BigInt64Array(rows * seq).fill(1n), [rows, seq]),
-  };
-  if (withTypes) f.token_type_ids = new ort.Tensor('int64', new BigInt64Array(rows * seq), [rows, seq]);
-  return f;
-}
+const valueOf = (input: string, token: number) =>
+  BigInt(input === 'input_ids' ? token : input === 'attention_mask' ? 1 : 0);
 
-async function raw(path: string, seq: number, withTypes: boolean) {
+/** Raw onnxruntime, this process, one session with the runner's default threads (intra 1, inter 1). */
+async function rawThroughput(path: string, model: BenchModel) {
   const session = await ort.InferenceSession.create(path, { intraOpNumThreads: 1, interOpNumThreads: 1 });
-  const results: Record<number, number> = {};
-  for (const batch of [1, 2, 4, 8, 16, 32, 64]) {
-    const f = feeds(batch, seq, withTypes);
-    for (let i = 0; i < 3; i++) await session.run(f);
-    results[batch] = await forDuration(1, async () => (await session.run(f), batch));
+  const byBatch: Record<number, number> = {};
+  for (const batch of BATCHES) {
+    const feeds = Object.fromEntries(
+      model.inputs.map((input) => [
+        input,
+        new ort.Tensor('int64', new BigInt64Array(batch * model.seq).fill(valueOf(input, model.token)), [
+          batch,
+          model.seq,
+        ]),
+      ]),
+    );
+    for (let i = 0; i < 3; i++) await session.run(feeds);
+    byBatch[batch] = await rate(1, async () => (await session.run(feeds), batch));
   }
-  const oneMs = 1000 / results[1]!;
-  const best = Object.entries(results).sort((a, b) => b[1] - a[1])[0]!;
   await session.release();
-  return { results, oneMs, bestBatch: Number(best[0]), best: best[1] };
+  const [bestBatch, best] = Object.entries(byBatch)
+    .map(([b, r]) => [Number(b), r] as const)
+    .sort((a, b) => b[1] - a[1])[0]!;
+  return { byBatch, batch1Ms: 1000 / byBatch[1]!, bestBatch, best };
 }
 
-async function main() {
+function writeRepository(): string {
   const root = makeTempDir('maas-bench-runner-');
-  const big = join(root, 'bert-large-ish');
-  mkdirSync(join(big, '1'), { recursive: true });
-  writeFileSync(join(big, '1', 'model.onnx'), buildBertClassifier({ hidden: 256, heads: 8, layers: 4, maxPositions: 128 }));
+  mkdirSync(join(root, 'bert-256x4', '1'), { recursive: true });
   writeFileSync(
-    join(big, 'config.json'),
+    join(root, 'bert-256x4', '1', 'model.onnx'),
+    buildBertClassifier({ hidden: 256, heads: 4, layers: 4, intermediate: 1024, maxPositions: 128 }),
+  );
+  writeFileSync(
+    join(root, 'bert-256x4', 'config.json'),
     JSON.stringify({
       task: 'raw',
-      maxBatchSize: 32,
-      dynamicBatching: { maxQueueDelayMicroseconds: 2000, maxQueueSize: 1024 },
-      inputs: ['input_ids', 'attention_mask', 'token_type_ids'].map((name) => ({ name, datatype: 'INT64', dims: [-1], ragged: true })),
+      maxBatchSize: 64,
+      dynamicBatching: { maxQueueDelayMicroseconds: 1000, maxQueueSize: 4096 },
+      inputs: MODELS[0]!.inputs.map((name) => ({ name, datatype: 'INT64', dims: [-1], ragged: true })),
       outputs: [{ name: 'logits', datatype: 'FP32', dims: [3] }],
     }),
   );
   cpSync(join(defaultRepositoryPath(), 'lang-id'), join(root, 'lang-id'), { recursive: true });
-  const austen = join(defaultRepositoryPath(), 'austen-gpt');
-  let genModel = 'austen-gpt';
-  try {
-    cpSync(austen, join(root, 'austen-gpt'), { recursive: true });
-    require('node:fs').accessSync(join(root, 'austen-gpt', 'config.json'));
-  } catch {
-    genModel = 'tiny-gpt2';
-    writeFixtureRepository(root, { models: ['tiny-gpt2'], generation: { maxConcurrentSequences: 16 } });
-  }
+  return root;
+}
 
-  const port = 48000 + Math.floor(Math.random() * 1000);
-  const child = spawn(process.execPath, [join(__dirname, '..', 'src', 'main.js')], {
-    stdio: 'ignore',
-    detached: true,
-    env: { ...process.env, GRPC_PORT: String(port), METRICS_PORT: '-1', MODEL_REPOSITORY: root, LOG_LEVEL: 'warn' },
-  });
+async function startRunner(
+  root: string,
+  port: number,
+  metricsPort: number,
+  profileDir?: string,
+): Promise<ChildProcess> {
+  const child = spawn(
+    process.execPath,
+    [
+      ...(profileDir ? ['--cpu-prof', '--cpu-prof-dir', profileDir] : []),
+      join(__dirname, '..', 'src', 'main.js'),
+    ],
+    {
+      stdio: ['ignore', 'ignore', 'inherit'],
+      env: {
+        ...process.env,
+        GRPC_PORT: String(port),
+        METRICS_PORT: String(metricsPort),
+        MODEL_REPOSITORY: root,
+        LOG_LEVEL: 'warn',
+      },
+    },
+  );
   const address = `127.0.0.1:${port}`;
-  for (let i = 0; i < 300; i++) {
-    if ((await checkHealth(address).catch(() => 'DOWN')) === 'SERVING') break;
-    await new Promise((r) => setTimeout(r, 100));
+  for (let i = 0; i < 600; i++) {
+    if ((await checkHealth(address).catch(() => 'DOWN')) === 'SERVING') return child;
+    await new Promise((resolve) => setTimeout(resolve, 100));
   }
-  await new Promise((r) => setTimeout(r, Number(process.env.SETTLE_MS ?? 0)));
-  try {
-    console.log(`model-runner benchmark (${MS} ms per point, onnxruntime intra-op threads 1)\n`);
-    for (const [name, seq, withTypes] of [['bert-large-ish', SEQ, true], ['lang-id', 12, false]] as const) {
-      // Clients run in their own process, as real clients do (and so this process's work does not skew them).
-      const rates = load(address, ['infer', name, String(seq), withTypes ? '1' : '0']);
-      const r = await raw(join(root, name, '1', 'model.onnx'), seq, withTypes);
-      console.log(`${name}: raw batch-1 run ${r.oneMs.toFixed(2)} ms; raw items/s by batch: ${Object.entries(r.results).map(([b, v]) => `${b}:${v.toFixed(0)}`).join(' ')}`);
-      const row = [`  runner over gRPC, single-item requests:`];
-      for (const c of [1, 8, 32]) {
-        const rate = rates[c]!;
-        row.push(`c=${c}: ${rate.toFixed(0)}/s (${((rate / r.best) * 100).toFixed(0)}% of raw best batch ${r.bestBatch} ${r.best.toFixed(0)}/s; ${((rate / r.results[1]!) * 100).toFixed(0)}% of raw batch 1)`);
-      }
-      console.log(row.join('\n    '));
-    }
-
-    console.log(`\ngeneration (${genModel}, prompt 16 tokens, ${NEW_TOKENS} new tokens per stream):`);
-    const rates = load(address, ['generate', genModel]);
-    for (const c of [1, 16]) console.log(`  ${c} stream(s): ${rates[c]!.toFixed(0)} tokens/s total`);
-    console.log(`  16 streams / 1 stream: ${(rates[16]! / rates[1]!).toFixed(2)}x (target >= 3x)`);
-    await kvVersusRecompute(join(root, genModel, '1', 'model.onnx'), genModel);
-  } finally {
-    process.kill(-child.pid!, 'SIGTERM');
-  }
+  child.kill('SIGKILL');
+  throw new Error('the runner did not become SERVING within 60 s');
 }
 
-function load(address: string, args: string[]): Record<number, number> {
-  const out = execFileSync(process.execPath, [__filename, '--load', address, ...args], { encoding: 'utf8', env: process.env });
-  return JSON.parse(out.trim().split('\n').pop()!) as Record<number, number>;
-}
+const stopRunner = (child: ChildProcess) =>
+  new Promise<void>((resolve) => {
+    if (child.exitCode !== null) return resolve();
+    child.once('exit', () => resolve());
+    child.kill('SIGTERM');
+  });
 
-/** Client mode: drives the runner and prints {concurrency: rate} as JSON. */
-async function clientMode(address: string, mode: string, model: string, seqText?: string, types?: string) {
-  const rates: Record<number, number> = {};
-  if (mode === 'infer') {
-    const seq = Number(seqText);
-    const withTypes = types === '1';
-    const inference = createClient(GRPCInferenceServiceClient, address);
-    const request = ModelInferRequest.fromPartial({
-      modelName: model,
-      inputs: (withTypes ? ['input_ids', 'attention_mask', 'token_type_ids'] : ['input_ids', 'attention_mask']).map((n) => ({ name: n, datatype: 'INT64', shape: [1, seq] })),
-      rawInputContents: (withTypes ? [1037n, 1n, 0n] : [1037n, 1n]).map((v) => Buffer.from(new BigInt64Array(seq).fill(v).buffer)),
+/** A port nothing listens on now. */
+const freePort = () =>
+  new Promise<number>((resolve, reject) => {
+    const server = createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as AddressInfo;
+      server.close(() => resolve(port));
     });
-    const one = () => new Promise<number>((resolve, reject) => inference.modelInfer(request, (e) => (e ? reject(e) : resolve(1))));
-    for (let i = 0; i < 20; i++) await one();
-    for (const c of [1, 8, 32]) rates[c] = await forDuration(c, one);
-    inference.close();
-  } else {
-    const generation = createClient(GenerationServiceClient, address);
-    const prompt = Array.from({ length: 16 }, (_, i) => 100 + i);
-    const stream = (maxNewTokens: number) =>
-      new Promise<number>((resolve, reject) => {
-        let n = 0;
-        const s = generation.generate(GenerateRequest.fromPartial({ modelName: model, promptIds: prompt, maxNewTokens, ignoreEos: true, sampling: { temperature: 0.8, seed: Math.floor(Math.random() * 1e6) } }));
-        s.on('data', (m: { tokenIds: number[] }) => (n += m.tokenIds.length));
-        s.on('end', () => resolve(n));
-        s.on('error', reject);
-      });
-    await stream(8);
-    for (const c of [1, 16]) {
-      const start = performance.now();
-      const tokens = (await Promise.all(Array.from({ length: c }, () => stream(NEW_TOKENS)))).reduce((a, b) => a + b, 0);
-      rates[c] = (tokens / (performance.now() - start)) * 1000;
+  });
+
+interface RunnerPoint {
+  rate: number;
+  /** Rows per execution, from the runner's metrics. */
+  meanBatch: number;
+  /** Mean time a request waited for its batch, ms. */
+  queueMs: number;
+}
+
+/**
+ * Drives the runner from a client process (as real clients are) at each concurrency, and reads
+ * the runner's own metrics around each point.
+ */
+async function runnerThroughput(
+  address: string,
+  metricsPort: number,
+  model: BenchModel,
+): Promise<Record<number, RunnerPoint>> {
+  const points: Record<number, RunnerPoint> = {};
+  const labels = { model: model.name, version: '1' };
+  // Node's HTTP keep-alive can hand a scrape a socket the server just closed: one retry.
+  const scrape = () => scrapeMetrics(metricsPort).catch(() => scrapeMetrics(metricsPort));
+  for (const c of CONCURRENCY) {
+    const before = await scrape();
+    const out = execFileSync(
+      process.execPath,
+      [__filename, '--client', address, JSON.stringify(model), String(c)],
+      {
+        encoding: 'utf8',
+        env: process.env,
+      },
+    );
+    const after = await scrape();
+    const delta = (name: string) => metricValue(after, name, labels) - metricValue(before, name, labels);
+    points[c] = {
+      rate: Number(out.trim().split('\n').pop()),
+      meanBatch: delta('maas_runner_inferences_total') / delta('maas_runner_executions_total'),
+      queueMs:
+        (delta('maas_runner_queue_duration_seconds_sum') /
+          delta('maas_runner_queue_duration_seconds_count')) *
+        1000,
+    };
+  }
+  return points;
+}
+
+/** Client mode: single-item requests at one concurrency; prints items/s. */
+async function clientMode(address: string, modelJson: string, concurrency: number): Promise<void> {
+  const model = JSON.parse(modelJson) as BenchModel;
+  const inference = createClient(GRPCInferenceServiceClient, address);
+  const request = ModelInferRequest.fromPartial({
+    modelName: model.name,
+    inputs: model.inputs.map((name) => ({ name, datatype: 'INT64', shape: [1, model.seq] })),
+    rawInputContents: model.inputs.map((name) =>
+      Buffer.from(new BigInt64Array(model.seq).fill(valueOf(name, model.token)).buffer),
+    ),
+  });
+  const one = () =>
+    new Promise<number>((resolve, reject) =>
+      inference.modelInfer(request, (error) => (error ? reject(error) : resolve(1))),
+    );
+  for (let i = 0; i < 50; i++) await one();
+  const items = await rate(concurrency, one);
+  inference.close();
+  console.log(items);
+}
+
+/** Self time by area and the top functions of a V8 CPU profile of the runner's main thread. */
+function summariseProfile(dir: string): string[] {
+  const file = readdirSync(dir).find((f) => f.endsWith('.cpuprofile'));
+  if (!file) return ['  (no profile written)'];
+  const profile = JSON.parse(readFileSync(join(dir, file), 'utf8')) as {
+    nodes: { id: number; callFrame: { functionName: string; url: string; lineNumber: number } }[];
+    samples: number[];
+    timeDeltas: number[];
+  };
+  const byId = new Map(profile.nodes.map((n) => [n.id, n.callFrame]));
+  const selfUs = new Map<number, number>();
+  profile.samples.forEach((id, i) => selfUs.set(id, (selfUs.get(id) ?? 0) + (profile.timeDeltas[i] ?? 0)));
+  const total = [...selfUs.values()].reduce((a, b) => a + b, 0);
+  const area = (url: string, name: string) => {
+    if (!url) return name.startsWith('(') ? name : 'native / builtins';
+    if (url.includes('@grpc/grpc-js')) return 'grpc-js (calls, http2 framing)';
+    if (url.includes('/gen/') || url.includes('@bufbuild/protobuf')) return 'protobuf encode/decode';
+    if (url.includes('onnxruntime')) return 'onnxruntime-node binding (JS side)';
+    if (url.includes('model-runner')) return 'model-runner (validation, batching)';
+    if (url.includes('prom-client')) return 'prom-client metrics';
+    if (url.includes('@opentelemetry')) return 'OpenTelemetry context';
+    if (url.includes('services/shared')) return 'maas shared runtime (interceptor)';
+    if (url.startsWith('node:')) return 'node internals (http2, streams, timers)';
+    return 'other JS';
+  };
+  const areas = new Map<string, number>();
+  const functions = new Map<string, number>();
+  for (const [id, us] of selfUs) {
+    const frame = byId.get(id)!;
+    const a = area(frame.url, frame.functionName);
+    areas.set(a, (areas.get(a) ?? 0) + us);
+    const where = frame.url ? `${frame.url.split('/').slice(-2).join('/')}:${frame.lineNumber + 1}` : '';
+    const key = `${frame.functionName || '(anonymous)'} ${where}`;
+    functions.set(key, (functions.get(key) ?? 0) + us);
+  }
+  const pct = (us: number) => `${((us / total) * 100).toFixed(1).padStart(5)}%`;
+  return [
+    `  runner main thread, ${(total / 1e6).toFixed(1)} s sampled; self time by area:`,
+    ...[...areas].sort((a, b) => b[1] - a[1]).map(([name, us]) => `    ${pct(us)}  ${name}`),
+    '  top functions by self time:',
+    ...[...functions]
+      .sort((a, b) => b[1] - a[1])
+      .slice(0, 12)
+      .map(([name, us]) => `    ${pct(us)}  ${name}`),
+  ];
+}
+
+async function main(): Promise<void> {
+  const root = writeRepository();
+  const cores = availableParallelism();
+  console.log(
+    `model-runner benchmark: ${MS} ms per point, ${cores} cores, onnxruntime intra-op 1 / inter-op 1 threads\n` +
+      `raw = in-process onnxruntime; runner = separate process over gRPC (127.0.0.1), single-item requests from a client process\n`,
+  );
+  const raw = new Map<string, Awaited<ReturnType<typeof rawThroughput>>>();
+  for (const model of MODELS)
+    raw.set(model.name, await rawThroughput(join(root, model.name, '1', 'model.onnx'), model));
+
+  const [port, metricsPort] = [await freePort(), await freePort()];
+  const address = `127.0.0.1:${port}`;
+  const rows: string[][] = [];
+  let runner: ChildProcess | undefined;
+  let profile: string[] = [];
+  try {
+    runner = await startRunner(root, port, metricsPort);
+    for (const model of MODELS) {
+      const profiling = process.env.BENCH_PROFILE === '1' && model.name === 'lang-id';
+      const profileDir = profiling ? makeTempDir('maas-bench-profile-') : undefined;
+      if (profileDir) {
+        // A fresh runner under the profiler, so the profile holds this model's load only.
+        await stopRunner(runner);
+        runner = await startRunner(root, port, metricsPort, profileDir);
+      }
+      const points = await runnerThroughput(address, metricsPort, model);
+      if (profileDir) {
+        await stopRunner(runner);
+        profile = summariseProfile(profileDir);
+        runner = await startRunner(root, port, metricsPort);
+      }
+      const r = raw.get(model.name)!;
+      console.log(
+        `${model.name} (${model.seq} tokens): raw items/s by batch  ` +
+          BATCHES.map((b) => `${b}: ${r.byBatch[b]!.toFixed(0)}`).join('  ') +
+          `\n  runner: ` +
+          CONCURRENCY.map(
+            (c) =>
+              `c=${c}: mean batch ${points[c]!.meanBatch.toFixed(1)}, queue ${points[c]!.queueMs.toFixed(2)} ms`,
+          ).join('; '),
+      );
+      rows.push([
+        model.name,
+        r.batch1Ms.toFixed(3),
+        r.byBatch[1]!.toFixed(0),
+        `${r.best.toFixed(0)} (b=${r.bestBatch})`,
+        ...CONCURRENCY.map((c) => points[c]!.rate.toFixed(0)),
+        `${((points[32]!.rate / r.best) * 100).toFixed(0)}%`,
+        `${((points[1]!.rate / r.byBatch[1]!) * 100).toFixed(0)}%`,
+      ]);
     }
-    generation.close();
+  } finally {
+    if (runner) await stopRunner(runner);
   }
-  console.log(JSON.stringify(rates));
+
+  const header = [
+    'model',
+    'raw b=1 ms',
+    'raw b=1 /s',
+    'raw best /s',
+    'runner c=1',
+    'c=8',
+    'c=32',
+    'c=32 / raw best',
+    'c=1 / raw b=1',
+  ];
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
+  const line = (cells: string[]) => cells.map((c, i) => c.padStart(widths[i]!)).join('  ');
+  console.log(`\n${line(header)}\n${rows.map(line).join('\n')}`);
+  const big = raw.get(MODELS[0]!.name)!;
+  console.log(
+    `\ntarget: ${MODELS[0]!.name} (raw batch 1: ${big.batch1Ms.toFixed(2)} ms${big.batch1Ms < 2 ? ', under the 2 ms the target is for' : ''}) ` +
+      `runner c=32 >= 80% of raw best batch`,
+  );
+  if (profile.length > 0)
+    console.log(`\nwhere lang-id's time goes (BENCH_PROFILE=1):\n${profile.join('\n')}`);
+
+  const generation = readdirSync(__dirname).find((f) => /^generation.*\.js$/.test(f));
+  if (process.env.BENCH_GENERATION === '0') {
+    console.log('\n(generation benchmark skipped: BENCH_GENERATION=0)');
+  } else if (generation) {
+    console.log('');
+    spawnSync(process.execPath, [join(__dirname, generation)], { stdio: 'inherit', env: process.env });
+  } else {
+    console.log('\n(generation benchmark: bench/generation*.ts not present)');
+  }
 }
 
-/** Per-token cost with the KV cache vs. re-running the whole sequence, in-process. */
-async function kvVersusRecompute(path: string, name: string) {
-  const session = await ort.InferenceSession.create(path, { intraOpNumThreads: 1 });
-  const pastNames = session.inputNames.filter((n) => n.startsWith('past_key_values'));
-  const meta = (session as unknown as { inputMetadata: { name: string; shape: (number | string)[] }[] }).inputMetadata;
-  const pastShape = meta.find((m) => m.name === pastNames[0])!.shape;
-  const heads = Number(pastShape[1]);
-  const headDim = Number(pastShape[3]);
-  const empty = () => Object.fromEntries(pastNames.map((n) => [n, new ort.Tensor('float32', new Float32Array(0), [1, heads, 0, headDim])]));
-  const ids = (a: number[]) => new ort.Tensor('int64', BigInt64Array.from(a, BigInt), [1, a.length]);
-  const N = 96;
-  const seq = Array.from({ length: 16 }, (_, i) => 100 + i);
-  let start = performance.now();
-  let out = await session.run({ input_ids: ids(seq), attention_mask: ids(seq.map(() => 1)), position_ids: ids(seq.map((_, i) => i)), ...empty() });
-  for (let k = 0; k < N; k++) {
-    const past = Object.fromEntries(pastNames.map((n) => [n, out[n.replace('past_key_values', 'present')]!]));
-    const len = seq.length + k + 1;
-    out = await session.run({ input_ids: ids([5]), attention_mask: ids(Array(len).fill(1)), position_ids: ids([len - 1]), ...past });
-  }
-  const cached = (performance.now() - start) / N;
-  start = performance.now();
-  const full = [...seq];
-  for (let k = 0; k < N; k++) {
-    full.push(5);
-    await session.run({ input_ids: ids(full), attention_mask: ids(full.map(() => 1)), position_ids: ids(full.map((_, i) => i)), ...empty() });
-  }
-  const recompute = (performance.now() - start) / N;
-  console.log(`  ${name} in-process, ${N} new tokens after a 16-token prompt: KV cache ${cached.toFixed(2)} ms/token, recompute ${recompute.toFixed(2)} ms/token (${(recompute / cached).toFixed(1)}x)`);
-  await session.release();
-}
-
-if (process.argv[2] === '--load') void clientMode(process.argv[3]!, process.argv[4]!, process.argv[5]!, process.argv[6], process.argv[7]);
-else void main();
+if (process.argv[2] === '--client')
+  void clientMode(process.argv[3]!, process.argv[4]!, Number(process.argv[5]));
+else
+  main().catch((error: unknown) => {
+    console.error(error);
+    process.exit(1);
+  });

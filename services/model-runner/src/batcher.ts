@@ -15,6 +15,7 @@ import * as ort from 'onnxruntime-node';
 import { resourceExhausted, StatusError, unavailable } from '@maas/shared';
 import type { Datatype, Logger, ModelConfig, TensorSpec } from '@maas/shared';
 import type { RunnerMetrics } from './metrics.js';
+import type { RunnableSession } from './worker-session.js';
 import {
   allocate,
   DATATYPES,
@@ -51,7 +52,7 @@ interface Pending {
 }
 
 export interface BatcherOptions {
-  sessions: ort.InferenceSession[];
+  sessions: RunnableSession[];
   config: ModelConfig;
   version: number;
   metrics: RunnerMetrics;
@@ -65,8 +66,9 @@ export class DynamicBatcher {
   private readonly queue: Pending[] = [];
   private queuedRows = 0;
   /** Sessions free to run a batch; taken from the front, returned to the back (round-robin). */
-  private readonly idle: ort.InferenceSession[];
-  private timer: NodeJS.Timeout | NodeJS.Immediate | undefined;
+  private readonly idle: RunnableSession[];
+  /** The pending wake-up: a timer, or an immediate for delays under Node's 1 ms timer resolution. */
+  private timer: { timeout: NodeJS.Timeout } | { immediate: NodeJS.Immediate } | undefined;
   private inFlight = 0;
   private closed = false;
   private drainWaiters: (() => void)[] = [];
@@ -169,8 +171,8 @@ export class DynamicBatcher {
       if (!due) {
         this.timer ??=
           this.delayMs - waited < 1
-            ? setImmediate(() => this.onTimer())
-            : setTimeout(() => this.onTimer(), this.delayMs - waited);
+            ? { immediate: setImmediate(() => this.onTimer()) }
+            : { timeout: setTimeout(() => this.onTimer(), this.delayMs - waited) };
         return;
       }
       timerFired = false;
@@ -191,9 +193,9 @@ export class DynamicBatcher {
   }
 
   private clearTimer(): void {
-    if (!this.timer) return;
-    clearTimeout(this.timer as NodeJS.Timeout);
-    clearImmediate(this.timer as NodeJS.Immediate);
+    // Each handle goes to its own clear function: clearImmediate on a Timeout corrupts Node's timer lists.
+    if (this.timer && 'timeout' in this.timer) clearTimeout(this.timer.timeout);
+    else if (this.timer) clearImmediate(this.timer.immediate);
     this.timer = undefined;
   }
 
@@ -240,7 +242,7 @@ export class DynamicBatcher {
     if (this.inFlight === 0) for (const resolve of this.drainWaiters.splice(0)) resolve();
   }
 
-  private async run(session: ort.InferenceSession, batch: Pending[], retry = false): Promise<void> {
+  private async run(session: RunnableSession, batch: Pending[], retry = false): Promise<void> {
     if (!retry) {
       const started = performance.now();
       for (const p of batch) this.m.queueSeconds.observe((started - p.enqueuedAt) / 1000);
@@ -271,14 +273,15 @@ export class DynamicBatcher {
     this.settle(batch.length);
   }
 
-  private async execute(session: ort.InferenceSession, batch: Pending[]): Promise<NamedTensor[][]> {
+  private async execute(session: RunnableSession, batch: Pending[]): Promise<NamedTensor[][]> {
     const rows = batch.reduce((n, p) => n + p.rows, 0);
     const maxLength = Math.max(...batch.map((p) => p.length));
     const feeds: Record<string, ort.Tensor> = {};
     for (const spec of this.config.inputs) feeds[spec.name] = this.merge(spec, batch, rows, maxLength);
     const wanted = [...new Set(batch.flatMap((p) => p.outputs))];
     const started = performance.now();
-    const results = await session.run(feeds, wanted);
+    // The batch tensors are this batcher's own (or a lone request's, not read again): moved, not copied.
+    const results = await session.run(feeds, wanted, { transferFeeds: true });
     this.m.computeSeconds.observe((performance.now() - started) / 1000);
     this.m.executions.inc();
     this.m.inferences.inc(rows);

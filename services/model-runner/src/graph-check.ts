@@ -6,6 +6,7 @@
 import type * as ort from 'onnxruntime-node';
 import type { ModelConfig, TensorSpec } from '@maas/shared';
 import { datatypeOfOrt } from './tensors.js';
+import type { RunnableSession } from './worker-session.js';
 
 /** Problems of the config on its own (the schema checks the fields; these are relations between them). */
 export function checkConfig(config: ModelConfig): string[] {
@@ -39,7 +40,7 @@ export function checkConfig(config: ModelConfig): string[] {
 }
 
 /** Disagreements between the config and the graph's inputs and outputs (names, types, ranks, fixed sizes). */
-export function checkAgainstGraph(config: ModelConfig, session: ort.InferenceSession): string[] {
+export function checkAgainstGraph(config: ModelConfig, session: RunnableSession): string[] {
   const problems: string[] = [];
   const batching = config.maxBatchSize > 0;
   const cacheInput = cacheInputMatcher(config);

@@ -18,6 +18,7 @@ import { GenerationEngine, type GenerationMetrics } from './generation/index.js'
 import { MODEL_STATES, type ModelState, type RunnerMetrics } from './metrics.js';
 import { createSession, type ThreadDefaults } from './session.js';
 import { sampleInputs } from './warmup.js';
+import { WorkerSession, type RunnableSession } from './worker-session.js';
 
 export type { ModelState } from './metrics.js';
 
@@ -28,7 +29,8 @@ export interface ModelVersion {
   /** Why the version is in its state (empty when READY). */
   reason: string;
   config: ModelConfig;
-  sessions: ort.InferenceSession[];
+  /** Batched models: sessions in worker threads; generation: the engine's session, in this thread. */
+  sessions: RunnableSession[];
   /** Set for every task but generation. */
   batcher?: DynamicBatcher;
   /** Set for generation models. */
@@ -314,14 +316,18 @@ export class ModelRepository {
     try {
       if (!existsSync(files.modelPath)) throw new Error(`${files.modelPath} is missing`);
       readLabels(config, files.dir);
-      // A generation engine owns one session; instanceCount applies to batched models.
-      const instances = config.task === 'generation' ? 1 : config.instanceCount;
+      // A generation engine owns one session and runs it in this thread (its KV cache moves between
+      // steps; a worker would copy it every step); batched models run each instance in a worker.
+      const generation = config.task === 'generation';
+      const instances = generation ? 1 : config.instanceCount;
+      const open = (this.deps.createSession ?? createSession) as typeof createSession<RunnableSession>;
       for (let i = 0; i < instances; i++) {
-        const created = await (this.deps.createSession ?? createSession)(
+        const created = await open(
           files.modelPath,
           config,
           this.deps.threads,
           logger,
+          generation ? undefined : WorkerSession.create,
         );
         mv.sessions.push(created.session);
         mv.provider = created.provider;
@@ -332,7 +338,7 @@ export class ModelRepository {
         mv.engine = new GenerationEngine({
           modelName: model.name,
           modelVersion: String(files.version),
-          session: mv.sessions[0]!,
+          session: mv.sessions[0] as ort.InferenceSession,
           config,
           metrics: this.deps.generationMetrics,
           logger,
@@ -406,7 +412,8 @@ export class ModelRepository {
       const sizes =
         mv.config.maxBatchSize > 0 ? [...new Set([1, Math.min(mv.config.maxBatchSize, 256)])] : [1];
       for (const session of mv.sessions) {
-        for (const rows of sizes) await session.run(sampleInputs(mv.config, rows));
+        for (const rows of sizes)
+          await session.run(sampleInputs(mv.config, rows), undefined, { transferFeeds: true });
       }
     } catch (error) {
       throw new Error(`warm-up failed: ${(error as Error).message}`);

@@ -13,10 +13,16 @@ export interface ThreadDefaults {
   interOpNumThreads: number;
 }
 
-export interface CreatedSession {
-  session: ort.InferenceSession;
+export interface CreatedSession<S = ort.InferenceSession> {
+  session: S;
   provider: 'cpu' | 'cuda';
 }
+
+/** Opens a session: in this thread (onnxruntime's own create) or in a worker (WorkerSession.create). */
+export type SessionOpener<S> = (path: string, options: ort.InferenceSession.SessionOptions) => Promise<S>;
+
+const inThisThread: SessionOpener<ort.InferenceSession> = (path, options) =>
+  ort.InferenceSession.create(path, options);
 
 /** Where onnxruntime-node keeps its native libraries; the CUDA provider is a separate library there. */
 export function cudaProviderPath(): string {
@@ -33,12 +39,13 @@ export function cudaProviderPath(): string {
 
 export class CudaUnavailableError extends Error {}
 
-export async function createSession(
+export async function createSession<S = ort.InferenceSession>(
   modelPath: string,
   config: ModelConfig,
   defaults: ThreadDefaults,
   logger: Logger,
-): Promise<CreatedSession> {
+  open: SessionOpener<S> = inThisThread as unknown as SessionOpener<S>,
+): Promise<CreatedSession<S>> {
   const options: ort.InferenceSession.SessionOptions = {
     intraOpNumThreads: config.sessionOptions.intraOpNumThreads || defaults.intraOpNumThreads,
     interOpNumThreads: config.sessionOptions.interOpNumThreads || defaults.interOpNumThreads,
@@ -57,7 +64,7 @@ export async function createSession(
         `on a machine with CUDA 12 and cuDNN 9; or set "allowCpuFallback": true in the model config to run on CPU.`;
     } else {
       try {
-        const session = await ort.InferenceSession.create(modelPath, {
+        const session = await open(modelPath, {
           ...options,
           executionProviders: [{ name: 'cuda', deviceId: cuda.deviceId }],
         });
@@ -74,6 +81,6 @@ export async function createSession(
       'CUDA unavailable, falling back to CPU as the config allows',
     );
   }
-  const session = await ort.InferenceSession.create(modelPath, { ...options, executionProviders: ['cpu'] });
+  const session = await open(modelPath, { ...options, executionProviders: ['cpu'] });
   return { session, provider: 'cpu' };
 }

@@ -110,7 +110,8 @@ export function fromRaw(name: string, datatype: Datatype, bytes: Uint8Array, cou
       `raw contents have ${bytes.byteLength} bytes, shape needs ${count * d.bytes} (${count} × ${d.bytes}-byte ${datatype})`,
     );
   }
-  const aligned = bytes.byteOffset % d.bytes === 0 ? bytes : bytes.slice();
+  // Uint8Array's slice copies (Buffer's would not).
+  const aligned = bytes.byteOffset % d.bytes === 0 ? bytes : Uint8Array.prototype.slice.call(bytes);
   return new d.array!(aligned.buffer, aligned.byteOffset, count);
 }
 
