@@ -51,11 +51,17 @@ import {
   MaasServiceService,
 } from '@maas/shared/gen/maas/orchestrator/v1/orchestrator';
 import {
+  EncodeRequest,
   type EncodeResponse,
   PaddingStrategy,
   TokenizerServiceClient,
   TokenizerServiceService,
 } from '@maas/shared/gen/maas/tokenizer/v1/tokenizer';
+import {
+  GenerationServiceClient,
+  GenerateRequest as RunnerGenerateRequest,
+  type GenerateResponse as RunnerGenerateResponse,
+} from '@maas/shared/gen/maas/runner/v1/generation';
 import { TokenizerRegistry } from '@maas/tokenizer';
 import * as ort from 'onnxruntime-node';
 
@@ -313,7 +319,11 @@ async function startStack(root: string, orchestratorEnv: Record<string, string> 
   await Promise.all([tokenizerPort, runnerPort, orchestratorPort].map(waitServing));
   const pids = children.slice(-3).map((c) => c.pid!);
   // [orchestrator, tokenizer, runner], the order the report prints them in.
-  return { address: `127.0.0.1:${orchestratorPort}`, pids: [pids[2]!, pids[0]!, pids[1]!] };
+  return {
+    address: `127.0.0.1:${orchestratorPort}`,
+    direct: `127.0.0.1:${runnerPort}|127.0.0.1:${tokenizerPort}`,
+    pids: [pids[2]!, pids[0]!, pids[1]!],
+  };
 }
 
 /** Runs this file in client mode in its own process, as real clients are; returns its JSON. */
@@ -379,24 +389,54 @@ async function clientMode(args: string[]): Promise<void> {
     const prompt =
       'It is a truth universally acknowledged, that a single man in possession of a good fortune';
     let seed = 0;
-    const one = () =>
-      new Promise<{ ttft: number; tokens: number }>((resolve, reject) => {
-        const stream = maas.generate(
-          GenerateRequest.fromPartial({
-            model,
-            prompt,
-            maxNewTokens,
-            sampling: { temperature: 0.8, topK: 40, seed: ++seed },
-          }),
-          metadata,
-        );
-        let last: GenerateResponse | undefined;
-        stream.on('data', (m: GenerateResponse) => (last = m));
-        stream.on('error', reject);
-        stream.on('end', () =>
-          resolve({ ttft: last!.timeToFirstTokenMs, tokens: last!.usage!.generatedTokens }),
-        );
-      });
+    let one: () => Promise<{ ttft: number; tokens: number }>;
+    if (mode === 'generate-direct') {
+      // Straight to the runner with pre-tokenized ids: no orchestrator, no detokenization.
+      const [runnerAddress, tokenizerAddress] = address.split('|') as [string, string];
+      const tokenizer = new TokenizerServiceClient(tokenizerAddress, credentials.createInsecure());
+      const generation = new GenerationServiceClient(runnerAddress, credentials.createInsecure());
+      const promptIds = await new Promise<number[]>((resolve, reject) =>
+        tokenizer.encode(
+          EncodeRequest.fromPartial({ tokenizer: model, texts: [prompt], addSpecialTokens: false }),
+          (e, r) => (e ? reject(e) : resolve(r.encodings[0]!.ids)),
+        ),
+      );
+      one = () =>
+        new Promise((resolve, reject) => {
+          const stream = generation.generate(
+            RunnerGenerateRequest.fromPartial({
+              modelName: model,
+              promptIds,
+              maxNewTokens,
+              sampling: { temperature: 0.8, topK: 40, seed: ++seed },
+            }),
+          );
+          let last: RunnerGenerateResponse | undefined;
+          stream.on('data', (m: RunnerGenerateResponse) => (last = m));
+          stream.on('error', reject);
+          stream.on('end', () =>
+            resolve({ ttft: last!.timing!.timeToFirstTokenMs, tokens: last!.generatedTokens }),
+          );
+        });
+    } else
+      one = () =>
+        new Promise<{ ttft: number; tokens: number }>((resolve, reject) => {
+          const stream = maas.generate(
+            GenerateRequest.fromPartial({
+              model,
+              prompt,
+              maxNewTokens,
+              sampling: { temperature: 0.8, topK: 40, seed: ++seed },
+            }),
+            metadata,
+          );
+          let last: GenerateResponse | undefined;
+          stream.on('data', (m: GenerateResponse) => (last = m));
+          stream.on('error', reject);
+          stream.on('end', () =>
+            resolve({ ttft: last!.timeToFirstTokenMs, tokens: last!.usage!.generatedTokens }),
+          );
+        });
     await one();
     for (const streams of concurrencies) {
       const ttfts: number[] = [];
@@ -675,11 +715,15 @@ async function main(): Promise<void> {
       { tokensPerSecond: number; perStream: number; ttftP50: number; ttftP95: number; sequences: number }
     >
   >(['generate', stack.address, generationModel, '48', '1,16']);
+  const direct = client<typeof generation>(['generate-direct', stack.direct, generationModel, '48', '1,16']);
   for (const streams of [1, 16]) {
     const g = generation[streams]!;
+    const d = direct[streams]!;
     console.log(
       `  ${String(streams).padStart(2)} stream(s): ${f0(g.tokensPerSecond)} tokens/s total, ${f0(g.perStream)} per stream, ` +
-        `time to first token p50 ${f2(g.ttftP50)} ms, p95 ${f2(g.ttftP95)} ms (${g.sequences} sequences)`,
+        `time to first token p50 ${f2(g.ttftP50)} ms, p95 ${f2(g.ttftP95)} ms (${g.sequences} sequences)` +
+        ` | runner direct (token ids, no detokenization): ${f0(d.tokensPerSecond)} tokens/s, ttft p50 ${f2(d.ttftP50)} ms` +
+        ` → ${pct(g.tokensPerSecond, d.tokensPerSecond)}`,
     );
   }
   stopAll();
