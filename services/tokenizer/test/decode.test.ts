@@ -69,7 +69,7 @@ describe('Decode', () => {
 });
 
 describe('DecodeStream', () => {
-  it.each(['gpt2', 'bert-base-uncased', 'unigram', 'glove-embed', 'lang-id'])(
+  it.each(['gpt2', 'bert-base-uncased', 'unigram', 'glove-embed', 'austen-gpt', 'lang-id'])(
     '%s: one id at a time gives valid deltas that add up to Decode',
     async (name) => {
       const ids = (await t.encode({ tokenizer: name, texts: [SPLIT_TEXT], addSpecialTokens: false }))
@@ -89,7 +89,8 @@ describe('DecodeStream', () => {
       }
       expect(responses.map((r) => r.consumedIds)).toEqual(ids.map((_, i) => i + 1));
       // An emoji or a CJK character is several byte-level tokens: some deltas were held back.
-      if (name === 'gpt2') expect(deltas.filter((d) => d === '').length).toBeGreaterThan(3);
+      if (name === 'gpt2' || name === 'austen-gpt')
+        expect(deltas.filter((d) => d === '').length).toBeGreaterThan(3);
     },
   );
 

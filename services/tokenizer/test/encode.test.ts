@@ -291,7 +291,7 @@ describe('padding', () => {
 });
 
 describe('CountTokens', () => {
-  it.each(['gpt2', 'bert-base-uncased', 'unigram', 'glove-embed', 'lang-id'])(
+  it.each(['gpt2', 'bert-base-uncased', 'unigram', 'glove-embed', 'austen-gpt', 'lang-id'])(
     '%s: counts what Encode gives, with and without special tokens',
     async (tokenizer) => {
       for (const addSpecialTokens of [true, false]) {

@@ -9,10 +9,16 @@
  * text under each offset normalises (with the reference's own normaliser) to
  * the reference's token.
  */
-import { readFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Tokenizer as ReferenceTokenizer } from '@huggingface/tokenizers';
 import { defaultRepositoryPath, scanRepository } from '@maas/shared';
+import {
+  tinyByteLevelBpeTokenizer,
+  tinyByteLevelBpeTokenizerConfig,
+  tinyWordPieceTokenizer,
+  tinyWordPieceTokenizerConfig,
+} from '@maas/models';
 import type {
   DecodeResponse,
   EncodeRequest,
@@ -22,8 +28,20 @@ import { CORPUS } from './corpus';
 import { call, startTestTokenizer, type TestTokenizerService } from './helpers';
 
 let t: TestTokenizerService;
+/** The tiny tokenizers of the test fixture models (@maas/models fixtures), served from TOKENIZER_DIR. */
+const FIXTURE_TOKENIZERS: Record<string, [object, object]> = {
+  'tiny-bpe': [tinyByteLevelBpeTokenizer(), tinyByteLevelBpeTokenizerConfig()],
+  'tiny-wordpiece': [tinyWordPieceTokenizer(), tinyWordPieceTokenizerConfig()],
+};
+
 beforeAll(async () => {
   t = await startTestTokenizer();
+  for (const [name, [tokenizer, config]] of Object.entries(FIXTURE_TOKENIZERS)) {
+    mkdirSync(join(t.extraDir, name));
+    writeFileSync(join(t.extraDir, name, 'tokenizer.json'), JSON.stringify(tokenizer));
+    writeFileSync(join(t.extraDir, name, 'tokenizer_config.json'), JSON.stringify(config));
+  }
+  await t.service.registry.reload();
 });
 afterAll(async () => {
   await t?.close();
@@ -40,11 +58,19 @@ const repositoryTokenizers = scanRepository(defaultRepositoryPath())
     path: join(m.versions[0]!.dir, m.config!.tokenizer!.file),
   }));
 
-const parityNames = ['gpt2', 'bert-base-uncased', 'unigram', ...repositoryTokenizers.map((r) => r.name)];
+const parityNames = [
+  'gpt2',
+  'bert-base-uncased',
+  'unigram',
+  ...repositoryTokenizers.map((r) => r.name),
+  ...Object.keys(FIXTURE_TOKENIZERS),
+];
 
 function fileOf(name: string): string {
   const own = t.files[name as keyof typeof t.files];
-  return own ?? repositoryTokenizers.find((r) => r.name === name)!.path;
+  if (own) return own;
+  if (name in FIXTURE_TOKENIZERS) return join(t.extraDir, name, 'tokenizer.json');
+  return repositoryTokenizers.find((r) => r.name === name)!.path;
 }
 
 interface Reference {
@@ -259,5 +285,7 @@ describe.each(parityNames)('%s', (name) => {
 });
 
 it('covers the default repository’s Hugging Face tokenizers', () => {
-  expect(repositoryTokenizers.map((r) => r.name)).toContain('glove-embed');
+  expect(repositoryTokenizers.map((r) => r.name)).toEqual(
+    expect.arrayContaining(['glove-embed', 'austen-gpt']),
+  );
 });
