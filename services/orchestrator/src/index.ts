@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import {
   createLogger,
   createMetricsRegistry,
@@ -15,7 +16,6 @@ import { createDownstream, type Downstream } from './downstream/clients.js';
 import { createUsageMetrics, UsageMeter } from './metering.js';
 import { EncoderBatchers } from './pipelines/encoder-batchers.js';
 import { createMaasService } from './server.js';
-import { readFileSync } from 'node:fs';
 
 export { loadOrchestratorConfig, orchestratorConfigSchema, type OrchestratorConfig } from './config.js';
 export { sha256 } from './access/api-keys.js';

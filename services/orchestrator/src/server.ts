@@ -18,6 +18,7 @@ import {
   unary,
 } from '@maas/shared';
 import {
+  FinishReason,
   type Model,
   type MaasServiceServer,
   Task as ProtoTask,
@@ -300,7 +301,7 @@ export function createMaasService(deps: MaasDeps): MaasServiceServer {
                 },
               },
             );
-            if (outcome.finishReason === 4 /* FINISH_REASON_CANCELLED */) ctx.outcome = status.CANCELLED;
+            if (outcome.finishReason === FinishReason.FINISH_REASON_CANCELLED) ctx.outcome = status.CANCELLED;
           } finally {
             closeStream();
           }

@@ -30,9 +30,9 @@ describe('post-processing', () => {
     // 2 rows × 3 positions × 2 dims; row 0 right-padded (1,1,0), row 1 left-padded (0,1,1).
     const hidden = Float32Array.from([1, 2, 3, 4, 100, 100, 100, 100, 5, 6, 7, 8]);
     const mask = [1, 1, 0, 0, 1, 1];
-    expect(Array.from(pool(hidden, 2, 3, 2, mask, 0, 'mean'))).toEqual([2, 3]);
-    expect(Array.from(pool(hidden, 2, 3, 2, mask, 1, 'mean'))).toEqual([6, 7]);
-    expect(Array.from(pool(hidden, 2, 3, 2, mask, 1, 'cls'))).toEqual([5, 6]);
+    expect(Array.from(pool(hidden, 3, 2, mask, 0, 'mean'))).toEqual([2, 3]);
+    expect(Array.from(pool(hidden, 3, 2, mask, 1, 'mean'))).toEqual([6, 7]);
+    expect(Array.from(pool(hidden, 3, 2, mask, 1, 'cls'))).toEqual([5, 6]);
     expect(Array.from(l2normalize(Float32Array.from([3, 4])))).toEqual([
       0.6000000238418579, 0.800000011920929,
     ]);

@@ -142,9 +142,6 @@ export class MicroBatcher<I, O> {
         if (this.queue.length > 0) this.dispatch();
       });
     }
-    if (this.queue.length > 0 && this.scheduled === undefined && this.inFlight < this.options.maxInFlight) {
-      this.schedule();
-    }
   }
 
   private async execute(batch: Member<I, O>[]): Promise<void> {

@@ -39,7 +39,6 @@ export function topK(scores: ArrayLike<number>, k: number): number[] {
  */
 export function pool(
   hidden: Float32Array,
-  rows: number,
   seq: number,
   dim: number,
   mask: ArrayLike<number>,
@@ -63,7 +62,6 @@ export function pool(
     for (let d = 0; d < dim; d++) out[d]! += hidden[offset + d]!;
   }
   if (count > 0) for (let d = 0; d < dim; d++) out[d]! /= count;
-  void rows;
   return out;
 }
 

@@ -43,7 +43,7 @@ export function embedRows(
     const vector =
       pooling === 'none'
         ? rows.values.slice(r * dimensions, (r + 1) * dimensions)
-        : pool(rows.values, rows.rows, rows.rowShape[0]!, dimensions, rows.mask, r, pooling);
+        : pool(rows.values, rows.rowShape[0]!, dimensions, rows.mask, r, pooling);
     vectors.push(shouldNormalize ? l2normalize(vector) : vector);
   }
   return { vectors, dimensions };
