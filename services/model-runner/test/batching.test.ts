@@ -12,13 +12,14 @@ import {
   startTestRunner,
   type TestRunner,
 } from './helpers';
-import { editConfig, testRepository, writeDoubler } from './models';
+import { editConfig, testRepository, writeDoubler, writeSlowModel } from './models';
 
 let t: TestRunner;
 
 beforeAll(async () => {
   const root = testRepository(['bert-classifier', 'sentence-encoder'], { maxQueueDelayMicroseconds: 20_000 });
   writeDoubler(root, 'doubler', { maxQueueDelayMicroseconds: 50_000 });
+  writeSlowModel(root, 'slow', 256, 96);
   // Two sessions: batches go to whichever is idle.
   editConfig(root, 'sentence-encoder', (c) => ({ ...c, instanceCount: 2 }));
   t = await startTestRunner(root);
@@ -124,6 +125,29 @@ describe('dynamic batching', () => {
     const alone = await infer('sentence-encoder', [LONG]);
     const results = await Promise.all(Array.from({ length: 12 }, () => infer('sentence-encoder', [LONG])));
     for (const r of results) expectClose(logits(r), logits(alone));
+  });
+
+  it('keeps serving while a model computes (sessions run in worker threads)', async () => {
+    const n = 256;
+    let inferenceDone = 0;
+    const slow = call<ModelInferResponse>(
+      t.inference,
+      'modelInfer',
+      inferRequest({
+        modelName: 'slow',
+        inputs: [{ name: 'x', datatype: 'FP32', shape: [4, n, n] }],
+        rawInputContents: [Buffer.from(new Float32Array(4 * n * n).fill(0.01).buffer)],
+      }),
+    ).then(() => (inferenceDone = performance.now()));
+    await sleep(50);
+    const asked = performance.now();
+    await call(t.inference, 'serverLive', {});
+    await infer('bert-classifier', [SHORT]);
+    const answered = performance.now();
+    await slow;
+    // On the main thread the computation would hold both calls until it ends.
+    expect(answered).toBeLessThan(inferenceDone);
+    expect(answered - asked).toBeLessThan((inferenceDone - asked) / 2);
   });
 
   it('a request that makes the model fail fails alone; the requests batched with it succeed', async () => {

@@ -155,3 +155,24 @@ export function writeDoubler(root: string, name: string, dynamicBatching: object
     g.toBytes(),
   );
 }
+
+/** x [batch, n, n] → a chain of `steps` MatMuls with x (tanh between): seconds of compute from a tiny graph. */
+export function writeSlowModel(root: string, name: string, n: number, steps: number): void {
+  const g = new GraphBuilder(name);
+  g.input('x', 'float32', ['batch', n, n]);
+  let y = 'x';
+  for (let i = 0; i < steps; i++) y = g.node('Tanh', [g.node('MatMul', [y, 'x'])]);
+  g.node('Identity', [y], {}, ['y']);
+  g.output('y', 'float32', ['batch', n, n]);
+  writeModel(
+    root,
+    name,
+    {
+      task: 'raw',
+      maxBatchSize: 4,
+      inputs: [{ name: 'x', datatype: 'FP32', dims: [n, n] }],
+      outputs: [{ name: 'y', datatype: 'FP32', dims: [n, n] }],
+    },
+    g.toBytes(),
+  );
+}

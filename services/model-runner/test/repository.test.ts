@@ -3,7 +3,7 @@ import { readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { status } from '@grpc/grpc-js';
 import { createSession } from '../src/session';
-import { checkHealth } from '@maas/shared/testing';
+import { checkHealth, metricValue, scrapeMetrics } from '@maas/shared/testing';
 import type {
   ModelInferResponse,
   ModelMetadataResponse,
@@ -141,6 +141,14 @@ describe('start-up', () => {
         expect.stringMatching(/is not ready: .*INT32 in the config/),
       ]);
       expect((await classify(r)).outputs[0]!.shape).toEqual([1, 3]);
+      const metrics = await scrapeMetrics(r.runner.metricsPort!);
+      const state = (model: string, s: string) =>
+        metricValue(metrics, 'maas_runner_model_state', { model, version: '1', state: s });
+      expect([state('bert-classifier', 'READY'), state('bert-classifier', 'LOADING')]).toEqual([1, 0]);
+      expect([state('wrong-dims', 'UNAVAILABLE'), state('wrong-dims', 'READY')]).toEqual([1, 0]);
+      expect(
+        metricValue(metrics, 'maas_runner_model_load_duration_seconds', { model: 'bert-classifier' }),
+      ).toBeGreaterThan(0);
     } finally {
       await r.close();
     }
