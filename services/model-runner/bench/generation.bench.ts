@@ -3,7 +3,7 @@
  *
  * Model: austen-gpt from the default repository when it is there, else the
  * tiny fixture decoder (random weights). Session as the runner creates it
- * (session.ts, RUNNER_INTRA_OP_THREADS default 1 unless BENCH_THREADS).
+ * (session.ts).
  * Prints, side by side in one run:
  *  - recompute baseline: greedy decoding that re-runs the whole sequence for
  *    every token (no cache), ms/token;
@@ -14,8 +14,10 @@
  *    child process);
  *  - ratios: KV cache vs recompute per token, 16 streams / 1 stream total
  *    tokens/s (target ≥ 3×).
- * Env: BENCH_NEW_TOKENS (per stream, default 200), BENCH_REPEATS (best of,
- * default 3), BENCH_THREADS, BENCH_MODEL=fixture to force the fixture.
+ * Env: BENCH_NEW_TOKENS (new tokens per stream, a list, default 64,200),
+ * BENCH_THREADS (intra-op threads of the session, a list, default 1,2: the
+ * runner's default is 1), BENCH_REPEATS (best of, default 3),
+ * BENCH_MODEL=fixture to force the fixture.
  */
 import { execFile } from 'node:child_process';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
@@ -41,9 +43,10 @@ import { createSession } from '../src/session.js';
 import { createGenerationMetrics, GenerationEngine, SequenceRandom } from '../src/generation/index.js';
 import { greedyByRecompute } from '../src/generation/reference.js';
 
-const NEW_TOKENS = Number(process.env.BENCH_NEW_TOKENS ?? 200);
+const list = (value: string) => value.split(',').map(Number);
+const LENGTHS = list(process.env.BENCH_NEW_TOKENS ?? '64,200');
 const REPEATS = Number(process.env.BENCH_REPEATS ?? 3);
-const THREADS = Number(process.env.BENCH_THREADS ?? 1);
+const THREADS = list(process.env.BENCH_THREADS ?? '1,2');
 const STREAMS = [1, 16];
 const logger = createLogger({ service: 'generation-bench', level: 'warn' });
 
@@ -122,7 +125,12 @@ const histogramMean = async (registry: Registry, name: string) => {
   return part('sum') / Math.max(1, part('count'));
 };
 
-async function engineRun(session: ort.InferenceSession, model: BenchModel, streams: number): Promise<Phase> {
+async function engineRun(
+  session: ort.InferenceSession,
+  model: BenchModel,
+  streams: number,
+  newTokens: number,
+): Promise<Phase> {
   const registry = new Registry();
   const engine = new GenerationEngine({
     modelName: model.name,
@@ -141,7 +149,7 @@ async function engineRun(session: ort.InferenceSession, model: BenchModel, strea
       engine.generate(
         {
           promptIds,
-          maxNewTokens: NEW_TOKENS,
+          maxNewTokens: newTokens,
           sampling: {},
           stopTokenIds: [],
           ignoreEos: true,
@@ -170,9 +178,19 @@ async function grpcStreams(
   modelName: string,
   vocab: number,
   streams: number,
+  newTokens: number,
 ): Promise<number> {
   const client = createClient(GenerationServiceClient, address);
   const asks = prompts(streams, vocab);
+  // Connect first: the timed part is generation, not the channel's handshake.
+  await new Promise<void>((resolve, reject) => {
+    const call = client.generate(
+      GenerateRequest.fromPartial({ modelName, promptIds: [11], maxNewTokens: 1 }),
+    );
+    call.on('data', () => undefined);
+    call.on('error', reject);
+    call.on('end', resolve);
+  });
   const started = performance.now();
   const counts = await Promise.all(
     asks.map(
@@ -183,7 +201,7 @@ async function grpcStreams(
             GenerateRequest.fromPartial({
               modelName,
               promptIds,
-              maxNewTokens: NEW_TOKENS,
+              maxNewTokens: newTokens,
               ignoreEos: true,
             }),
           );
@@ -199,7 +217,7 @@ async function grpcStreams(
 }
 
 /** The gRPC clients run in a child process, as real clients would: they do not share the runner's event loop. */
-function grpcRun(address: string, model: BenchModel, streams: number): Promise<Phase> {
+function grpcRun(address: string, model: BenchModel, streams: number, newTokens: number): Promise<Phase> {
   const args = [
     __filename,
     '--client',
@@ -207,6 +225,7 @@ function grpcRun(address: string, model: BenchModel, streams: number): Promise<P
     model.name,
     String(model.config.generation!.vocabSize),
     String(streams),
+    String(newTokens),
   ];
   return new Promise((resolve, reject) => {
     execFile(process.execPath, args, { env: process.env }, (error, stdout) => {
@@ -232,80 +251,100 @@ async function main(): Promise<void> {
   const g = model.config.generation!;
   console.log(
     `generation benchmark: ${model.name} (${g.numLayers} layers, ${g.numHeads}×${g.headDim} heads, vocab ${g.vocabSize}, context ${g.maxContextLength}); ` +
-      `${NEW_TOKENS} new tokens per stream, greedy, prompts of 16–31 tokens; intra-op threads ${THREADS}; best of ${REPEATS}`,
+      `greedy, prompts of 16–31 tokens, ${LENGTHS.join(' and ')} new tokens per stream; best of ${REPEATS}`,
   );
+  const summary: string[] = [];
+  try {
+    for (const threads of THREADS) await benchThreads(model, threads, summary);
+  } finally {
+    rmSync(model.repository, { recursive: true, force: true });
+  }
+  console.log(`\nsummary\n${summary.join('\n')}`);
+}
+
+/** Everything for one intra-op thread count: recompute, engine, gRPC. */
+async function benchThreads(model: BenchModel, threads: number, summary: string[]): Promise<void> {
+  const g = model.config.generation!;
+  console.log(`\nintra-op threads ${threads}`);
   const { session } = await createSession(
     model.modelPath,
     model.config,
-    { intraOpNumThreads: THREADS, interOpNumThreads: 1 },
+    { intraOpNumThreads: threads, interOpNumThreads: 1 },
     logger,
   );
-  await engineRun(session, model, 2); // warm-up
+  await engineRun(session, model, 2, 16); // warm-up
 
   const prompt = prompts(1, g.vocabSize)[0]!;
+  const recomputeTokens = 100;
   const recomputeStarted = performance.now();
-  const recomputeTokens = Math.min(NEW_TOKENS, 100);
   await greedyByRecompute(session, g, prompt, recomputeTokens);
   const recomputeMs = (performance.now() - recomputeStarted) / recomputeTokens;
   console.log(
-    `recompute (no cache), 1 stream: ${f(recomputeMs, 2)} ms/token, ${f(1000 / recomputeMs)} tokens/s (${recomputeTokens} tokens after ${prompt.length})`,
+    `  recompute (no cache), 1 stream: ${f(recomputeMs, 2)} ms/token (${recomputeTokens} tokens after ${prompt.length})`,
   );
 
-  const engine: Record<number, Phase> = {};
-  for (const streams of STREAMS) {
-    engine[streams] = await best(() => engineRun(session, model, streams));
-    const p = engine[streams];
-    console.log(
-      `engine in-process, ${streams} stream(s): ${f(p.tokensPerSecond)} tokens/s total, ${f(p.tokensPerSecond / streams)} per stream, ` +
-        `${f(1000 / (p.tokensPerSecond / streams), 2)} ms/token per stream; decode step ${f(p.stepMs!, 2)} ms at mean batch ${f(p.batch!)}; ` +
-        `event-loop delay p99 ${f(p.loopP99Ms!)} ms, max ${f(p.loopMaxMs!)} ms`,
-    );
+  const engine = new Map<string, Phase>();
+  for (const newTokens of LENGTHS) {
+    for (const streams of STREAMS) {
+      const p = await best(() => engineRun(session, model, streams, newTokens));
+      engine.set(`${newTokens}/${streams}`, p);
+      console.log(
+        `  engine in-process, ${newTokens} tokens × ${streams} stream(s): ${f(p.tokensPerSecond)} tokens/s total, ` +
+          `${f(1000 / (p.tokensPerSecond / streams), 2)} ms/token per stream; decode step ${f(p.stepMs!, 2)} ms at mean batch ${f(p.batch!)}; ` +
+          `event-loop delay p99 ${f(p.loopP99Ms!)} ms, max ${f(p.loopMaxMs!)} ms`,
+      );
+    }
   }
   await session.release();
 
-  const grpc: Record<number, Phase> = {};
+  const grpc = new Map<string, Phase>();
   const runner = await startModelRunner(
     loadRunnerConfig({
       GRPC_PORT: '0',
       METRICS_PORT: '0',
       MODEL_REPOSITORY: model.repository,
-      RUNNER_INTRA_OP_THREADS: String(THREADS),
+      RUNNER_INTRA_OP_THREADS: String(threads),
       LOG_LEVEL: 'warn',
     }),
     { logger },
   );
   const address = `127.0.0.1:${runner.grpcPort}`;
   try {
-    await grpcRun(address, model, 2); // warm-up
-    for (const streams of STREAMS) {
-      grpc[streams] = await best(() => grpcRun(address, model, streams));
-      console.log(
-        `runner over gRPC (runner in this process, clients in another), ${streams} stream(s): ${f(grpc[streams].tokensPerSecond)} tokens/s total`,
-      );
+    await grpcRun(address, model, 2, 16); // warm-up
+    for (const newTokens of LENGTHS) {
+      for (const streams of STREAMS) {
+        const p = await best(() => grpcRun(address, model, streams, newTokens));
+        grpc.set(`${newTokens}/${streams}`, p);
+        console.log(
+          `  runner over gRPC (clients in another process), ${newTokens} tokens × ${streams} stream(s): ${f(p.tokensPerSecond)} tokens/s total`,
+        );
+      }
     }
   } finally {
     await runner.stop();
-    rmSync(model.repository, { recursive: true, force: true });
   }
 
-  const one = engine[1]!.tokensPerSecond;
-  const sixteen = engine[16]!.tokensPerSecond;
-  console.log('\nsummary');
-  console.log(
-    `  KV cache vs recompute, 1 stream:     ${f(1000 / one, 2)} vs ${f(recomputeMs, 2)} ms/token = ${f(recomputeMs / (1000 / one))}× faster`,
+  const first = LENGTHS[0]!;
+  const kvMs = 1000 / engine.get(`${first}/1`)!.tokensPerSecond;
+  summary.push(
+    `  threads ${threads}: KV cache vs recompute, 1 stream: ${f(kvMs, 2)} vs ${f(recomputeMs, 2)} ms/token = ${f(recomputeMs / kvMs)}× faster`,
   );
-  console.log(
-    `  engine 16 streams / 1 stream:        ${f(sixteen)} / ${f(one)} tokens/s = ${f(sixteen / one, 2)}× (target ≥ 3×) ${sixteen / one >= 3 ? 'MET' : 'NOT MET'}`,
-  );
-  console.log(
-    `  gRPC 16 streams / 1 stream:          ${f(grpc[16]!.tokensPerSecond)} / ${f(grpc[1]!.tokensPerSecond)} tokens/s = ${f(grpc[16]!.tokensPerSecond / grpc[1]!.tokensPerSecond, 2)}×`,
-  );
-  console.log(`  gRPC / in-process, 16 streams:       ${f((100 * grpc[16]!.tokensPerSecond) / sixteen)}%`);
+  for (const newTokens of LENGTHS) {
+    const ratio = (m: Map<string, Phase>) =>
+      m.get(`${newTokens}/16`)!.tokensPerSecond / m.get(`${newTokens}/1`)!.tokensPerSecond;
+    const e = ratio(engine);
+    summary.push(
+      `  threads ${threads}, ${newTokens} tokens: 16 streams / 1 stream = ${f(e, 2)}× in-process ` +
+        `(${f(engine.get(`${newTokens}/16`)!.tokensPerSecond)} / ${f(engine.get(`${newTokens}/1`)!.tokensPerSecond)} tokens/s; target ≥ 3×: ${e >= 3 ? 'met' : 'NOT met'}), ` +
+        `${f(ratio(grpc), 2)}× over gRPC (${f(grpc.get(`${newTokens}/16`)!.tokensPerSecond)} / ${f(grpc.get(`${newTokens}/1`)!.tokensPerSecond)}); ` +
+        `gRPC / in-process at 16 streams ${f((100 * grpc.get(`${newTokens}/16`)!.tokensPerSecond) / engine.get(`${newTokens}/16`)!.tokensPerSecond)}%`,
+    );
+  }
 }
 
 if (process.argv[2] === '--client') {
-  const [address, modelName, vocab, streams] = process.argv.slice(3);
-  grpcStreams(address!, modelName!, Number(vocab), Number(streams)).then(
+  const [address, modelName, vocab, streams, newTokens] = process.argv.slice(3);
+  grpcStreams(address!, modelName!, Number(vocab), Number(streams), Number(newTokens)).then(
     (rate) => console.log(rate),
     (error: unknown) => {
       console.error(error);
