@@ -27,7 +27,7 @@ const MS = Number(process.env.BENCH_MS ?? 3000);
 const NAME = process.env.BENCH_TOKENIZER ?? 'gpt2';
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 5);
 
-async function startService(tokenizerDir: string): Promise<{ address: string; stop(): void }> {
+async function startService(tokenizerDir: string): Promise<{ address: string; pid: number; stop(): void }> {
   const port = 47000 + Math.floor(Math.random() * 1000);
   const child = fork(join(__dirname, '..', 'src', 'main.js'), [], {
     env: {
@@ -44,7 +44,31 @@ async function startService(tokenizerDir: string): Promise<{ address: string; st
     if ((await checkHealth(address).catch(() => 'DOWN')) === 'SERVING') break;
     await new Promise((r) => setTimeout(r, 100));
   }
-  return { address, stop: () => child.kill('SIGTERM') };
+  return { address, pid: child.pid!, stop: () => child.kill('SIGTERM') };
+}
+
+/** CPU time (user + system, all threads) of a process so far, in ms; undefined where /proc is missing. */
+function cpuMs(pid: number): number | undefined {
+  try {
+    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+    return ((Number(fields[11]) + Number(fields[12])) * 1000) / 100; // USER_HZ is 100 on Linux
+  } catch {
+    return undefined;
+  }
+}
+
+/** Mean CPU ms per call of each process in `pids`: unlike wall time, it does not depend on the machine's load. */
+async function cpuPerCall(
+  pids: number[],
+  calls: number,
+  run: () => Promise<unknown>,
+): Promise<number[] | undefined> {
+  for (let i = 0; i < 20; i++) await run();
+  const before = pids.map(cpuMs);
+  for (let i = 0; i < calls; i++) await run();
+  const after = pids.map(cpuMs);
+  if (before.includes(undefined) || after.includes(undefined)) return undefined;
+  return pids.map((_, i) => (after[i]! - before[i]!) / calls);
 }
 
 /** Section 1 runs in a child process: the TypeScript tokenizers' large heaps would slow the gRPC client's GC. */
@@ -128,6 +152,13 @@ async function main() {
     const values = [...samples.get(label)!].sort((a, b) => a - b);
     return values[Math.floor(values.length / 2)]!;
   };
+  const cpu = {
+    library: await cpuPerCall([process.pid], 300, async () => {
+      for (const e of await raw.encodeBatch(BATCH)) e.getIds();
+    }),
+    batch: await cpuPerCall([service.pid, process.pid], 300, () => encode(BATCH)),
+    single: await cpuPerCall([service.pid, process.pid], 1000, () => encode([SHORT])),
+  };
   const inProcessLatency = await latencies(() => tokenizer.encodeBatch([SHORT], undefined, options), 3000);
   const grpcLatency = await latencies(() => encode([SHORT]), 3000);
   client.close();
@@ -152,6 +183,13 @@ async function main() {
     `\nper batch of 64 (${batchTokens} tokens): library ${perCall('library batch', batchTokens)} ms, ` +
       `service domain ${perCall('domain batch', batchTokens)} ms, gRPC round trip ${perCall('gRPC batch', batchTokens)} ms`,
   );
+  if (cpu.library && cpu.batch && cpu.single) {
+    console.log(
+      `CPU per batch of 64 (all threads, whatever the load): library in process ${cpu.library[0]!.toFixed(2)} ms; ` +
+        `through gRPC server ${cpu.batch[0]!.toFixed(2)} ms + client ${cpu.batch[1]!.toFixed(2)} ms; ` +
+        `single short text through gRPC: server ${cpu.single[0]!.toFixed(2)} ms + client ${cpu.single[1]!.toFixed(2)} ms`,
+    );
+  }
   console.log(
     `single short text latency: in process p50 ${inProcessLatency.p50.toFixed(3)} ms, p99 ${inProcessLatency.p99.toFixed(3)} ms; ` +
       `gRPC loopback p50 ${grpcLatency.p50.toFixed(3)} ms, p99 ${grpcLatency.p99.toFixed(3)} ms`,
