@@ -285,9 +285,9 @@ describe('cancellation', () => {
     const { engine } = startEngine(model);
     const controller = new AbortController();
     controller.abort();
-    expect((await generate(engine, { promptIds: [1], signal: controller.signal })).result.finishReason).toBe(
-      'cancelled',
-    );
+    const early = generate(engine, { promptIds: [1], signal: controller.signal });
+    expect(engine.stats()).toEqual({ running: 0, waiting: 0, cachedTokens: 0 });
+    expect((await early).result).toMatchObject({ finishReason: 'cancelled', generatedTokens: 0 });
     const result = await engine.generate(
       {
         promptIds: [1, 2],

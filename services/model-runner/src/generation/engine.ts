@@ -177,9 +177,14 @@ export class GenerationEngine {
         generated: 0,
         arrivedAt: performance.now(),
       };
+      this.options.metrics.promptTokens.inc(this.labels, request.promptIds.length);
+      // An aborted signal fires no more 'abort' events: such a request ends before it queues.
+      if (request.signal.aborted) {
+        this.end(seq, 'cancelled');
+        return;
+      }
       this.waiting.push(seq);
       request.signal.addEventListener('abort', seq.onAbort, { once: true });
-      this.options.metrics.promptTokens.inc(this.labels, request.promptIds.length);
       this.updateGauges();
       this.wake();
     });
