@@ -250,9 +250,14 @@ export class GenerationEngine {
   private wake(): void {
     this.loop ??= new Promise<void>((resolve) => setImmediate(resolve))
       .then(() => this.schedule())
-      .catch((error: unknown) =>
-        this.options.logger.error({ ...this.labels, err: error }, 'generation scheduler failed'),
-      )
+      .catch((error: unknown) => {
+        // A bug, not a model error (those fail their run's sequences): fail what is in flight
+        // rather than spin on it; waiting sequences get a fresh start.
+        const inFlight = [...this.running, ...this.joining].filter((s) => s.state !== 'done');
+        this.running = [];
+        this.joining = [];
+        this.fail(inFlight, error, 'scheduling');
+      })
       .finally(() => {
         this.loop = undefined;
         if (this.waiting.length > 0 || this.running.length > 0) this.wake();
