@@ -151,6 +151,32 @@ describe('KV-cache generation', () => {
   });
 });
 
+describe('metrics', () => {
+  it('counts tokens, sequences and latencies, labelled by model and version', async () => {
+    const { engine, registry } = startEngine(model);
+    await Promise.all([
+      generate(engine, { promptIds: PROMPTS[0]!, maxNewTokens: 10 }),
+      generate(engine, { promptIds: PROMPTS[2]!, maxNewTokens: 7 }),
+    ]);
+    const labels = { model: 'tiny-gpt2', version: '1' };
+    expect(await metric(registry, 'maas_runner_generation_generated_tokens_total', labels)).toBe(17);
+    expect(await metric(registry, 'maas_runner_generation_prompt_tokens_total', labels)).toBe(4 + 9);
+    expect(
+      await metric(registry, 'maas_runner_generation_finished_total', { ...labels, reason: 'length' }),
+    ).toBe(2);
+    expect(await histogram(registry, 'maas_runner_generation_time_to_first_token_seconds', 'count')).toBe(2);
+    expect(await histogram(registry, 'maas_runner_generation_inter_token_latency_seconds', 'count')).toBe(15);
+    expect(await histogram(registry, 'maas_runner_generation_queue_duration_seconds', 'count')).toBe(2);
+    // Both prefilled in one run; then 9 steps, the first 6 with both sequences.
+    expect(await histogram(registry, 'maas_runner_generation_prefill_duration_seconds', 'count')).toBe(1);
+    expect(await histogram(registry, 'maas_runner_generation_step_batch_size', 'count')).toBe(9);
+    expect(await histogram(registry, 'maas_runner_generation_step_batch_size', 'sum')).toBe(6 * 2 + 3);
+    for (const gauge of ['running_sequences', 'waiting_sequences', 'cached_tokens', 'reserved_tokens'])
+      expect(await metric(registry, `maas_runner_generation_${gauge}`, labels)).toBe(0);
+    await engine.close();
+  });
+});
+
 describe('finishing', () => {
   it('finishes with stop on a stop token id (emitted) and length at max_new_tokens', async () => {
     const { engine, registry } = startEngine(model);
