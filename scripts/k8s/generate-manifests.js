@@ -207,4 +207,6 @@ function main() {
   console.log(`wrote ${files.size} files under k8s/`);
 }
 
-main();
+if (require.main === module) main();
+
+module.exports = { render, helmBinary, CHART, OUT, RELEASE, NAMESPACE };

@@ -84,6 +84,21 @@ ensure_base() {
   log "base image ready in $(seconds "$start") s"
 }
 
+# One snapshot of the build context for the three builds: files edited meanwhile would otherwise
+# invalidate the shared build stage between them. In a git checkout the snapshot holds the files git
+# sees (tracked or not ignored), which .dockerignore then narrows.
+snapshot_context() {
+  CONTEXT="$ROOT"
+  if git -C "$ROOT" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+    CONTEXT="$WORK/context"
+    mkdir -p "$CONTEXT"
+    (cd "$ROOT" && git ls-files -z --cached --others --exclude-standard -- \
+      package.json package-lock.json .npmrc tsconfig.json tsconfig.base.json .dockerignore services |
+      while IFS= read -r -d '' f; do [[ -e "$f" ]] && printf '%s\0' "$f"; done |
+      tar --null -T - -cf -) | tar -C "$CONTEXT" -xf -
+  fi
+}
+
 build_image() {
   local service=$1 start
   start=$(date +%s)
@@ -93,11 +108,11 @@ build_image() {
   # to a stage only when the argument is given.
   podman build --quiet --network=host --runtime runc \
     --ulimit nofile=20000:20000 --ulimit nproc=4096:4096 \
-    -f services/Dockerfile \
+    -f "$CONTEXT/services/Dockerfile" \
     --build-arg "BASE_IMAGE=$BASE_IMAGE" \
     --build-arg "SERVICE=$service" \
     --build-arg VARIANT=cpu \
-    -t "localhost/maas-$service:$TAG" . >"$WORK/build-$service.log" 2>&1 || {
+    -t "localhost/maas-$service:$TAG" "$CONTEXT" >"$WORK/build-$service.log" 2>&1 || {
     log "building $service failed:"
     tail -n 60 "$WORK/build-$service.log" >&2
     return 1
@@ -179,6 +194,7 @@ main() {
   # The health check uses @maas/shared/testing from its compiled output.
   [[ -f services/shared/dist/src/testing.js ]] || npx tsc -b services/shared
   ensure_base
+  snapshot_context
   for service in "${SERVICES[@]}"; do build_image "$service"; done
   for service in "${SERVICES[@]}"; do run_image "$service"; done
   if [[ "${IMAGE_TEST_PRUNE:-0}" == 1 ]]; then
