@@ -9,7 +9,7 @@ export default tseslint.config(
       '**/dist/**',
       'services/shared/src/gen/**',
       '**/.cache/**',
-      'charts/**',
+      'charts/maas/**',
       'k8s/**',
     ],
   },

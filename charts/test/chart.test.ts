@@ -52,7 +52,9 @@ describe('rendered objects', () => {
 
   test.each(each)('%s: the expected kinds, one Deployment per enabled component', (_name, scenario) => {
     const objects = objectsOf(scenario);
-    const components = byKind(objects, 'Deployment').map((d) => d.metadata.labels!['app.kubernetes.io/component']);
+    const components = byKind(objects, 'Deployment').map(
+      (d) => d.metadata.labels!['app.kubernetes.io/component'],
+    );
     expect(components.sort()).toEqual(
       scenario.name === 'split' ? ['orchestrator'] : ['model-runner', 'orchestrator', 'tokenizer'],
     );
@@ -114,13 +116,17 @@ describe('selectors match labels', () => {
       for (const rule of policy.spec.ingress) {
         for (const port of rule.ports) expect(portNames(targets[0]!)).toContain(port.port);
         for (const peer of rule.from ?? []) {
-          if (peer.podSelector) expect(selects(peer.podSelector.matchLabels, podLabels(orchestrator))).toBe(true);
+          if (peer.podSelector)
+            expect(selects(peer.podSelector.matchLabels, podLabels(orchestrator))).toBe(true);
         }
       }
     }
     // Autoscalers point at Deployments of this render.
     const names = deployments.map((d) => d.metadata.name);
-    for (const scaler of [...byKind(objects, 'HorizontalPodAutoscaler'), ...byKind(objects, 'ScaledObject')]) {
+    for (const scaler of [
+      ...byKind(objects, 'HorizontalPodAutoscaler'),
+      ...byKind(objects, 'ScaledObject'),
+    ]) {
       expect(scaler.spec.scaleTargetRef.kind ?? 'Deployment').toBe('Deployment');
       expect(names).toContain(scaler.spec.scaleTargetRef.name);
     }
@@ -145,42 +151,52 @@ describe('selectors match labels', () => {
 });
 
 describe('pods', () => {
-  test.each(each)('%s: gRPC probes on the port named grpc; startup outlasts model loading', (_name, scenario) => {
-    for (const d of byKind(objectsOf(scenario), 'Deployment')) {
-      const container = d.spec.template.spec.containers[0];
-      const grpcPort = container.ports.find((p: { name: string }) => p.name === 'grpc').containerPort;
-      expect(envOf(container, 'GRPC_PORT')).toBe(String(grpcPort));
-      for (const probe of ['startupProbe', 'readinessProbe', 'livenessProbe']) {
-        expect(container[probe].grpc).toEqual({ port: grpcPort });
+  test.each(each)(
+    '%s: gRPC probes on the port named grpc; startup outlasts model loading',
+    (_name, scenario) => {
+      for (const d of byKind(objectsOf(scenario), 'Deployment')) {
+        const container = d.spec.template.spec.containers[0];
+        const grpcPort = container.ports.find((p: { name: string }) => p.name === 'grpc').containerPort;
+        expect(envOf(container, 'GRPC_PORT')).toBe(String(grpcPort));
+        for (const probe of ['startupProbe', 'readinessProbe', 'livenessProbe']) {
+          expect(container[probe].grpc).toEqual({ port: grpcPort });
+        }
+        const startupSeconds = container.startupProbe.periodSeconds * container.startupProbe.failureThreshold;
+        expect(startupSeconds).toBeGreaterThanOrEqual(
+          d.metadata.labels!['app.kubernetes.io/component'] === 'model-runner' ? 300 : 60,
+        );
+        const metricsPort = container.ports.find((p: { name: string }) => p.name === 'metrics').containerPort;
+        expect(envOf(container, 'METRICS_PORT')).toBe(String(metricsPort));
+        expect(envOf(container, 'GRPC_HOST')).toBe('0.0.0.0');
       }
-      const startupSeconds = container.startupProbe.periodSeconds * container.startupProbe.failureThreshold;
-      expect(startupSeconds).toBeGreaterThanOrEqual(d.metadata.labels!['app.kubernetes.io/component'] === 'model-runner' ? 300 : 60);
-      const metricsPort = container.ports.find((p: { name: string }) => p.name === 'metrics').containerPort;
-      expect(envOf(container, 'METRICS_PORT')).toBe(String(metricsPort));
-      expect(envOf(container, 'GRPC_HOST')).toBe('0.0.0.0');
-    }
-  });
+    },
+  );
 
-  test.each(each)('%s: nothing runs as root; read-only root filesystem with /tmp mounted', (_name, scenario) => {
-    for (const d of byKind(objectsOf(scenario), 'Deployment')) {
-      const pod = d.spec.template.spec;
-      expect(pod.securityContext.runAsNonRoot).toBe(true);
-      expect(pod.securityContext.runAsUser).toBeGreaterThan(0);
-      expect(pod.automountServiceAccountToken).toBe(false);
-      for (const container of containersOf(d)) {
-        const sc = container.securityContext;
-        expect(sc.runAsNonRoot).toBe(true);
-        expect(sc.runAsUser ?? pod.securityContext.runAsUser).toBeGreaterThan(0);
-        expect(sc.privileged).not.toBe(true);
-        expect(sc.allowPrivilegeEscalation).toBe(false);
-        expect(sc.readOnlyRootFilesystem).toBe(true);
-        expect(sc.capabilities.drop).toEqual(['ALL']);
-        expect(sc.capabilities.add).toBeUndefined();
-        expect((sc.seccompProfile ?? pod.securityContext.seccompProfile).type).toBe('RuntimeDefault');
-        expect(container.volumeMounts).toEqual(expect.arrayContaining([{ name: 'tmp', mountPath: '/tmp' }]));
+  test.each(each)(
+    '%s: nothing runs as root; read-only root filesystem with /tmp mounted',
+    (_name, scenario) => {
+      for (const d of byKind(objectsOf(scenario), 'Deployment')) {
+        const pod = d.spec.template.spec;
+        expect(pod.securityContext.runAsNonRoot).toBe(true);
+        expect(pod.securityContext.runAsUser).toBeGreaterThan(0);
+        expect(pod.automountServiceAccountToken).toBe(false);
+        for (const container of containersOf(d)) {
+          const sc = container.securityContext;
+          expect(sc.runAsNonRoot).toBe(true);
+          expect(sc.runAsUser ?? pod.securityContext.runAsUser).toBeGreaterThan(0);
+          expect(sc.privileged).not.toBe(true);
+          expect(sc.allowPrivilegeEscalation).toBe(false);
+          expect(sc.readOnlyRootFilesystem).toBe(true);
+          expect(sc.capabilities.drop).toEqual(['ALL']);
+          expect(sc.capabilities.add).toBeUndefined();
+          expect((sc.seccompProfile ?? pod.securityContext.seccompProfile).type).toBe('RuntimeDefault');
+          expect(container.volumeMounts).toEqual(
+            expect.arrayContaining([{ name: 'tmp', mountPath: '/tmp' }]),
+          );
+        }
       }
-    }
-  });
+    },
+  );
 
   test.each(each)('%s: every container has CPU and memory requests and a memory limit', (_name, scenario) => {
     for (const d of byKind(objectsOf(scenario), 'Deployment')) {
@@ -205,7 +221,9 @@ describe('pods', () => {
       const onGpuPool = runner && scenario.gpu;
       expect(pod.runtimeClassName).toBe(onGpuPool ? 'nvidia' : undefined);
       expect(pod.nodeSelector?.['nvidia.com/gpu.present']).toBe(onGpuPool ? 'true' : undefined);
-      expect(Boolean(pod.tolerations?.some((t: { key: string }) => t.key === 'nvidia.com/gpu'))).toBe(onGpuPool);
+      expect(Boolean(pod.tolerations?.some((t: { key: string }) => t.key === 'nvidia.com/gpu'))).toBe(
+        onGpuPool,
+      );
       expect(pod.containers[0].image.endsWith('-gpu')).toBe(onGpuPool);
     }
   });
@@ -233,7 +251,9 @@ describe('wiring', () => {
         ['TOKENIZER_ADDRESS', 'tokenizer'],
         ['RUNNER_ADDRESS', 'model-runner'],
       ] as const) {
-        const match = /^dns:\/\/\/([^.]+)\.([^.]+)\.svc\.cluster\.local:(\d+)$/.exec(envOf(container, variable)!);
+        const match = /^dns:\/\/\/([^.]+)\.([^.]+)\.svc\.cluster\.local:(\d+)$/.exec(
+          envOf(container, variable)!,
+        );
         expect(match).not.toBeNull();
         const service = byKind(objects, 'Service').find((s) => s.metadata.name === match![1])!;
         expect(service.spec.clusterIP).toBe('None');
@@ -261,15 +281,23 @@ describe('wiring', () => {
     const text = Buffer.from(secret.data['keys.yaml'], 'base64').toString('utf8');
     const keys = parseKeysFile(text, 'keys.yaml');
     expect(keys.map((k) => k.id)).toEqual(['shop-frontend', 'batch-jobs']);
-    expect(keys[0]!.limits).toEqual({ requestsPerSecond: 50, tokensPerMinute: 200000, concurrentStreams: undefined });
+    expect(keys[0]!.limits).toEqual({
+      requestsPerSecond: 50,
+      tokensPerMinute: 200000,
+      concurrentStreams: undefined,
+    });
     const pod = deploymentNamed(objects, 'orchestrator')!.spec.template.spec;
-    const volume = pod.volumes.find((v: { name: string }) => v.secret?.secretName === secret.metadata.name);
+    const volume = pod.volumes.find(
+      (v: { secret?: { secretName: string } }) => v.secret?.secretName === secret.metadata.name,
+    );
     const mount = pod.containers[0].volumeMounts.find((m: { name: string }) => m.name === volume.name);
     expect(envOf(pod.containers[0], 'API_KEYS_FILE')).toBe(`${mount.mountPath}/keys.yaml`);
     expect(mount.subPath).toBeUndefined(); // a rotated Secret must reach the running pod
     // No keys at all (the default) is an empty list: nobody gets in until keys are added.
     const empty = byKind(rendered.get('default')!, 'Secret')[0]!;
-    expect(parseKeysFile(Buffer.from(empty.data['keys.yaml'], 'base64').toString('utf8'), 'keys.yaml')).toEqual([]);
+    expect(
+      parseKeysFile(Buffer.from(empty.data['keys.yaml'], 'base64').toString('utf8'), 'keys.yaml'),
+    ).toEqual([]);
   });
 
   test('existing Secret and claim: nothing generated, both mounted read-only', () => {
@@ -281,7 +309,12 @@ describe('wiring', () => {
       const models = pod.volumes.find((v: { name: string }) => v.name === 'models');
       expect(models.persistentVolumeClaim).toEqual({ claimName: 'shared-models', readOnly: true });
       const mount = pod.containers[0].volumeMounts.find((m: { name: string }) => m.name === 'models');
-      expect(mount).toEqual({ name: 'models', mountPath: '/models', readOnly: true, subPath: 'maas/repository' });
+      expect(mount).toEqual({
+        name: 'models',
+        mountPath: '/models',
+        readOnly: true,
+        subPath: 'maas/repository',
+      });
       expect(envOf(pod.containers[0], 'MODEL_REPOSITORY')).toBe('/models');
     }
     const orchestrator = deploymentNamed(objects, 'orchestrator')!.spec.template.spec;
@@ -316,8 +349,11 @@ describe('wiring', () => {
   });
 
   test('OpenTelemetry endpoint and sampling come from values', () => {
-    const container = deploymentNamed(rendered.get('monitoring')!, 'tokenizer')!.spec.template.spec.containers[0];
-    expect(envOf(container, 'OTEL_EXPORTER_OTLP_ENDPOINT')).toBe('http://otel-collector.observability.svc:4317');
+    const container = deploymentNamed(rendered.get('monitoring')!, 'tokenizer')!.spec.template.spec
+      .containers[0];
+    expect(envOf(container, 'OTEL_EXPORTER_OTLP_ENDPOINT')).toBe(
+      'http://otel-collector.observability.svc:4317',
+    );
     expect(envOf(container, 'OTEL_TRACES_SAMPLER')).toBe('parentbased_traceidratio');
     expect(envOf(container, 'OTEL_TRACES_SAMPLER_ARG')).toBe('0.25');
     expect(envOf(container, 'OTEL_SERVICE_NAME')).toBe('maas-tokenizer');
@@ -339,7 +375,10 @@ describe('autoscaling', () => {
       const hpa = hpaOf(objects, component)!;
       expect(hpa.apiVersion).toBe('autoscaling/v2');
       expect(hpa.spec.metrics).toEqual([
-        { type: 'Resource', resource: { name: 'cpu', target: { type: 'Utilization', averageUtilization: 70 } } },
+        {
+          type: 'Resource',
+          resource: { name: 'cpu', target: { type: 'Utilization', averageUtilization: 70 } },
+        },
       ]);
       expect(deploymentNamed(objects, component)!.spec.replicas).toBeUndefined();
     }
@@ -368,7 +407,9 @@ describe('autoscaling', () => {
         threshold: '24',
       },
     });
-    expect(scaled.spec.advanced.horizontalPodAutoscalerConfig.behavior.scaleDown.stabilizationWindowSeconds).toBe(300);
+    expect(
+      scaled.spec.advanced.horizontalPodAutoscalerConfig.behavior.scaleDown.stabilizationWindowSeconds,
+    ).toBe(300);
   });
 
   test('no autoscaling: a fixed replica count', () => {
@@ -385,7 +426,9 @@ describe('network policies', () => {
     for (const policy of byKind(objects, 'NetworkPolicy')) {
       const component = policy.metadata.labels!['app.kubernetes.io/component'];
       expect(policy.spec.policyTypes).toEqual(['Ingress']);
-      const grpc = policy.spec.ingress.find((r: { ports: Array<{ port: string }> }) => r.ports[0]!.port === 'grpc');
+      const grpc = policy.spec.ingress.find(
+        (r: { ports: Array<{ port: string }> }) => r.ports[0]!.port === 'grpc',
+      );
       const metrics = policy.spec.ingress.find(
         (r: { ports: Array<{ port: string }> }) => r.ports[0]!.port === 'metrics',
       );
@@ -497,7 +540,9 @@ describe('values.schema.json refuses bad values', () => {
   });
 
   test('a misspelt key', () => {
-    expect(refuse(['--set', 'orchestrator.replcias=3'])).toMatch(/Additional property replcias is not allowed/);
+    expect(refuse(['--set', 'orchestrator.replcias=3'])).toMatch(
+      /Additional property replcias is not allowed/,
+    );
   });
 
   test('a plaintext API key in values', () => {
@@ -526,7 +571,9 @@ describe('values.schema.json refuses bad values', () => {
 test('profiles and scenario files parse as YAML', () => {
   for (const scenario of SCENARIOS) {
     for (const file of scenario.values) {
-      expect(() => parseYaml(require('node:fs').readFileSync(`${__dirname}/../maas/${file}`, 'utf8'))).not.toThrow();
+      expect(() =>
+        parseYaml(require('node:fs').readFileSync(`${__dirname}/../maas/${file}`, 'utf8')),
+      ).not.toThrow();
     }
   }
 });

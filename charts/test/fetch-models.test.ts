@@ -38,7 +38,9 @@ afterAll(() => new Promise<void>((resolve) => server.close(() => resolve())));
 
 async function fetchModels(env: Record<string, string>) {
   const dir = mkdtempSync(join(tmpdir(), 'maas-fetch-dst-'));
-  const child = spawn(process.execPath, [SCRIPT], { env: { PATH: process.env.PATH, MODELS_DIR: dir, ...env } });
+  const child = spawn(process.execPath, [SCRIPT], {
+    env: { PATH: process.env.PATH, MODELS_DIR: dir, ...env },
+  });
   let output = '';
   child.stdout.on('data', (d) => (output += d));
   child.stderr.on('data', (d) => (output += d));
@@ -47,7 +49,10 @@ async function fetchModels(env: Record<string, string>) {
 }
 
 test('downloads, checks the SHA-256, extracts, and leaves no archive behind', async () => {
-  const { code, output, dir } = await fetchModels({ MODELS_URL: `${base}/repository.tar.gz`, MODELS_SHA256: digest });
+  const { code, output, dir } = await fetchModels({
+    MODELS_URL: `${base}/repository.tar.gz`,
+    MODELS_SHA256: digest,
+  });
   expect(output).toContain(`sha256 ${digest}`);
   expect(code).toBe(0);
   expect(readFileSync(join(dir, 'lang-id', 'config.json'), 'utf8')).toBe('{"task": "classification"}');
@@ -57,7 +62,10 @@ test('downloads, checks the SHA-256, extracts, and leaves no archive behind', as
 
 test('a digest mismatch extracts nothing', async () => {
   const wrong = 'f'.repeat(64);
-  const { code, output, dir } = await fetchModels({ MODELS_URL: `${base}/repository.tar.gz`, MODELS_SHA256: wrong });
+  const { code, output, dir } = await fetchModels({
+    MODELS_URL: `${base}/repository.tar.gz`,
+    MODELS_SHA256: wrong,
+  });
   expect(code).toBe(1);
   expect(output).toContain(`SHA-256 is ${digest}, expected ${wrong}`);
   expect(readdirSync(dir)).toEqual([]);

@@ -23,7 +23,12 @@ export function tools(): { helm: string; kubectl: string } {
 export interface K8sObject {
   apiVersion: string;
   kind: string;
-  metadata: { name: string; namespace?: string; labels?: Record<string, string>; annotations?: Record<string, string> };
+  metadata: {
+    name: string;
+    namespace?: string;
+    labels?: Record<string, string>;
+    annotations?: Record<string, string>;
+  };
   // Rendered manifests are free-form; tests narrow what they read.
   // eslint-disable-next-line @typescript-eslint/no-explicit-any
   spec?: any;
@@ -84,7 +89,10 @@ export function lint(scenario: Scenario): HelmResult {
 }
 
 /** `helm template` of a scenario (or of extra --set arguments), failing loudly. */
-export function template(scenario: Pick<Scenario, 'values' | 'release' | 'namespace'>, extra: string[] = []): string {
+export function template(
+  scenario: Pick<Scenario, 'values' | 'release' | 'namespace'>,
+  extra: string[] = [],
+): string {
   const result = helm([
     'template',
     scenario.release ?? 'maas',
@@ -136,7 +144,10 @@ export function validateFiles(texts: Record<string, string>): Validation[] {
 export const byKind = (objects: K8sObject[], kind: string) => objects.filter((o) => o.kind === kind);
 
 /** Does a selector's matchLabels (or a plain selector map) select these labels? */
-export function selects(selector: Record<string, string> | undefined, labels: Record<string, string> | undefined) {
+export function selects(
+  selector: Record<string, string> | undefined,
+  labels: Record<string, string> | undefined,
+) {
   if (!selector || Object.keys(selector).length === 0) return false;
   return Object.entries(selector).every(([k, v]) => labels?.[k] === v);
 }

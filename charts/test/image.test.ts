@@ -29,7 +29,9 @@ testImages(
   'CPU images build, run as non-root with a read-only root, serve health on 127.0.0.1, stop on SIGTERM',
   async () => {
     const started = Date.now();
-    const child = spawn('bash', [join(SCRIPTS, 'image-test.sh'), ...SERVICES], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn('bash', [join(SCRIPTS, 'image-test.sh'), ...SERVICES], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     let output = '';
     child.stdout.on('data', (d) => (output += d));
     child.stderr.on('data', (d) => (output += d));

@@ -6,7 +6,6 @@ import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { type K8sObject, parseObjects, ROOT, SCRIPTS, tools, validateFiles } from './helpers';
 
-// eslint-disable-next-line @typescript-eslint/no-require-imports
 const generator = require('../../scripts/k8s/generate-manifests.js') as {
   render(helm: string, valuesFiles: string[]): K8sObject[];
   CHART: string;

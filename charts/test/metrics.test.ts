@@ -25,8 +25,11 @@ interface Running {
 type Start = (config: never, deps: { logger: unknown; metricsRegistry: Registry }) => Promise<Running>;
 
 /** A service's start function and config loader, or why they cannot be used (yet). */
-function service(pkg: string, start: string, load: string): { start: Start; load: (env: object) => never } | string {
-  // eslint-disable-next-line @typescript-eslint/no-require-imports
+function service(
+  pkg: string,
+  start: string,
+  load: string,
+): { start: Start; load: (env: object) => never } | string {
   const mod = require(pkg) as Record<string, unknown>;
   if (typeof mod[start] !== 'function' || typeof mod[load] !== 'function') {
     return `${pkg} does not export ${start} and ${load} yet`;
@@ -46,10 +49,37 @@ if (missing.length > 0) {
 const describeLive = missing.length > 0 ? describe.skip : describe;
 
 /** Labels Prometheus adds at scrape time (target labels, the ServiceMonitor's relabelings) or histogram buckets carry. */
-const SCRAPE_LABELS = new Set(['namespace', 'pod', 'service', 'job', 'instance', 'endpoint', 'container', 'component', 'maas_instance', 'le']);
+const SCRAPE_LABELS = new Set([
+  'namespace',
+  'pod',
+  'service',
+  'job',
+  'instance',
+  'endpoint',
+  'container',
+  'component',
+  'maas_instance',
+  'le',
+]);
 /** Series the queries may use that the services do not export: Prometheus' own and kube-state-metrics'. */
-const EXTERNAL = new Set(['up', 'kube_deployment_status_replicas_available', 'kube_deployment_spec_replicas']);
-const KEYWORDS = new Set(['by', 'without', 'on', 'ignoring', 'group_left', 'group_right', 'bool', 'and', 'or', 'unless', 'offset']);
+const EXTERNAL = new Set([
+  'up',
+  'kube_deployment_status_replicas_available',
+  'kube_deployment_spec_replicas',
+]);
+const KEYWORDS = new Set([
+  'by',
+  'without',
+  'on',
+  'ignoring',
+  'group_left',
+  'group_right',
+  'bool',
+  'and',
+  'or',
+  'unless',
+  'offset',
+]);
 
 interface Family {
   type: string;
@@ -98,10 +128,18 @@ export function parsePromql(expr: string): { metrics: string[]; labels: string[]
     return ' ';
   });
   rest = rest.replace(/\[[^\]]*\]/g, ' ');
-  rest = rest.replace(/\b(by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)/g, (_m, _kw, list: string) => {
-    labels.push(...list.split(',').map((l) => l.trim()).filter(Boolean));
-    return ' ';
-  });
+  rest = rest.replace(
+    /\b(by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)/g,
+    (_m, _kw, list: string) => {
+      labels.push(
+        ...list
+          .split(',')
+          .map((l) => l.trim())
+          .filter(Boolean),
+      );
+      return ' ';
+    },
+  );
   rest = rest.replace(/"(?:[^"\\]|\\.)*"/g, ' ');
   const metrics = [...rest.matchAll(/(?<![$\w.:])([a-zA-Z_:][a-zA-Z0-9_:]*)(?![\w:])(?!\s*\()/g)]
     .map((m) => m[1]!)
@@ -126,7 +164,14 @@ describeLive('metric names the chart queries are exported by the running service
   beforeAll(async () => {
     const live = services as unknown as Record<string, { start: Start; load: (env: object) => never }>;
     const repository = writeFixtureRepository(makeTempDir('maas-chart-metrics-'), { tokenizers: 'tiny' });
-    const env = { GRPC_HOST: '127.0.0.1', GRPC_PORT: '0', METRICS_HOST: '127.0.0.1', METRICS_PORT: '0', SHUTDOWN_DRAIN_MS: '1000', MODEL_REPOSITORY: repository.root };
+    const env = {
+      GRPC_HOST: '127.0.0.1',
+      GRPC_PORT: '0',
+      METRICS_HOST: '127.0.0.1',
+      METRICS_PORT: '0',
+      SHUTDOWN_DRAIN_MS: '1000',
+      MODEL_REPOSITORY: repository.root,
+    };
     const logger = (name: string) => createLogger({ service: name, level: 'silent' });
     const registries: Record<string, Registry> = {};
     const ports: Record<string, number> = {};
@@ -153,8 +198,9 @@ describeLive('metric names the chart queries are exported by the running service
     try {
       await waitFor(async () => {
         await new Promise((resolve, reject) =>
-          client.classify(ClassifyRequest.fromPartial({ model: 'bert-classifier', texts: ['a fine day'] }), (e, r) =>
-            e ? reject(e) : resolve(r),
+          client.classify(
+            ClassifyRequest.fromPartial({ model: 'bert-classifier', texts: ['a fine day'] }),
+            (e, r) => (e ? reject(e) : resolve(r)),
           ),
         );
       });
@@ -204,9 +250,17 @@ describeLive('metric names the chart queries are exported by the running service
     for (const [name, found] of scraped) {
       expect(found.get('grpc_server_handled_total')?.samples).toBeGreaterThan(0);
       expect(found.get('process_cpu_seconds_total')?.samples).toBeGreaterThan(0);
-      expect([...found.keys()].some((n) => n.startsWith(`maas_${name === 'model-runner' ? 'runner' : name === 'orchestrator' ? 'usage' : name}_`))).toBe(true);
+      expect(
+        [...found.keys()].some((n) =>
+          n.startsWith(
+            `maas_${name === 'model-runner' ? 'runner' : name === 'orchestrator' ? 'usage' : name}_`,
+          ),
+        ),
+      ).toBe(true);
     }
-    expect(scraped.get('model-runner')!.get('maas_runner_generation_time_to_first_token_seconds')!.samples).toBeGreaterThan(0);
+    expect(
+      scraped.get('model-runner')!.get('maas_runner_generation_time_to_first_token_seconds')!.samples,
+    ).toBeGreaterThan(0);
     expect(scraped.get('orchestrator')!.get('maas_usage_requests_total')!.labels).toEqual(
       new Set(['key_id', 'model', 'task', 'code']),
     );
@@ -219,7 +273,11 @@ describeLive('metric names the chart queries are exported by the running service
       for (const target of panel.targets ?? []) exprs.push([`panel "${panel.title}"`, target.expr]);
     }
     for (const variable of dashboard.templating.list) {
-      if (variable.query?.query) exprs.push([`variable ${variable.name}`, variable.query.query.replace(/^label_values\((.*),\s*\w+\)$/, '$1')]);
+      if (variable.query?.query)
+        exprs.push([
+          `variable ${variable.name}`,
+          variable.query.query.replace(/^label_values\((.*),\s*\w+\)$/, '$1'),
+        ]);
     }
     expect(exprs.length).toBeGreaterThan(30);
     expect(exprs.flatMap(([source, expr]) => check(source, expr))).toEqual([]);
@@ -227,13 +285,18 @@ describeLive('metric names the chart queries are exported by the running service
 
   test('every alert, the runner HPA metric and the KEDA query', () => {
     const monitoring = parseObjects(template(SCENARIOS.find((s) => s.name === 'monitoring')!));
-    const rules = byKind(monitoring, 'PrometheusRule')[0]!.spec.groups.flatMap((g: { rules: object[] }) => g.rules);
+    const rules = byKind(monitoring, 'PrometheusRule')[0]!.spec.groups.flatMap(
+      (g: { rules: object[] }) => g.rules,
+    );
     const problems = rules.flatMap((r: { alert: string; expr: string }) => check(`alert ${r.alert}`, r.expr));
     const hpa = byKind(parseObjects(template({ values: [] })), 'HorizontalPodAutoscaler').find(
       (h) => h.metadata.labels!['app.kubernetes.io/component'] === 'model-runner',
     )!;
     problems.push(...check('runner HPA', hpa.spec.metrics[0].pods.metric.name));
-    const keda = byKind(parseObjects(template(SCENARIOS.find((s) => s.name === 'keda')!)), 'ScaledObject')[0]!;
+    const keda = byKind(
+      parseObjects(template(SCENARIOS.find((s) => s.name === 'keda')!)),
+      'ScaledObject',
+    )[0]!;
     problems.push(...check('KEDA trigger', keda.spec.triggers[0].metadata.query));
     expect(rules.length).toBeGreaterThanOrEqual(5);
     expect(problems).toEqual([]);
