@@ -53,7 +53,7 @@ export class TokenizerRegistry {
   private tokenizers = new Map<string, { tokenizer: TextTokenizer; stamp: string }>();
   /** name → stamp of the file that failed, so the same broken file is reported once. */
   private failures = new Map<string, string>();
-  /** Model problems already logged, so a broken config is reported once, not every rescan. */
+  /** Problems already logged (a broken model config, a missing file), so each is reported once, not every rescan. */
   private reportedModelErrors = new Set<string>();
   private timer: NodeJS.Timeout | undefined;
   private debounce: NodeJS.Timeout | undefined;
@@ -144,10 +144,13 @@ export class TokenizerRegistry {
     let failed = false;
     for (const source of this.findSources()) {
       if (next.has(source.name) || failures.has(source.name)) {
-        this.options.logger.warn(
-          { tokenizer: source.name, path: source.path },
-          'duplicate tokenizer name, keeping the first',
-        );
+        if (!this.reportedModelErrors.has(`duplicate:${source.path}`)) {
+          this.reportedModelErrors.add(`duplicate:${source.path}`);
+          this.options.logger.warn(
+            { tokenizer: source.name, path: source.path },
+            'duplicate tokenizer name, keeping the first',
+          );
+        }
         continue;
       }
       const current = this.tokenizers.get(source.name);
@@ -193,7 +196,11 @@ export class TokenizerRegistry {
       try {
         sources.push({ ...source, stamp: fileStamp(source.path) });
       } catch (error) {
-        logger.error({ tokenizer: source.name, path: source.path, err: error }, 'tokenizer file missing');
+        const key = `missing:${source.path}`;
+        if (!this.reportedModelErrors.has(key)) {
+          this.reportedModelErrors.add(key);
+          logger.error({ tokenizer: source.name, path: source.path, err: error }, 'tokenizer file missing');
+        }
       }
     };
     if (existsSync(repository)) {
