@@ -122,7 +122,7 @@ export class GenerationEngine {
     // Per layer key then value, the order of the KvPlace tensors.
     const names = (key: string, value: string) =>
       Array.from({ length: g.numLayers }, (_, l) =>
-        [key, value].map((p) => p.replace('{layer}', String(l))),
+        [key, value].map((p) => p.replaceAll('{layer}', String(l))),
       ).flat();
     this.pastNames = names(g.pastKeyInput, g.pastValueInput);
     this.presentNames = names(g.presentKeyOutput, g.presentValueOutput);

@@ -30,7 +30,7 @@ export async function lastLogitsByRecompute(
   emptyPast(g, 1).forEach((tensor, i) => {
     const layer = String(i >> 1);
     const pattern = i % 2 === 0 ? g.pastKeyInput : g.pastValueInput;
-    feeds[pattern.replace('{layer}', layer)] = tensor;
+    feeds[pattern.replaceAll('{layer}', layer)] = tensor;
   });
   const out = await session.run(feeds);
   const logits = out.logits!.data as Float32Array;
