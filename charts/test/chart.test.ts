@@ -2,10 +2,14 @@
  * The Helm chart through the real helm binary: lint --strict and template of every scenario values
  * file, every rendered object validated by kubernetes-models, and the rules schemas cannot express.
  */
+import { cpSync, mkdtempSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { parseKeysFile } from '@maas/orchestrator/access/api-keys';
 import {
   byKind,
+  CHART,
   containersOf,
   envOf,
   helm,
@@ -576,4 +580,43 @@ test('profiles and scenario files parse as YAML', () => {
       ).not.toThrow();
     }
   }
+});
+
+describe('NOTES.txt', () => {
+  /** helm renders NOTES only on install; a copy of the chart renders it into a ConfigMap instead. */
+  function notes(values: string[]): string {
+    const dir = mkdtempSync(join(tmpdir(), 'maas-notes-'));
+    cpSync(CHART, join(dir, 'maas'), { recursive: true });
+    renameSync(join(dir, 'maas', 'templates', 'NOTES.txt'), join(dir, 'maas', 'notes.txt'));
+    writeFileSync(
+      join(dir, 'maas', 'templates', 'notes-preview.yaml'),
+      'apiVersion: v1\nkind: ConfigMap\nmetadata: {name: notes}\ndata:\n  notes: {{ tpl (.Files.Get "notes.txt") . | quote }}\n',
+    );
+    const result = helm([
+      'template',
+      'maas',
+      join(dir, 'maas'),
+      '-n',
+      'maas',
+      '--show-only',
+      'templates/notes-preview.yaml',
+      ...values.flatMap((v) => ['-f', join(CHART, v)]),
+    ]);
+    if (result.status !== 0) throw new Error(result.stderr);
+    return parseObjects(result.stdout)[0]!.data.notes;
+  }
+
+  test('tell how to reach and call the API, and what is missing', () => {
+    const text = notes([]);
+    expect(text).toContain('kubectl -n maas port-forward service/maas-orchestrator 50050:50050');
+    expect(text).toContain('npx maas models');
+    expect(text).toContain('maas.orchestrator.v1.MaasService/Classify');
+    expect(text).toContain('-H "authorization: Bearer $MAAS_API_KEY"');
+    expect(text).toMatch(/no API key is configured/);
+    expect(text).toContain('1 nvidia.com/gpu per pod');
+    const split = notes(['ci/split-values.yaml']);
+    expect(split).toMatch(/WARNING: apiKeys.authMode is "disabled"/);
+    expect(split).not.toContain('nvidia.com/gpu');
+    expect(notes(['ci/monitoring-values.yaml'])).not.toMatch(/no API key is configured/);
+  });
 });

@@ -70,10 +70,10 @@ ensure_base() {
   rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
   # Where egress goes through a TLS-inspecting proxy, npm inside the build needs this machine's CA
   # bundle, as a corporate base image would carry it. Only this local test base gets it.
-  local ca_env=()
-  if [[ -n "${NODE_EXTRA_CA_CERTS:-}" && -f "$NODE_EXTRA_CA_CERTS" ]]; then
+  local ca_env=() ca_file="${NODE_EXTRA_CA_CERTS:-/etc/ssl/certs/ca-certificates.crt}"
+  if [[ -f "$ca_file" ]]; then
     mkdir -p "$rootfs/etc/ssl/certs"
-    cp "$NODE_EXTRA_CA_CERTS" "$rootfs/etc/ssl/certs/maas-build-ca.crt"
+    cp "$ca_file" "$rootfs/etc/ssl/certs/maas-build-ca.crt"
     ca_env=(--change 'ENV NODE_EXTRA_CA_CERTS=/etc/ssl/certs/maas-build-ca.crt')
   fi
   tar -C "$rootfs" -c . | podman import "${ca_env[@]}" \
@@ -106,7 +106,8 @@ build_image() {
   # Host network for npm ci and apt-get during RUN steps; the layer cache is shared by the three builds.
   # VARIANT is passed although it is the default: buildah 1.28 resolves `FROM runtime-${VARIANT}`
   # to a stage only when the argument is given.
-  podman build --quiet --network=host --runtime runc \
+  # nice: the builds yield the CPU to test suites running beside this one.
+  nice -n 15 podman build --quiet --network=host --runtime runc \
     --ulimit nofile=20000:20000 --ulimit nproc=4096:4096 \
     -f "$CONTEXT/services/Dockerfile" \
     --build-arg "BASE_IMAGE=$BASE_IMAGE" \
