@@ -17,7 +17,14 @@ import type { createSession } from './session.js';
 
 export { loadRunnerConfig, runnerConfigSchema, type RunnerConfig } from './config.js';
 export { ModelRepository, type IndexEntry, type ModelVersion } from './repository.js';
-export { createSession, CudaUnavailableError, type CreatedSession, type ThreadDefaults } from './session.js';
+export {
+  createSession,
+  CudaUnavailableError,
+  type CreatedSession,
+  type SessionOpener,
+  type ThreadDefaults,
+} from './session.js';
+export { WorkerSession, type RunnableSession } from './worker-session.js';
 export * from './generation/index.js';
 
 export interface RunningModelRunner extends ListeningAddresses {

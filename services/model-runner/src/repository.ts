@@ -331,6 +331,9 @@ export class ModelRepository {
         );
         mv.sessions.push(created.session);
         mv.provider = created.provider;
+        if (created.session instanceof WorkerSession) {
+          created.session.onFailure = (error) => this.sessionFailed(mv, error);
+        }
       }
       const problems = checkAgainstGraph(config, mv.sessions[0]!);
       if (problems.length > 0) throw new Error(`config disagrees with the graph: ${problems.join('; ')}`);
@@ -443,6 +446,15 @@ export class ModelRepository {
     entry.transient.delete(mv);
     this.setState(mv, 'UNAVAILABLE');
     this.deps.logger.info({ model: mv.name, version: mv.version, reason }, 'model version released');
+  }
+
+  /** A session's worker died (a native crash, say): the version stops serving until it is reloaded. */
+  private sessionFailed(mv: ModelVersion, error: Error): void {
+    if (mv.state !== 'READY' && mv.state !== 'LOADING') return;
+    this.deps.logger.error({ model: mv.name, version: mv.version, err: error }, 'model session failed');
+    mv.reason = `${error.message}; load the model again to recover`;
+    this.setState(mv, 'UNAVAILABLE');
+    void Promise.all(mv.sessions.map((s) => s.release().catch(() => undefined)));
   }
 
   private setState(mv: ModelVersion, state: ModelState): void {

@@ -94,6 +94,9 @@ export class WorkerSession implements RunnableSession {
   private readonly pending = new Map<number, { resolve(value: unknown): void; reject(error: Error): void }>();
   private nextId = 0;
   private failure: Error | undefined;
+  private released = false;
+  /** Called once if the worker dies (not after release): the session cannot run any more. */
+  onFailure: ((error: Error) => void) | undefined;
 
   private constructor() {
     this.worker = new Worker(WORKER_SOURCE, {
@@ -107,9 +110,11 @@ export class WorkerSession implements RunnableSession {
       else call?.resolve(reply.ok);
     });
     const fail = (error: Error) => {
-      this.failure ??= error;
+      if (this.failure) return;
+      this.failure = error;
       for (const call of this.pending.values()) call.reject(error);
       this.pending.clear();
+      if (!this.released) this.onFailure?.(error);
     };
     this.worker.on('error', (error) => fail(new Error(`session worker failed: ${error.message}`)));
     this.worker.on('exit', (code) => fail(new Error(`session worker exited (code ${code})`)));
@@ -155,6 +160,7 @@ export class WorkerSession implements RunnableSession {
   }
 
   async release(): Promise<void> {
+    this.released = true;
     if (!this.failure) await this.call({ kind: 'release' }).catch(() => undefined);
     await this.worker.terminate();
   }

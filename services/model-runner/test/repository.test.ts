@@ -306,6 +306,26 @@ describe('load and unload at run time', () => {
     }
   });
 
+  it('a session whose worker dies makes its version UNAVAILABLE until the model is loaded again', async () => {
+    const r = await startTestRunner(testRepository(['bert-classifier']));
+    try {
+      const [session] = r.runner.repository.resolve('bert-classifier').sessions;
+      // What a native crash in the worker looks like from the main thread.
+      await (session as unknown as { worker: { terminate(): Promise<number> } }).worker.terminate();
+      const refused = await failure(classify(r));
+      expect([refused.code, refused.details]).toEqual([
+        status.UNAVAILABLE,
+        expect.stringMatching(/session worker exited.*load the model again/),
+      ]);
+      expect(await checkHealth(r.address)).toBe('NOT_SERVING');
+      await load(r, 'bert-classifier');
+      expect((await classify(r)).outputs[0]!.shape).toEqual([1, 3]);
+      expect(await checkHealth(r.address)).toBe('SERVING');
+    } finally {
+      await r.close();
+    }
+  });
+
   it('polls the repository for new, changed and removed models when REPOSITORY_POLL_SECONDS is set', async () => {
     const root = testRepository(['bert-classifier']);
     const r = await startTestRunner(root, { REPOSITORY_POLL_SECONDS: '1' });
