@@ -71,6 +71,50 @@ async function cpuPerCall(
   return pids.map((_, i) => (after[i]! - before[i]!) / calls);
 }
 
+interface ClientWorkload {
+  batch: boolean;
+  offsets: boolean;
+  concurrency: number;
+  ms: number;
+}
+
+/**
+ * The gRPC clients of the throughput rows run in a process of their own, as
+ * real callers would: this process also runs the library, and its threads and
+ * heap would slow the client down and count against the service.
+ */
+async function startClientProcess(address: string) {
+  const child = fork(__filename, ['--client', address]);
+  await new Promise((resolve) => child.once('message', resolve));
+  return {
+    measure(workload: ClientWorkload): Promise<number> {
+      return new Promise((resolve) => {
+        child.once('message', (value) => resolve(value as number));
+        child.send(workload);
+      });
+    },
+    stop: () => child.kill('SIGTERM'),
+  };
+}
+
+function clientProcess(address: string): void {
+  const client = createClient(TokenizerServiceClient, address);
+  const encode = (texts: string[], returnOffsets: boolean) =>
+    new Promise<EncodeResponse>((resolve, reject) =>
+      client.encode(
+        { tokenizer: NAME, texts, textPairs: [], returnOffsets } as Partial<EncodeRequest> as EncodeRequest,
+        (e, r) => (e ? reject(e) : resolve(r)),
+      ),
+    );
+  process.on('message', (w: ClientWorkload) => {
+    const texts = w.batch ? BATCH : [SHORT];
+    void tokensPerSecond(async () => (await encode(texts, w.offsets)).totalTokens, w.ms, w.concurrency).then(
+      (value) => process.send!(value),
+    );
+  });
+  process.send!('ready');
+}
+
 /** Section 1 runs in a child process: the TypeScript tokenizers' large heaps would slow the gRPC client's GC. */
 function runLibrariesInChild(): Promise<void> {
   return new Promise((resolve, reject) => {
@@ -124,30 +168,33 @@ async function main() {
         e ? reject(e) : resolve(r),
       ),
     );
-  const workloads: Record<string, [() => Promise<number>, number?]> = {
-    'library batch': [
-      async () => {
-        let n = 0;
-        for (const e of await raw.encodeBatch(BATCH)) n += e.getIds().length;
-        return n;
-      },
-    ],
-    'domain batch': [async () => count(await tokenizer.encodeBatch(BATCH, undefined, options))],
-    'gRPC batch': [async () => (await encode(BATCH)).totalTokens],
-    'gRPC batch offsets': [async () => (await encode(BATCH, { returnOffsets: true })).totalTokens],
-    'gRPC batch x4': [async () => (await encode(BATCH)).totalTokens, 4],
-    'library single': [async () => (await raw.encode(SHORT)).getIds().length],
-    'gRPC single': [async () => (await encode([SHORT])).totalTokens],
-    'gRPC single x8': [async () => (await encode([SHORT])).totalTokens, 8],
+  const clients = await startClientProcess(service.address);
+  const local =
+    (run: () => Promise<number>) =>
+    (ms: number): Promise<number> =>
+      tokensPerSecond(run, ms);
+  const workloads: Record<string, (ms: number) => Promise<number>> = {
+    'library batch': local(async () => {
+      let n = 0;
+      for (const e of await raw.encodeBatch(BATCH)) n += e.getIds().length;
+      return n;
+    }),
+    'domain batch': local(async () => count(await tokenizer.encodeBatch(BATCH, undefined, options))),
+    'gRPC batch': (ms) => clients.measure({ batch: true, offsets: false, concurrency: 1, ms }),
+    'gRPC batch offsets': (ms) => clients.measure({ batch: true, offsets: true, concurrency: 1, ms }),
+    'gRPC batch x4': (ms) => clients.measure({ batch: true, offsets: false, concurrency: 4, ms }),
+    'library single': local(async () => (await raw.encode(SHORT)).getIds().length),
+    'gRPC single': (ms) => clients.measure({ batch: false, offsets: false, concurrency: 1, ms }),
+    'gRPC single x8': (ms) => clients.measure({ batch: false, offsets: false, concurrency: 8, ms }),
   };
   // The machine may be shared: measurements alternate over several rounds and the median is kept.
   const samples = new Map<string, number[]>();
   for (let round = 0; round < ROUNDS; round++) {
-    for (const [label, [run, concurrency]] of Object.entries(workloads)) {
-      const value = await tokensPerSecond(run, MS / ROUNDS, concurrency ?? 1);
-      samples.set(label, [...(samples.get(label) ?? []), value]);
+    for (const [label, measure] of Object.entries(workloads)) {
+      samples.set(label, [...(samples.get(label) ?? []), await measure(MS / ROUNDS)]);
     }
   }
+  clients.stop();
   const median = (label: string) => {
     const values = [...samples.get(label)!].sort((a, b) => a - b);
     return values[Math.floor(values.length / 2)]!;
@@ -200,7 +247,10 @@ async function main() {
   );
 }
 
-(process.argv.includes('--libraries') ? libraries() : main()).catch((error: unknown) => {
-  console.error(error);
-  process.exit(1);
-});
+const clientAt = process.argv.indexOf('--client');
+if (clientAt >= 0) clientProcess(process.argv[clientAt + 1]!);
+else
+  (process.argv.includes('--libraries') ? libraries() : main()).catch((error: unknown) => {
+    console.error(error);
+    process.exit(1);
+  });
