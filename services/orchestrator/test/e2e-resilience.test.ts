@@ -86,7 +86,8 @@ describe('replicas', () => {
     const failures = await burst(400, 16, async () => {
       // Calls routed to replica 1 now hang, then their connection is reset: they must go to another replica.
       proxy.hold();
-      await sleep(50);
+      // Long enough for round robin to send replica 1 some batches, which then hang there.
+      await sleep(200);
       proxy.kill();
     });
     expect(failures).toEqual([]);
