@@ -108,6 +108,9 @@ function prompts(count: number, vocab: number): number[][] {
 
 interface Phase {
   tokensPerSecond: number;
+  padding?: number;
+  repacks?: number;
+  repackMs?: number;
   /** Tokens per second of this process's CPU time: what a shared, busy machine distorts least. */
   tokensPerCpuSecond?: number;
   stepMs?: number;
@@ -116,6 +119,14 @@ interface Phase {
   loopP99Ms?: number;
   loopMaxMs?: number;
 }
+
+const histogramCount = async (registry: Registry, name: string) => {
+  const values = ((await registry.getMetricsAsJSON()).find((m) => m.name === name)?.values ?? []) as {
+    value: number;
+    metricName?: string;
+  }[];
+  return values.filter((v) => v.metricName === `${name}_count`).reduce((s, v) => s + v.value, 0);
+};
 
 const histogramMean = async (registry: Registry, name: string) => {
   const values = ((await registry.getMetricsAsJSON()).find((m) => m.name === name)?.values ?? []) as {
@@ -131,7 +142,8 @@ async function engineRun(
   session: ort.InferenceSession,
   model: BenchModel,
   streams: number,
-  newTokens: number,
+  newTokens: number | ((stream: number) => number),
+  arrivalGapMs = 0,
 ): Promise<Phase> {
   const registry = new Registry();
   const engine = new GenerationEngine({
@@ -148,19 +160,20 @@ async function engineRun(
   const cpu = process.cpuUsage();
   const started = performance.now();
   const results = await Promise.all(
-    asks.map((promptIds) =>
-      engine.generate(
+    asks.map(async (promptIds, i) => {
+      if (arrivalGapMs > 0) await new Promise((r) => setTimeout(r, i * arrivalGapMs));
+      return engine.generate(
         {
           promptIds,
-          maxNewTokens: newTokens,
+          maxNewTokens: typeof newTokens === 'number' ? newTokens : newTokens(i),
           sampling: {},
           stopTokenIds: [],
           ignoreEos: true,
           signal: new AbortController().signal,
         },
         () => undefined,
-      ),
-    ),
+      );
+    }),
   );
   const seconds = (performance.now() - started) / 1000;
   const used = process.cpuUsage(cpu);
@@ -174,6 +187,9 @@ async function engineRun(
     loopMaxMs: loop.max / 1e6,
     stepMs: 1000 * (await histogramMean(registry, 'maas_runner_generation_step_duration_seconds')),
     batch: await histogramMean(registry, 'maas_runner_generation_step_batch_size'),
+    padding: await histogramMean(registry, 'maas_runner_generation_step_padding_ratio'),
+    repacks: await histogramCount(registry, 'maas_runner_generation_repack_duration_seconds'),
+    repackMs: 1000 * (await histogramMean(registry, 'maas_runner_generation_repack_duration_seconds')),
   };
 }
 
@@ -301,6 +317,13 @@ async function benchThreads(model: BenchModel, threads: number, summary: string[
       );
     }
   }
+  // Continuous batching as traffic brings it: arrivals 25 ms apart, 64 or 200 new tokens.
+  const mixed = await engineRun(session, model, 16, (i) => (i % 2 === 0 ? 200 : 64), 25);
+  console.log(
+    `  engine in-process, 16 streams arriving 25 ms apart, 64 or 200 tokens: ${f(mixed.tokensPerSecond)} tokens/s total; ` +
+      `decode step ${f(mixed.stepMs!, 2)} ms at mean batch ${f(mixed.batch!)}, ${f(100 * mixed.padding!)}% of cache positions padding; ` +
+      `${mixed.repacks} re-packs of the batch cache, ${f(mixed.repackMs!, 2)} ms each`,
+  );
   await session.release();
 
   const grpc = new Map<string, Phase>();

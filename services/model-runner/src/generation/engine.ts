@@ -433,6 +433,10 @@ export class GenerationEngine {
     }
     this.options.metrics.stepSeconds.observe(this.labels, (performance.now() - started) / 1000);
     this.options.metrics.stepBatchSize.observe(this.labels, rows);
+    // Left padding: positions every row carries up to the longest, masked but still computed and copied.
+    let real = 0;
+    for (const seq of members) real += seq.cached;
+    this.options.metrics.stepPadding.observe(this.labels, 1 - real / (rows * length || 1));
     const tensors = this.presentNames.map((n) => out[n]!);
     const vocab = this.g.vocabSize;
     const logits = out.logits!.data as Float32Array;

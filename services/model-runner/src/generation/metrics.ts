@@ -39,6 +39,11 @@ export function createGenerationMetrics(registry: Registry) {
       'Time to rebuild the batch KV cache when sequences join or leave.',
     ),
     stepBatchSize: histogram('step_batch_size', 'Sequences per decode step.', [1, 2, 4, 8, 16, 32, 64]),
+    stepPadding: histogram(
+      'step_padding_ratio',
+      "Share of a decode step's cache positions that are left padding (sequences shorter than the longest).",
+      [0, 0.1, 0.25, 0.5, 0.75, 0.9],
+    ),
     generatedTokens: counter('generated_tokens_total', 'Tokens generated.'),
     promptTokens: counter('prompt_tokens_total', 'Prompt tokens received.'),
     finished: new Counter({
