@@ -3,7 +3,8 @@
  * directly. For each model, in one run and side by side:
  *  - raw in-process onnxruntime throughput (items/s) at every batch size 1..64;
  *  - the runner (its own process, as deployed) over gRPC on 127.0.0.1, at
- *    concurrency 1, 8 and 32 with single-item requests, from a client process;
+ *    concurrency 1, 8 and 32 with single-item requests, and at 8 with 32-row
+ *    requests, from a client process;
  *  - ratios: runner c=32 / raw best batch (target ≥ 80% for a model whose
  *    batch-1 run takes ≥ 2 ms), runner c=1 / raw batch 1.
  * Models: a BERT-style classifier of hidden 256, 4 layers, 64 tokens
@@ -21,7 +22,7 @@ import { availableParallelism, loadavg } from 'node:os';
 import { join } from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { buildBertClassifier, makeTempDir } from '@maas/models';
-import { createClient, defaultRepositoryPath } from '@maas/shared';
+import { createClient, defaultRepositoryPath, readModelConfig } from '@maas/shared';
 import { checkHealth, metricValue, scrapeMetrics } from '@maas/shared/testing';
 import { GRPCInferenceServiceClient, ModelInferRequest } from '@maas/shared/gen/inference/grpc_service';
 
@@ -29,7 +30,14 @@ const MS = Number(process.env.BENCH_MS ?? 3000);
 /** Each point is measured this many times (interleaved) and the best kept: other load on the machine only ever slows a run down. */
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
 const BATCHES = [1, 2, 4, 8, 16, 32, 64];
-const CONCURRENCY = [1, 8, 32];
+/** Client loads: single-item requests at concurrency 1, 8, 32, and multi-row requests at 8 (what a batching client sends). */
+const LOADS = [
+  { label: 'c=1', concurrency: 1, rows: 1 },
+  { label: 'c=8', concurrency: 8, rows: 1 },
+  { label: 'c=32', concurrency: 32, rows: 1 },
+  { label: 'c=8 multi-row', concurrency: 8, rows: 32 },
+] as const;
+type LoadLabel = (typeof LOADS)[number]['label'];
 
 interface BenchModel {
   name: string;
@@ -91,13 +99,16 @@ async function rawThroughput(path: string, model: BenchModel) {
   return { byBatch, batch1Ms: 1000 / byBatch[1]!, bestBatch, best };
 }
 
-/** Configs of the bench repository: the generated model batches up to 32 rows (the highest concurrency). */
-function writeRepository(root: string): void {
+/**
+ * Configs of the bench repository. The generated model's maxBatchSize is its raw best batch on this
+ * machine (what Triton's model analyzer would pick): bigger batches are not always faster per item.
+ */
+function writeRepository(root: string, maxBatchSize: number): void {
   writeFileSync(
     join(root, 'bert-256x4', 'config.json'),
     JSON.stringify({
       task: 'raw',
-      maxBatchSize: 32,
+      maxBatchSize,
       dynamicBatching: { maxQueueDelayMicroseconds: 2000, maxQueueSize: 4096 },
       inputs: MODELS[0]!.inputs.map((name) => ({ name, datatype: 'INT64', dims: [-1], ragged: true })),
       outputs: [{ name: 'logits', datatype: 'FP32', dims: [3] }],
@@ -172,21 +183,29 @@ async function runnerThroughput(
   address: string,
   metricsPort: number,
   model: BenchModel,
-): Promise<Record<number, RunnerPoint>> {
-  const points: Record<number, RunnerPoint> = {};
+  maxBatchSize: number,
+): Promise<Record<LoadLabel, RunnerPoint>> {
+  const points: Partial<Record<LoadLabel, RunnerPoint>> = {};
   const labels = { model: model.name, version: '1' };
   // Node's HTTP keep-alive can hand a scrape a socket the server just closed: one retry.
   const scrape = () => scrapeMetrics(metricsPort).catch(() => scrapeMetrics(metricsPort));
   // Warm the connection path up first, outside the measured windows (and their metrics).
-  execFileSync(process.execPath, [__filename, '--client', address, JSON.stringify(model), '0'], {
+  execFileSync(process.execPath, [__filename, '--client', address, JSON.stringify(model), '0', '1'], {
     env: process.env,
   });
   for (let round = 0; round < ROUNDS; round++) {
-    for (const c of CONCURRENCY) {
+    for (const load of LOADS) {
       const before = await scrape();
       const out = execFileSync(
         process.execPath,
-        [__filename, '--client', address, JSON.stringify(model), String(c)],
+        [
+          __filename,
+          '--client',
+          address,
+          JSON.stringify(model),
+          String(load.concurrency),
+          String(Math.min(load.rows, maxBatchSize)),
+        ],
         {
           encoding: 'utf8',
           env: process.env,
@@ -202,26 +221,31 @@ async function runnerThroughput(
             delta('maas_runner_queue_duration_seconds_count')) *
           1000,
       };
-      if (point.rate > (points[c]?.rate ?? 0)) points[c] = point;
+      if (point.rate > (points[load.label]?.rate ?? 0)) points[load.label] = point;
     }
   }
-  return points;
+  return points as Record<LoadLabel, RunnerPoint>;
 }
 
-/** Client mode: single-item requests at one concurrency, printing items/s; concurrency 0 only warms up. */
-async function clientMode(address: string, modelJson: string, concurrency: number): Promise<void> {
+/** Client mode: requests of `rows` rows at one concurrency, printing rows/s; concurrency 0 only warms up. */
+async function clientMode(
+  address: string,
+  modelJson: string,
+  concurrency: number,
+  rows: number,
+): Promise<void> {
   const model = JSON.parse(modelJson) as BenchModel;
   const inference = createClient(GRPCInferenceServiceClient, address);
   const request = ModelInferRequest.fromPartial({
     modelName: model.name,
-    inputs: model.inputs.map((name) => ({ name, datatype: 'INT64', shape: [1, model.seq] })),
+    inputs: model.inputs.map((name) => ({ name, datatype: 'INT64', shape: [rows, model.seq] })),
     rawInputContents: model.inputs.map((name) =>
-      Buffer.from(new BigInt64Array(model.seq).fill(valueOf(name, model.token)).buffer),
+      Buffer.from(new BigInt64Array(rows * model.seq).fill(valueOf(name, model.token)).buffer),
     ),
   });
   const one = () =>
     new Promise<number>((resolve, reject) =>
-      inference.modelInfer(request, (error) => (error ? reject(error) : resolve(1))),
+      inference.modelInfer(request, (error) => (error ? reject(error) : resolve(rows))),
     );
   if (concurrency === 0) {
     for (let i = 0; i < 100; i++) await one();
@@ -231,6 +255,14 @@ async function clientMode(address: string, modelJson: string, concurrency: numbe
   const items = await rate(concurrency, one);
   inference.close();
   console.log(items);
+}
+
+/** Raw throughput at the measured batch size nearest (on a log scale) to `batch`. */
+function rawNear(byBatch: Record<number, number>, batch: number): number {
+  const nearest = BATCHES.reduce((a, b) =>
+    Math.abs(Math.log(b / batch)) < Math.abs(Math.log(a / batch)) ? b : a,
+  );
+  return byBatch[nearest]!;
 }
 
 /** Self time by area and the top functions of a V8 CPU profile of the runner's main thread. */
@@ -296,7 +328,7 @@ async function main(): Promise<void> {
   const raw = new Map<string, Awaited<ReturnType<typeof rawThroughput>>>();
   for (const model of MODELS)
     raw.set(model.name, await rawThroughput(join(root, model.name, '1', 'model.onnx'), model));
-  writeRepository(root);
+  writeRepository(root, raw.get(MODELS[0]!.name)!.bestBatch);
 
   const [port, metricsPort] = [await freePort(), await freePort()];
   const address = `127.0.0.1:${port}`;
@@ -313,7 +345,9 @@ async function main(): Promise<void> {
         await stopRunner(runner);
         runner = await startRunner(root, port, metricsPort, profileDir);
       }
-      const points = await runnerThroughput(address, metricsPort, model);
+      // Multi-row requests carry as many rows as the model batches (at most 32).
+      const maxBatchSize = readModelConfig(join(root, model.name), model.name).maxBatchSize;
+      const points = await runnerThroughput(address, metricsPort, model, maxBatchSize);
       if (profileDir) {
         await stopRunner(runner);
         profile = summariseProfile(profileDir);
@@ -324,9 +358,10 @@ async function main(): Promise<void> {
         `${model.name} (${model.seq} tokens): raw items/s by batch  ` +
           BATCHES.map((b) => `${b}: ${r.byBatch[b]!.toFixed(0)}`).join('  ') +
           `\n  runner: ` +
-          CONCURRENCY.map(
-            (c) =>
-              `c=${c}: mean batch ${points[c]!.meanBatch.toFixed(1)}, queue ${points[c]!.queueMs.toFixed(2)} ms`,
+          `(maxBatchSize ${maxBatchSize}) ` +
+          LOADS.map(
+            ({ label }) =>
+              `${label}: mean batch ${points[label].meanBatch.toFixed(1)}, queue ${points[label].queueMs.toFixed(2)} ms`,
           ).join('; '),
       );
       rows.push([
@@ -334,9 +369,11 @@ async function main(): Promise<void> {
         r.batch1Ms.toFixed(3),
         r.byBatch[1]!.toFixed(0),
         `${r.best.toFixed(0)} (b=${r.bestBatch})`,
-        ...CONCURRENCY.map((c) => points[c]!.rate.toFixed(0)),
-        `${((points[32]!.rate / r.best) * 100).toFixed(0)}%`,
-        `${((points[1]!.rate / r.byBatch[1]!) * 100).toFixed(0)}%`,
+        ...LOADS.map(({ label }) => points[label].rate.toFixed(0)),
+        `${((points['c=32'].rate / r.best) * 100).toFixed(0)}%`,
+        `${((points['c=32'].rate / rawNear(r.byBatch, points['c=32'].meanBatch)) * 100).toFixed(0)}%`,
+        `${((points['c=1'].rate / r.byBatch[1]!) * 100).toFixed(0)}%`,
+        `${((points['c=8 multi-row'].rate / r.best) * 100).toFixed(0)}%`,
       ]);
     }
   } finally {
@@ -351,8 +388,11 @@ async function main(): Promise<void> {
     'runner c=1',
     'c=8',
     'c=32',
+    'c=8 multi-row',
     'c=32 / raw best',
+    'c=32 / raw at its batch',
     'c=1 / raw b=1',
+    'multi-row / raw best',
   ];
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
   const line = (cells: string[]) => cells.map((c, i) => c.padStart(widths[i]!)).join('  ');
@@ -377,7 +417,7 @@ async function main(): Promise<void> {
 }
 
 if (process.argv[2] === '--client')
-  void clientMode(process.argv[3]!, process.argv[4]!, Number(process.argv[5]));
+  void clientMode(process.argv[3]!, process.argv[4]!, Number(process.argv[5]), Number(process.argv[6]));
 else
   main().catch((error: unknown) => {
     console.error(error);
