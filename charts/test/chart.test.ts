@@ -2,7 +2,7 @@
  * The Helm chart through the real helm binary: lint --strict and template of every scenario values
  * file, every rendered object validated by kubernetes-models, and the rules schemas cannot express.
  */
-import { cpSync, mkdtempSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdtempSync, renameSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parse as parseYaml } from 'yaml';
