@@ -8,8 +8,9 @@
 #
 # Environment:
 #   IMAGE_TEST_TAG        tag of the built images (default: test)
-#   IMAGE_TEST_KEEP=1     keep the built images (they are kept anyway: the layer cache makes the
-#                         next build fast); IMAGE_TEST_PRUNE=1 removes them at the end
+#   IMAGE_TEST_PRUNE=1    remove the built images at the end (by default they stay: with the
+#                         layer cache the next build takes seconds); untagged layers older than a
+#                         day are always pruned
 #   MAAS_BASE_IMAGE       use this base instead of making one (e.g. node:20-bookworm-slim)
 #
 # Network rule: containers use --network=host only (never podman's bridge network) and every
@@ -201,6 +202,9 @@ main() {
   if [[ "${IMAGE_TEST_PRUNE:-0}" == 1 ]]; then
     for service in "${SERVICES[@]}"; do podman rmi -f "localhost/maas-$service:$TAG" >/dev/null; done
   fi
+  # Every source change leaves the previous build's untagged layers behind (about 2 GB); a day-old
+  # one is no longer a useful cache.
+  podman image prune -f --filter until=24h >/dev/null 2>&1 || true
   log "ok: ${SERVICES[*]} in $(seconds "$start") s"
 }
 
