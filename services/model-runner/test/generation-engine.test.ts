@@ -194,6 +194,19 @@ describe('finishing', () => {
     await engine.close();
   });
 
+  it('a single new token comes from the prefill alone; the sequence never joins the batch', async () => {
+    const { engine, registry } = startEngine(model);
+    const greedy = (await generate(engine, { promptIds: PROMPTS[2]!, maxNewTokens: 3 })).tokens;
+    const one = await generate(engine, { promptIds: PROMPTS[2]!, maxNewTokens: 1 });
+    expect(one).toMatchObject({
+      tokens: greedy.slice(0, 1),
+      result: { finishReason: 'length', generatedTokens: 1 },
+    });
+    expect(await histogram(registry, 'maas_runner_generation_step_batch_size', 'count')).toBe(2);
+    expect(engine.stats()).toEqual({ running: 0, waiting: 0, cachedTokens: 0 });
+    await engine.close();
+  });
+
   it('finishes with eos on the end-of-sequence token (not emitted) unless ignore_eos', async () => {
     const greedy = (await generate(startEngine(model).engine, { promptIds: PROMPTS[0]!, maxNewTokens: 12 }))
       .tokens;
