@@ -144,6 +144,14 @@ const panels = [
     ],
     { unit: 'ops' },
   ),
+  panel(
+    'Model versions by state',
+    'Model versions per state over the runner pods (READY serves; LOADING includes warm-up), and the last load time.',
+    [
+      [`sum by (model, state) (maas_runner_model_state{${SEL}})`, '{{model}} {{state}}'],
+      [`max by (model) (maas_runner_model_load_duration_seconds{${SEL}})`, 'load seconds {{model}}'],
+    ],
+  ),
   row('Generation'),
   panel(
     'Tokens per second by model',
