@@ -28,10 +28,17 @@ export function bertBaseUncasedVocab(): Record<string, number> {
 }
 
 export function bertBaseUncasedTokenizerJson(): object {
-  const vocab = bertBaseUncasedVocab();
+  return bertWordPieceTokenizerJson(bertBaseUncasedVocab(), 'bert-base-uncased');
+}
+
+/**
+ * A BERT-style WordPiece `tokenizer.json` over any vocabulary holding the five BERT special tokens:
+ * BertNormalizer (lower-casing), BertPreTokenizer, `[CLS] $A [SEP]` / `[CLS] $A [SEP] $B:1 [SEP]:1`.
+ */
+export function bertWordPieceTokenizerJson(vocab: Record<string, number>, name: string): object {
   const id = (token: string) => {
     const found = vocab[token];
-    if (found === undefined) throw new Error(`bert-base-uncased: ${token} missing from the vocabulary`);
+    if (found === undefined) throw new Error(`${name}: ${token} missing from the vocabulary`);
     return found;
   };
   return {
