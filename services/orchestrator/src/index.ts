@@ -15,7 +15,8 @@ import type { OrchestratorConfig } from './config.js';
 import { createDownstream, type Downstream } from './downstream/clients.js';
 import { createUsageMetrics, UsageMeter } from './metering.js';
 import { EncoderBatchers } from './pipelines/encoder-batchers.js';
-import { createMaasService } from './server.js';
+import { createMaasCore } from './core/maas-core.js';
+import { createMaasGrpcService } from './grpc/maas-service.js';
 
 export { loadOrchestratorConfig, orchestratorConfigSchema, type OrchestratorConfig } from './config.js';
 export { sha256 } from './access/api-keys.js';
@@ -116,19 +117,17 @@ export async function startOrchestrator(
   const audit = logger.child({ component: 'audit' });
   const meter = new UsageMeter(createUsageMetrics(metricsRegistry), audit, config.AUDIT_LOG_TEXT);
   const host = new GrpcServiceHost({ name: 'orchestrator', config, logger, registry: metricsRegistry });
-  host.addService(
-    MaasServiceService,
-    createMaasService({
-      settings: config,
-      auth: access.auth,
-      quotas,
-      meter,
-      catalogue,
-      downstream,
-      batchers,
-      logger,
-    }) as never,
-  );
+  const core = createMaasCore({
+    settings: config,
+    auth: access.auth,
+    quotas,
+    meter,
+    catalogue,
+    downstream,
+    batchers,
+    logger,
+  });
+  host.addService(MaasServiceService, createMaasGrpcService(core) as never);
   const addresses = await host.start();
   const models = catalogue.list();
   host.setReady(models.length > 0);

@@ -1,13 +1,7 @@
-import { Metadata, status } from '@grpc/grpc-js';
+import { status } from '@grpc/grpc-js';
 import { decodeRetryDelayMs, StatusError } from '@maas/shared';
 import { ApiKeyStore, bearerToken, mayUse, parseKeysFile, sha256 } from '../src/access/api-keys';
 import { QuotaEnforcer, TokenBucket } from '../src/access/limits';
-
-const bearer = (value?: string) => {
-  const metadata = new Metadata();
-  if (value !== undefined) metadata.set('authorization', value);
-  return metadata;
-};
 
 const thrown = (fn: () => unknown): StatusError => {
   try {
@@ -66,18 +60,18 @@ describe('API keys file', () => {
 
   it('authenticates bearer keys; missing, malformed and unknown keys are UNAUTHENTICATED', () => {
     const store = new ApiKeyStore(parseKeysFile(yaml, 'keys.yaml'));
-    expect(store.authenticate(bearer(`Bearer ${secret}`)).id).toBe('app');
-    expect(store.authenticate(bearer('bearer another-secret-key-0002')).id).toBe('ops');
-    for (const [metadata, message] of [
-      [bearer(), /missing API key/],
-      [bearer(secret), /malformed authorization header/],
-      [bearer('Bearer wrong-key-0000000000'), /^invalid API key$/],
+    expect(store.authenticate(`Bearer ${secret}`).id).toBe('app');
+    expect(store.authenticate('bearer another-secret-key-0002').id).toBe('ops');
+    for (const [authorization, message] of [
+      [undefined, /missing API key/],
+      [secret, /malformed authorization header/],
+      ['Bearer wrong-key-0000000000', /^invalid API key$/],
     ] as const) {
-      const error = thrown(() => store.authenticate(metadata));
+      const error = thrown(() => store.authenticate(authorization));
       expect(error.code).toBe(status.UNAUTHENTICATED);
       expect(error.message).toMatch(message);
     }
-    expect(bearerToken(bearer('Bearer  abc '))).toBe('abc');
+    expect(bearerToken('Bearer  abc ')).toBe('abc');
   });
 
   it('says which models a key may use', () => {

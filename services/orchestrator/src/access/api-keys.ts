@@ -5,7 +5,7 @@
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { status, type Metadata } from '@grpc/grpc-js';
+import { status } from '@grpc/grpc-js';
 import { StatusError } from '@maas/shared';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
@@ -98,17 +98,22 @@ export function parseKeysFile(text: string, source: string): StoredKey[] {
 
 const unauthenticated = (why: string) => new StatusError(status.UNAUTHENTICATED, why);
 
-/** The bearer token of a call, or an UNAUTHENTICATED error saying what is wrong with the header. */
-export function bearerToken(metadata: Metadata): string {
-  const values = metadata.get('authorization');
-  if (values.length === 0) throw unauthenticated('missing API key: send "authorization: Bearer <key>"');
-  const match = /^Bearer\s+(\S+)\s*$/i.exec(String(values[0]));
+/**
+ * The bearer token in an `authorization` header value (gRPC metadata or HTTP
+ * header: the same scheme on both transports), or an UNAUTHENTICATED error
+ * saying what is wrong with it.
+ */
+export function bearerToken(authorization: string | undefined): string {
+  if (authorization === undefined || authorization === '')
+    throw unauthenticated('missing API key: send "authorization: Bearer <key>"');
+  const match = /^Bearer\s+(\S+)\s*$/i.exec(authorization);
   if (!match) throw unauthenticated('malformed authorization header: expected "Bearer <key>"');
   return match[1]!;
 }
 
 export interface Authenticator {
-  authenticate(metadata: Metadata): Principal;
+  /** `authorization` is the caller's header value, undefined when it sent none. */
+  authenticate(authorization: string | undefined): Principal;
   readonly keyCount: number;
 }
 
@@ -137,8 +142,8 @@ export class ApiKeyStore implements Authenticator {
     this.keys = keys;
   }
 
-  authenticate(metadata: Metadata): Principal {
-    const digest = sha256(bearerToken(metadata));
+  authenticate(authorization: string | undefined): Principal {
+    const digest = sha256(bearerToken(authorization));
     // Every stored digest is compared, matched or not, so the time taken says nothing about which key matched.
     let found: StoredKey | undefined;
     for (const key of this.keys) {

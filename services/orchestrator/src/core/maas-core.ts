@@ -1,10 +1,12 @@
 /**
- * The public API's gRPC surface: who is calling, may they, are they within
- * their limits, is the request valid — then the task's pipeline, then usage
- * metering. Every call goes through `serve`, so the audit log and the usage
- * counters see every request, failed ones included.
+ * The public API's use cases, one function each, independent of the
+ * transport: who is calling, may they, are they within their limits, is the
+ * request valid — then the task's pipeline, then usage metering. Every call
+ * goes through `serve`, so the audit log and the usage counters see every
+ * request, failed ones included. The gRPC service and the HTTP server are
+ * adapters that map their wire formats onto these functions.
  */
-import { type Metadata, status } from '@grpc/grpc-js';
+import { status } from '@grpc/grpc-js';
 import { trace } from '@opentelemetry/api';
 import {
   downstreamDeadline,
@@ -12,27 +14,38 @@ import {
   invalidArgument,
   type Logger,
   notFound,
-  serverStream,
   statusOf,
   StatusError,
-  unary,
 } from '@maas/shared';
 import {
+  type ClassifyRequest,
+  type ClassifyResponse,
+  type CountTokensRequest,
+  type CountTokensResponse,
+  type EmbedRequest,
+  type EmbedResponse,
   FinishReason,
+  type GenerateRequest,
+  type GenerateResponse,
+  type GetModelRequest,
+  type GetModelResponse,
+  type ListModelsResponse,
   type Model,
-  type MaasServiceServer,
   Task as ProtoTask,
+  type TokenizeRequest,
+  type TokenizeResponse,
   type Usage,
 } from '@maas/shared/gen/maas/orchestrator/v1/orchestrator';
-import { type Authenticator, mayUse, type Principal } from './access/api-keys.js';
-import type { QuotaEnforcer } from './access/limits.js';
-import type { CatalogueModel, ModelCatalogue, ModelTask } from './catalogue.js';
-import { type Downstream, unaryCall } from './downstream/clients.js';
-import type { Task, UsageMeter } from './metering.js';
-import type { EncoderBatchers } from './pipelines/encoder-batchers.js';
-import { runGeneration } from './pipelines/generation.js';
-import { classifyRows, embedRows } from './pipelines/tasks.js';
-import { checkGenerate, checkTexts } from './validation.js';
+import { type Authenticator, mayUse, type Principal } from '../access/api-keys.js';
+import type { QuotaEnforcer } from '../access/limits.js';
+import type { CatalogueModel, ModelCatalogue, ModelTask } from '../catalogue.js';
+import { type Downstream, unaryCall } from '../downstream/clients.js';
+import type { Task, UsageMeter } from '../metering.js';
+import type { EncoderBatchers } from '../pipelines/encoder-batchers.js';
+import { runGeneration } from '../pipelines/generation.js';
+import { classifyRows, embedRows } from '../pipelines/tasks.js';
+import { checkGenerate, checkTexts } from '../validation.js';
+import { type Caller, deadlinePassed } from './caller.js';
 
 export interface MaasSettings {
   DOWNSTREAM_TIMEOUT_MS: number;
@@ -63,13 +76,6 @@ const PROTO_TASK: Record<ModelTask, ProtoTask> = {
   classification: ProtoTask.TASK_CLASSIFICATION,
   embedding: ProtoTask.TASK_EMBEDDING,
   generation: ProtoTask.TASK_GENERATION,
-};
-
-type ServerCall = {
-  metadata: Metadata;
-  cancelled: boolean;
-  getDeadline(): Date | number;
-  on(event: 'cancelled', listener: () => void): unknown;
 };
 
 interface RequestContext {
@@ -103,7 +109,22 @@ const usageOf = (u: RequestContext['usage']): Usage => ({
 
 const sum = (values: number[]) => values.reduce((a, b) => a + b, 0);
 
-export function createMaasService(deps: MaasDeps): MaasServiceServer {
+/** The use cases; `generate` hands each response message to `write` as it is produced. */
+export interface MaasCore {
+  classify(request: ClassifyRequest, caller: Caller): Promise<ClassifyResponse>;
+  embed(request: EmbedRequest, caller: Caller): Promise<EmbedResponse>;
+  generate(
+    request: GenerateRequest,
+    caller: Caller,
+    write: (message: GenerateResponse) => void,
+  ): Promise<void>;
+  tokenize(request: TokenizeRequest, caller: Caller): Promise<TokenizeResponse>;
+  countTokens(request: CountTokensRequest, caller: Caller): Promise<CountTokensResponse>;
+  listModels(caller: Caller): Promise<ListModelsResponse>;
+  getModel(request: GetModelRequest, caller: Caller): Promise<GetModelResponse>;
+}
+
+export function createMaasCore(deps: MaasDeps): MaasCore {
   const { settings, auth, quotas, meter, catalogue, downstream, batchers, logger } = deps;
 
   const resolveModel = (principal: Principal, name: string, field: string, task?: ModelTask) => {
@@ -128,21 +149,18 @@ export function createMaasService(deps: MaasDeps): MaasServiceServer {
   };
 
   async function serve<T>(
-    call: ServerCall,
+    caller: Caller,
     options: ServeOptions,
     work: (ctx: RequestContext) => Promise<T>,
   ): Promise<T> {
     const startedAt = performance.now();
-    const controller = new AbortController();
-    if (call.cancelled) controller.abort();
-    else call.on('cancelled', () => controller.abort());
     const usage = { promptTokens: 0, generatedTokens: 0 };
     let ctx: RequestContext | undefined;
     let principal: Principal | undefined;
     let code = status.OK;
     let error: string | undefined;
     try {
-      principal = auth.authenticate(call.metadata);
+      principal = auth.authenticate(caller.authorization);
       const model = options.model
         ? resolveModel(principal, options.model.name, options.model.field, options.model.task)
         : undefined;
@@ -150,8 +168,11 @@ export function createMaasService(deps: MaasDeps): MaasServiceServer {
       ctx = {
         principal,
         model,
-        deadline: downstreamDeadline(call, options.capDeadline ? settings.DOWNSTREAM_TIMEOUT_MS : undefined),
-        signal: controller.signal,
+        deadline: downstreamDeadline(
+          { getDeadline: () => caller.deadline ?? Infinity },
+          options.capDeadline ? settings.DOWNSTREAM_TIMEOUT_MS : undefined,
+        ),
+        signal: caller.signal,
         startedAt,
         usage,
         chargeTokens: true,
@@ -160,7 +181,9 @@ export function createMaasService(deps: MaasDeps): MaasServiceServer {
       code = ctx.outcome ?? status.OK;
       return result;
     } catch (caught) {
-      code = call.cancelled ? status.CANCELLED : statusOf(caught);
+      // Metered as the caller saw it: a call whose deadline passed is DEADLINE_EXCEEDED, not CANCELLED.
+      if (caller.signal.aborted) code = deadlinePassed(caller) ? status.DEADLINE_EXCEEDED : status.CANCELLED;
+      else code = statusOf(caught);
       error = caught instanceof Error ? caught.message : String(caught);
       throw caught;
     } finally {
@@ -215,9 +238,9 @@ export function createMaasService(deps: MaasDeps): MaasServiceServer {
   });
 
   return {
-    classify: unary(async (request, call) =>
+    classify: (request, caller) =>
       serve(
-        call,
+        caller,
         {
           task: 'classification',
           model: { name: request.model, field: 'model', task: 'classification' },
@@ -236,11 +259,10 @@ export function createMaasService(deps: MaasDeps): MaasServiceServer {
           };
         },
       ),
-    ),
 
-    embed: unary(async (request, call) =>
+    embed: (request, caller) =>
       serve(
-        call,
+        caller,
         {
           task: 'embedding',
           model: { name: request.model, field: 'model', task: 'embedding' },
@@ -261,11 +283,10 @@ export function createMaasService(deps: MaasDeps): MaasServiceServer {
           };
         },
       ),
-    ),
 
-    generate: serverStream(async (request, call) =>
+    generate: (request, caller, write) =>
       serve(
-        call,
+        caller,
         {
           task: 'generation',
           model: { name: request.model, field: 'model', task: 'generation' },
@@ -296,22 +317,20 @@ export function createMaasService(deps: MaasDeps): MaasServiceServer {
                 signal: ctx.signal,
                 startedAt: ctx.startedAt,
                 usage: ctx.usage,
-                write: (message) => {
-                  if (!call.cancelled) call.write(message);
-                },
+                write,
               },
             );
-            if (outcome.finishReason === FinishReason.FINISH_REASON_CANCELLED) ctx.outcome = status.CANCELLED;
+            if (outcome.finishReason === FinishReason.FINISH_REASON_CANCELLED)
+              ctx.outcome = deadlinePassed(caller) ? status.DEADLINE_EXCEEDED : status.CANCELLED;
           } finally {
             closeStream();
           }
         },
       ),
-    ),
 
-    tokenize: unary(async (request, call) =>
+    tokenize: (request, caller) =>
       serve(
-        call,
+        caller,
         {
           task: 'tokenize',
           model: { name: request.model, field: 'model' },
@@ -347,11 +366,10 @@ export function createMaasService(deps: MaasDeps): MaasServiceServer {
           };
         },
       ),
-    ),
 
-    countTokens: unary(async (request, call) =>
+    countTokens: (request, caller) =>
       serve(
-        call,
+        caller,
         {
           task: 'count_tokens',
           model: { name: request.model, field: 'model' },
@@ -377,10 +395,9 @@ export function createMaasService(deps: MaasDeps): MaasServiceServer {
           return { counts: counted.counts, total: Number(counted.total) };
         },
       ),
-    ),
 
-    listModels: unary(async (_request, call) =>
-      serve(call, { task: 'models', capDeadline: true }, async (ctx) => {
+    listModels: (caller) =>
+      serve(caller, { task: 'models', capDeadline: true }, async (ctx) => {
         const ready = await readiness(ctx.deadline);
         return {
           models: catalogue
@@ -389,14 +406,12 @@ export function createMaasService(deps: MaasDeps): MaasServiceServer {
             .map((m) => describe(m, ready)),
         };
       }),
-    ),
 
-    getModel: unary(async (request, call) =>
+    getModel: (request, caller) =>
       serve(
-        call,
+        caller,
         { task: 'models', model: { name: request.name, field: 'name' }, capDeadline: true },
         async (ctx) => ({ model: describe(ctx.model!, await readiness(ctx.deadline)) }),
       ),
-    ),
   };
 }
