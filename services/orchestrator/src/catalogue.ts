@@ -130,10 +130,16 @@ export function toCatalogueModel(
   return { ...base, limits, dimensions, labelsByVersion, output: outputName, inputs };
 }
 
+/** Everything an entry is made of, so a rescan can tell an unchanged model from a changed one. */
+const fingerprint = (model: CatalogueModel) =>
+  JSON.stringify(model, (_key, value: unknown) => (value instanceof Map ? [...value] : value));
+
 export class ModelCatalogue {
   private models = new Map<string, CatalogueModel>();
+  private fingerprints = new Map<string, string>();
   private problems = new Map<string, string>();
   private timer: NodeJS.Timeout | undefined;
+  private readonly listeners: (() => void)[] = [];
 
   constructor(private readonly options: CatalogueOptions) {}
 
@@ -150,7 +156,17 @@ export class ModelCatalogue {
     return [...this.models.values()].sort((a, b) => a.name.localeCompare(b.name));
   }
 
-  /** Rescans the repository; on failure the previous catalogue stays. */
+  /** Called after a rescan that added, changed or removed a model. */
+  onChange(listener: () => void): void {
+    this.listeners.push(listener);
+  }
+
+  /**
+   * Rescans the repository; on failure the previous catalogue stays. An
+   * entry whose model did not change keeps its identity, so what is built
+   * per entry (a model's micro-batcher, with its queue and service-time
+   * estimate) lives as long as the model does.
+   */
   refresh(): void {
     const { root, maxInputCharacters, logger } = this.options;
     let scanned;
@@ -161,6 +177,7 @@ export class ModelCatalogue {
       return;
     }
     const models = new Map<string, CatalogueModel>();
+    const fingerprints = new Map<string, string>();
     const problems = new Map<string, string>();
     for (const model of scanned) {
       if (!model.config) {
@@ -171,13 +188,22 @@ export class ModelCatalogue {
       const entry = toCatalogueModel(name, model.config, model.versions, maxInputCharacters);
       if (typeof entry === 'string') problems.set(name, entry);
       else if (model.versions.length === 0) problems.set(name, model.error ?? `${name}: no version`);
-      else models.set(name, entry);
+      else {
+        const print = fingerprint(entry);
+        const previous = this.models.get(name);
+        models.set(name, previous && this.fingerprints.get(name) === print ? previous : entry);
+        fingerprints.set(name, print);
+      }
     }
     for (const [name, problem] of problems) {
       if (this.problems.get(name) !== problem) logger.warn({ model: name, problem }, 'model not served');
     }
+    const changed =
+      models.size !== this.models.size || [...models].some(([name, m]) => this.models.get(name) !== m);
     this.models = models;
+    this.fingerprints = fingerprints;
     this.problems = problems;
+    if (changed) for (const listener of this.listeners) listener();
   }
 
   watch(intervalMs: number): void {

@@ -53,6 +53,14 @@ export const orchestratorConfigSchema = baseConfigSchema
      */
     BATCH_WINDOW_US: envInt(0, 0, 1_000_000),
     BATCH_MAX_IN_FLIGHT: envInt(2, 1, 1024),
+    /**
+     * Admission to a model's queue: at most this many texts wait, and a
+     * request whose estimated wait (from the measured batch service time)
+     * is longer than BATCH_MAX_QUEUE_MS, or would not start before its
+     * deadline, is refused at once with RESOURCE_EXHAUSTED and a retry delay.
+     */
+    BATCH_MAX_QUEUE_ROWS: envInt(2048, 1),
+    BATCH_MAX_QUEUE_MS: envInt(250, 1),
     /** Deadline of downstream unary calls when the caller sets none. */
     DOWNSTREAM_TIMEOUT_MS: envInt(30_000, 1),
     /** Attempts (the first included) of idempotent downstream calls that fail UNAVAILABLE. */

@@ -7,7 +7,7 @@ import {
   type Logger,
 } from '@maas/shared';
 import { MaasServiceService } from '@maas/shared/gen/maas/orchestrator/v1/orchestrator';
-import { Histogram, type Registry } from 'prom-client';
+import { Counter, Histogram, type Registry } from 'prom-client';
 import { ApiKeyStore, type Authenticator, openAccess, parseKeysFile } from './access/api-keys.js';
 import { QuotaEnforcer } from './access/limits.js';
 import { ModelCatalogue } from './catalogue.js';
@@ -94,6 +94,8 @@ export async function startOrchestrator(
     {
       windowUs: config.BATCH_WINDOW_US,
       maxInFlight: config.BATCH_MAX_IN_FLIGHT,
+      maxQueueRows: config.BATCH_MAX_QUEUE_ROWS,
+      maxQueueWaitMs: config.BATCH_MAX_QUEUE_MS,
       overflow: config.INPUT_OVERFLOW,
     },
     {
@@ -111,8 +113,21 @@ export async function startOrchestrator(
         buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256],
         registers: [metricsRegistry],
       }),
+      refused: new Counter({
+        name: 'maas_orchestrator_admission_refused_total',
+        help: 'Classify/Embed requests refused at admission (RESOURCE_EXHAUSTED), by model and reason.',
+        labelNames: ['model', 'reason'],
+        registers: [metricsRegistry],
+      }),
+      expired: new Counter({
+        name: 'maas_orchestrator_queue_expired_total',
+        help: 'Queued Classify/Embed requests dropped before compute because their deadline had passed.',
+        labelNames: ['model'],
+        registers: [metricsRegistry],
+      }),
     },
   );
+  catalogue.onChange(() => batchers.retain((name) => catalogue.get(name) !== undefined));
   const quotas = new QuotaEnforcer();
   const audit = logger.child({ component: 'audit' });
   const meter = new UsageMeter(createUsageMetrics(metricsRegistry), audit, config.AUDIT_LOG_TEXT);

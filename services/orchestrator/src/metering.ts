@@ -21,6 +21,18 @@ export interface UsageRecord {
   error?: string;
 }
 
+/** Bounds of what one audit line may hold: a caller's 1 MB field must not become a 1 MB log line. */
+export const AUDIT_LIMITS = { errorCharacters: 512, texts: 16, textCharacters: 1024 };
+
+const bounded = (text: string, max: number) =>
+  text.length <= max ? text : `${text.slice(0, max)}… (${text.length} characters)`;
+
+function boundedTexts(texts: readonly string[]): string[] {
+  const kept = texts.slice(0, AUDIT_LIMITS.texts).map((t) => bounded(t, AUDIT_LIMITS.textCharacters));
+  if (texts.length > AUDIT_LIMITS.texts) kept.push(`… (${texts.length} texts)`);
+  return kept;
+}
+
 export function createUsageMetrics(registry: Registry) {
   return {
     requests: new Counter({
@@ -68,8 +80,8 @@ export class UsageMeter {
         prompt_tokens: usage.promptTokens,
         generated_tokens: usage.generatedTokens,
         duration_ms: Math.round(usage.durationMs * 1000) / 1000,
-        ...(usage.error ? { error: usage.error } : {}),
-        ...(this.logText && usage.texts ? { texts: usage.texts } : {}),
+        ...(usage.error ? { error: bounded(usage.error, AUDIT_LIMITS.errorCharacters) } : {}),
+        ...(this.logText && usage.texts ? { texts: boundedTexts(usage.texts) } : {}),
       },
       'request',
     );

@@ -2,6 +2,9 @@ import { status } from '@grpc/grpc-js';
 import { decodeRetryDelayMs, StatusError } from '@maas/shared';
 import { ApiKeyStore, bearerToken, mayUse, parseKeysFile, sha256 } from '../src/access/api-keys';
 import { QuotaEnforcer, TokenBucket } from '../src/access/limits';
+import { createUsageMetrics, UsageMeter } from '../src/metering';
+import { Registry } from 'prom-client';
+import { capturingLogger } from './helpers';
 
 const thrown = (fn: () => unknown): StatusError => {
   try {
@@ -143,5 +146,28 @@ describe('quotas', () => {
     for (let i = 0; i < 1000; i++) quotas.admit(key);
     quotas.charge(key, 1e9);
     expect(() => quotas.admit(key)).not.toThrow();
+  });
+});
+
+describe('audit log', () => {
+  it('bounds every field a caller controls: a 1 MB name or text does not make a 1 MB line', () => {
+    const { logger, lines } = capturingLogger('orchestrator');
+    const meter = new UsageMeter(createUsageMetrics(new Registry()), logger, true);
+    const huge = 'x'.repeat(1 << 20);
+    meter.record({
+      keyId: 'app',
+      model: '',
+      task: 'classification',
+      code: status.NOT_FOUND,
+      promptTokens: 0,
+      generatedTokens: 0,
+      durationMs: 1,
+      texts: Array.from({ length: 1000 }, () => huge),
+      error: `model: model '${huge}' not found`,
+    });
+    const [line] = lines();
+    expect(JSON.stringify(line).length).toBeLessThan(32 * 1024);
+    expect(line!.error).toMatch(/^model: model 'xxx.*… \(\d+ characters\)$/);
+    expect((line!.texts as string[]).at(-1)).toBe('… (1000 texts)');
   });
 });

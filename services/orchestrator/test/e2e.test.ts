@@ -438,6 +438,23 @@ describe('generate', () => {
   });
 });
 
+describe('oversized fields', () => {
+  it('a 256 KB model name is INVALID_ARGUMENT naming the field, at once, and the connection keeps working', async () => {
+    const name = 'm'.repeat(256 * 1024);
+    for (const [method, request, field] of [
+      ['getModel', { name }, 'name'],
+      ['classify', { model: name, texts: ['x'] }, 'model'],
+    ] as const) {
+      const error = await failure(
+        call(stack.client, method, request, KEYS.full, { deadline: new Date(Date.now() + 5000) }),
+      );
+      expect(error.code).toBe(status.INVALID_ARGUMENT);
+      expect(error.details).toMatch(new RegExp(`^${field}: is 262144 characters`));
+    }
+    expect((await classify(['still fine'])).results).toHaveLength(1);
+  });
+});
+
 describe('deadlines and cancellation', () => {
   it('a deadline shorter than the work ends the call with DEADLINE_EXCEEDED', async () => {
     const classified = await failure(
@@ -452,6 +469,34 @@ describe('deadlines and cancellation', () => {
       }).done,
     );
     expect(generated.code).toBe(status.DEADLINE_EXCEEDED);
+  });
+
+  it('meters and audits a call cut by its deadline as DEADLINE_EXCEEDED, the code the client saw', async () => {
+    const before = audit.lines().length;
+    const seen = await Promise.all(
+      Array.from({ length: 20 }, () =>
+        failure(
+          call(stack.client, 'classify', { model: 'bert-classifier', texts: ['deadline'] }, KEYS.streams, {
+            deadline: new Date(Date.now() + 3),
+          }),
+        ),
+      ),
+    );
+    expect(new Set(seen.map((e) => e.code))).toEqual(new Set([status.DEADLINE_EXCEEDED]));
+    await eventually(
+      () =>
+        audit
+          .lines()
+          .slice(before)
+          .filter((l) => l.key_id === 'streams').length === 20,
+      2000,
+    );
+    const codes = audit
+      .lines()
+      .slice(before)
+      .filter((l) => l.audit === true && l.key_id === 'streams')
+      .map((l) => l.code);
+    expect(new Set(codes)).toEqual(new Set(['DeadlineExceeded']));
   });
 
   it('cancelling a generation stream stops the sequence on the runner at once', async () => {

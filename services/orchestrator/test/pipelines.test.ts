@@ -1,5 +1,5 @@
 import { status } from '@grpc/grpc-js';
-import { invalidArgument, StatusError } from '@maas/shared';
+import { decodeRetryDelayMs, invalidArgument, StatusError } from '@maas/shared';
 import { MicroBatcher } from '../src/pipelines/micro-batcher';
 import {
   activate,
@@ -86,12 +86,24 @@ describe('stop strings', () => {
 describe('micro-batcher', () => {
   const deadline = () => new Date(Date.now() + 5000);
 
-  function recorder(options: { maxBatchSize?: number; maxInFlight?: number; delayMs?: number } = {}) {
+  const unbounded = { maxQueueRows: 1_000_000, maxQueueWaitMs: 1_000_000 };
+
+  function recorder(
+    options: {
+      maxBatchSize?: number;
+      maxInFlight?: number;
+      delayMs?: number;
+      maxQueueRows?: number;
+      maxQueueWaitMs?: number;
+    } = {},
+  ) {
     const batches: string[][] = [];
     const batcher = new MicroBatcher<string[], string>({
       maxBatchSize: options.maxBatchSize ?? 8,
       windowUs: 0,
       maxInFlight: options.maxInFlight ?? 1,
+      maxQueueRows: options.maxQueueRows ?? unbounded.maxQueueRows,
+      maxQueueWaitMs: options.maxQueueWaitMs ?? unbounded.maxQueueWaitMs,
       run: async (inputs, batch) => {
         batches.push(inputs.flat());
         await new Promise((r) => setTimeout(r, options.delayMs ?? 5));
@@ -145,6 +157,7 @@ describe('micro-batcher', () => {
       maxBatchSize: 8,
       windowUs: 0,
       maxInFlight: 1,
+      ...unbounded,
       run: async (inputs) => {
         seen.push(inputs);
         if (inputs.includes('poison')) throw invalidArgument('texts', 'poison');
@@ -172,5 +185,70 @@ describe('micro-batcher', () => {
     await expect(inFlight).rejects.toMatchObject({ code: status.CANCELLED });
     await new Promise((r) => setTimeout(r, 40));
     expect(batches).toEqual([['1']]);
+  });
+
+  const refusedWith = async (promise: Promise<unknown>) => {
+    const error = (await promise.then(
+      () => {
+        throw new Error('expected a refusal');
+      },
+      (e: unknown) => e,
+    )) as StatusError;
+    expect(error.code).toBe(status.RESOURCE_EXHAUSTED);
+    expect(decodeRetryDelayMs(error.metadata!)).toBeGreaterThan(0);
+    return error;
+  };
+
+  it('bounds the queue by rows: the excess is refused at once with a retry delay', async () => {
+    const { batches, batcher } = recorder({ maxInFlight: 1, delayMs: 30, maxQueueRows: 3 });
+    const first = batcher.submit(['1'], 1, { deadline: deadline() });
+    await new Promise((r) => setImmediate(r));
+    const queued = [batcher.submit(['2', '3'], 2, { deadline: deadline() })];
+    queued.push(batcher.submit(['4'], 1, { deadline: deadline() }));
+    let settledFirst = false;
+    void first.then(() => (settledFirst = true));
+    const error = await refusedWith(batcher.submit(['5'], 1, { deadline: deadline() }));
+    // Refused while the first batch is still running: nothing waited for a slot.
+    expect(settledFirst).toBe(false);
+    expect(error.message).toMatch(/overloaded/);
+    await Promise.all([first, ...queued]);
+    expect(batches).toEqual([['1'], ['2', '3', '4']]);
+  });
+
+  it('refuses a request that could not start before its deadline, estimated from measured batch times', async () => {
+    const { batches, batcher } = recorder({ maxInFlight: 1, delayMs: 40 });
+    await batcher.submit(['warm'], 1, { deadline: deadline() });
+    expect(batcher.serviceTime.ms).toBeGreaterThanOrEqual(30);
+    const running = batcher.submit(['1'], 1, { deadline: deadline() });
+    await new Promise((r) => setImmediate(r));
+    // One batch ahead of it (~40 ms) and its own (~40 ms): a 20 ms deadline cannot be met.
+    await refusedWith(batcher.submit(['hopeless'], 1, { deadline: new Date(Date.now() + 20) }));
+    await running;
+    expect(batches.flat()).not.toContain('hopeless');
+  });
+
+  it('refuses requests whose estimated wait exceeds the queue wait bound', async () => {
+    const { batcher } = recorder({ maxInFlight: 1, maxBatchSize: 1, delayMs: 20, maxQueueWaitMs: 50 });
+    await batcher.submit(['warm'], 1, { deadline: deadline() });
+    const outcomes = await Promise.allSettled(
+      Array.from({ length: 12 }, (_, i) => batcher.submit([String(i)], 1, { deadline: deadline() })),
+    );
+    // Single-row batches of ~20 ms each: the first few fit in 50 ms of waiting, the rest are refused.
+    const pattern = outcomes.map((o) => (o.status === 'fulfilled' ? 'ok' : 'refused')).join(' ');
+    expect(pattern).toMatch(/^(ok )+(refused ?)+$/);
+    for (const o of outcomes)
+      if (o.status === 'rejected') expect((o.reason as StatusError).code).toBe(status.RESOURCE_EXHAUSTED);
+  });
+
+  it('drops a queued request whose deadline passed before its batch left, without computing it', async () => {
+    const { batches, batcher } = recorder({ maxInFlight: 1, delayMs: 40 });
+    const first = batcher.submit(['1'], 1, { deadline: deadline() });
+    await new Promise((r) => setImmediate(r));
+    // No signal: only the deadline says its caller has gone (as with a transport that cannot tell).
+    const expired = batcher.submit(['late'], 1, { deadline: new Date(Date.now() + 10) });
+    const alive = batcher.submit(['2'], 1, { deadline: deadline() });
+    await expect(expired).rejects.toMatchObject({ code: status.DEADLINE_EXCEEDED });
+    await Promise.all([first, alive]);
+    expect(batches).toEqual([['1'], ['2']]);
   });
 });

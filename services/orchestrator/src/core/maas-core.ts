@@ -64,6 +64,9 @@ export interface MaasDeps {
   logger: Logger;
 }
 
+/** Characters of a model name (the repository's directory names are far shorter). */
+export const MAX_MODEL_NAME_CHARACTERS = 256;
+
 /** Texts per Tokenize/CountTokens call (these have no model batch size). */
 export const MAX_TOKENIZE_TEXTS = 256;
 
@@ -129,6 +132,12 @@ export function createMaasCore(deps: MaasDeps): MaasCore {
 
   const resolveModel = (principal: Principal, name: string, field: string, task?: ModelTask) => {
     if (!name) throw invalidArgument(field, 'is required');
+    // Checked first, so an oversized name is never echoed into an error message or the audit log.
+    if (name.length > MAX_MODEL_NAME_CHARACTERS)
+      throw invalidArgument(
+        field,
+        `is ${name.length} characters; a model name has at most ${MAX_MODEL_NAME_CHARACTERS}`,
+      );
     // Checked before existence, so a restricted key learns nothing about other models.
     if (!mayUse(principal, name)) {
       throw new StatusError(status.PERMISSION_DENIED, `key '${principal.id}' may not use model '${name}'`);

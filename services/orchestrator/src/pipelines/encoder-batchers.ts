@@ -1,7 +1,11 @@
-/** One micro-batcher per classification/embedding model, rebuilt when the model's catalogue entry changes. */
+/**
+ * One micro-batcher per classification/embedding model, rebuilt when the
+ * model's catalogue entry changes and dropped when the model leaves the
+ * catalogue (a dropped batcher's queued and in-flight work still completes).
+ */
 import { status } from '@grpc/grpc-js';
 import { StatusError } from '@maas/shared';
-import type { Histogram } from 'prom-client';
+import type { Counter, Histogram } from 'prom-client';
 import type { CatalogueModel } from '../catalogue.js';
 import type { Downstream } from '../downstream/clients.js';
 import {
@@ -15,11 +19,15 @@ import { MicroBatcher } from './micro-batcher.js';
 export interface BatchingSettings extends EncoderPipelineSettings {
   windowUs: number;
   maxInFlight: number;
+  maxQueueRows: number;
+  maxQueueWaitMs: number;
 }
 
 export interface BatchMetrics {
   batchRows: Histogram<'model'>;
   batchRequests: Histogram<'model'>;
+  refused: Counter<'model' | 'reason'>;
+  expired: Counter<'model'>;
 }
 
 export class EncoderBatchers {
@@ -34,6 +42,15 @@ export class EncoderBatchers {
     private readonly metrics?: BatchMetrics,
   ) {}
 
+  get size(): number {
+    return this.batchers.size;
+  }
+
+  /** Drops the batchers of models no longer in the catalogue. */
+  retain(isCurrent: (name: string) => boolean): void {
+    for (const name of this.batchers.keys()) if (!isCurrent(name)) this.batchers.delete(name);
+  }
+
   get(model: CatalogueModel): MicroBatcher<EncoderInput, EncoderRows> {
     const current = this.batchers.get(model.name);
     if (current?.model === model) return current.batcher;
@@ -41,6 +58,8 @@ export class EncoderBatchers {
       maxBatchSize: model.limits.maxBatchSize,
       windowUs: this.settings.windowUs,
       maxInFlight: this.settings.maxInFlight,
+      maxQueueRows: this.settings.maxQueueRows,
+      maxQueueWaitMs: this.settings.maxQueueWaitMs,
       run: (inputs, batch) => runEncoderBatch(this.downstream, model, this.settings, inputs, batch),
       // One request's bad input must not fail the requests it was batched with.
       isolate: (error) => error instanceof StatusError && error.code === status.INVALID_ARGUMENT,
@@ -48,6 +67,8 @@ export class EncoderBatchers {
         this.metrics?.batchRows.observe({ model: model.name }, rows);
         this.metrics?.batchRequests.observe({ model: model.name }, requests);
       },
+      onRefused: (reason) => this.metrics?.refused.inc({ model: model.name, reason }),
+      onExpired: () => this.metrics?.expired.inc({ model: model.name }),
     });
     this.batchers.set(model.name, { model, batcher });
     return batcher;
