@@ -4,7 +4,7 @@
  * of every tokenizer's decoding, in the tokenizer service), and stop strings
  * are looked for in that text before it is released to the caller.
  */
-import { Metadata, status } from '@grpc/grpc-js';
+import { type ClientDuplexStream, Metadata, status } from '@grpc/grpc-js';
 import { invalidArgument, StatusError } from '@maas/shared';
 import {
   FinishReason,
@@ -13,6 +13,7 @@ import {
 } from '@maas/shared/gen/maas/orchestrator/v1/orchestrator';
 import type { GenerationServiceClient } from '@maas/shared/gen/maas/runner/v1/generation';
 import type {
+  DecodeStreamRequest,
   DecodeStreamResponse,
   TokenizerServiceClient,
 } from '@maas/shared/gen/maas/tokenizer/v1/tokenizer';
@@ -104,9 +105,18 @@ export async function runGeneration(
       new Metadata(),
       options,
     );
-    const detokenizer = clients.tokenizer.decodeStream(new Metadata(), options);
-    // The first message names the tokenizer; the stream is open before the first token arrives.
-    detokenizer.write({ tokenizer: model.tokenizer.name, ids: [], skipSpecialTokens: true });
+    // Opened when the first tokens arrive, not before: a refused or failed runner call costs the
+    // tokenizer nothing, and there is no stream to reset.
+    let detokenizer: ClientDuplexStream<DecodeStreamRequest, DecodeStreamResponse> | undefined;
+    const openDetokenizer = () => {
+      const stream = clients.tokenizer.decodeStream(new Metadata(), options);
+      // The first message names the tokenizer.
+      stream.write({ tokenizer: model.tokenizer.name, ids: [], skipSpecialTokens: true });
+      stream.on('data', onDelta);
+      stream.on('error', (error) => fail(downstreamError('tokenizer', error)));
+      stream.on('end', onDetokenizerEnd);
+      return stream;
+    };
 
     const matcher = new StopStringMatcher(input.stop);
     let modelVersion = '';
@@ -121,9 +131,17 @@ export async function runGeneration(
       io.signal.removeEventListener('abort', onAbort);
       then();
     };
+    let runnerDone = false;
+    /**
+     * Stops what is still running downstream. Each cancel resets an HTTP/2
+     * stream, and a burst of resets makes Node close the whole connection
+     * (every other caller's calls on it fail), so nothing finished is reset:
+     * the runner only while it still generates, the detokenizer never (it is
+     * half-closed and drains by itself).
+     */
     const stopDownstream = () => {
-      runner.cancel();
-      detokenizer.cancel();
+      if (!runnerDone) runner.cancel();
+      if (detokenizer && !detokenizer.destroyed && !detokenizer.writableEnded) detokenizer.end();
     };
     const finish = (reason: FinishReason, rest: string) =>
       settle(() => {
@@ -158,18 +176,28 @@ export async function runGeneration(
       if (message.tokenIds.length > 0) {
         firstTokenAt ??= performance.now();
         io.usage.generatedTokens += message.tokenIds.length;
+        detokenizer ??= openDetokenizer();
         detokenizer.write({ tokenizer: '', ids: message.tokenIds });
       }
       if (message.finishReason !== FinishReason.FINISH_REASON_UNSPECIFIED) {
         finishReason = message.finishReason as number as FinishReason;
         if (message.promptTokens) io.usage.promptTokens = message.promptTokens;
         io.usage.generatedTokens = message.generatedTokens;
-        // The detokenizer flushes what it holds and ends; the final message follows its last delta.
-        detokenizer.end();
+        runnerDone = true;
+        if (detokenizer) {
+          // The detokenizer flushes what it holds and ends; the final message follows its last delta.
+          detokenizer.end();
+        } else {
+          finish(finishReason, '');
+        }
       }
     });
-    runner.on('error', (error) => fail(downstreamError('model-runner', error)));
+    runner.on('error', (error) => {
+      runnerDone = true;
+      fail(downstreamError('model-runner', error));
+    });
     runner.on('status', (result: { code: number }) => {
+      runnerDone = true;
       if (result.code === status.OK && finishReason === undefined) {
         fail(
           new StatusError(
@@ -180,7 +208,7 @@ export async function runGeneration(
       }
     });
 
-    detokenizer.on('data', (message: DecodeStreamResponse) => {
+    function onDelta(message: DecodeStreamResponse) {
       if (settled) return;
       const { text, stopped } = matcher.push(message.text);
       if (text) {
@@ -197,11 +225,11 @@ export async function runGeneration(
         stopDownstream();
         finish(FinishReason.FINISH_REASON_STOP, '');
       }
-    });
-    detokenizer.on('error', (error) => fail(downstreamError('tokenizer', error)));
-    detokenizer.on('end', () => {
+    }
+    function onDetokenizerEnd() {
+      if (settled) return;
       if (finishReason !== undefined) finish(finishReason, matcher.flush());
       else fail(new StatusError(status.UNAVAILABLE, 'tokenizer: decode stream ended early'));
-    });
+    }
   });
 }
