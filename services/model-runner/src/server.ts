@@ -23,6 +23,7 @@ import {
   FinishReason,
   type GenerateRequest,
   type GenerateResponse,
+  type GenerateStreamRequest,
   type GenerationServiceServer,
 } from '@maas/shared/gen/maas/runner/v1/generation';
 import type { CancelReason } from './batcher.js';
@@ -247,68 +248,118 @@ function generationRequest(
   };
 }
 
+/** Where one sequence's responses go, whichever RPC carries them. */
+interface SequenceCall {
+  /** The caller has gone (cancelled, deadline, connection): write nothing more. */
+  gone(): boolean;
+  write(response: GenerateResponse): void;
+}
+
+/**
+ * Runs one sequence to its end. `signal` stops it (caller cancel, deadline,
+ * a GenerateStream `stop`), which frees its cache slot at once.
+ */
+async function runSequence(
+  repository: ModelRepository,
+  request: GenerateRequest,
+  deadline: number,
+  signal: AbortSignal,
+  abort: () => void,
+  call: SequenceCall,
+): Promise<void> {
+  if (!request.modelName) throw invalidArgument('model_name', 'is required');
+  const mv = repository.resolve(request.modelName, request.modelVersion || undefined);
+  if (!mv.engine) {
+    throw failedPrecondition(
+      `model '${mv.name}' is not a generation model (task ${mv.config.task}): use inference.GRPCInferenceService/ModelInfer`,
+    );
+  }
+  const timer = Number.isFinite(deadline) ? setTimeout(abort, Math.max(0, deadline - Date.now())) : undefined;
+  const modelVersion = String(mv.version);
+  let generated = 0;
+  try {
+    const result = await mv.engine.generate(generationRequest(mv, request, signal), (ids) => {
+      generated += ids.length;
+      if (!call.gone())
+        call.write({
+          tokenIds: ids,
+          finishReason: FinishReason.FINISH_REASON_UNSPECIFIED,
+          promptTokens: 0,
+          generatedTokens: generated,
+          timing: undefined,
+          modelVersion,
+        });
+    });
+    if (call.gone()) return;
+    if (result.finishReason === 'cancelled' && Number.isFinite(deadline) && deadline <= Date.now()) {
+      throw new StatusError(
+        status.DEADLINE_EXCEEDED,
+        `deadline exceeded after ${result.generatedTokens} generated tokens`,
+      );
+    }
+    call.write({
+      tokenIds: [],
+      finishReason: FINISH[result.finishReason],
+      promptTokens: result.promptTokens,
+      generatedTokens: result.generatedTokens,
+      timing: {
+        queueMs: result.queueMs,
+        timeToFirstTokenMs: result.timeToFirstTokenMs,
+        totalMs: result.totalMs,
+        decodeTokensPerSecond: result.decodeTokensPerSecond,
+      },
+      modelVersion,
+    });
+  } finally {
+    if (timer) clearTimeout(timer);
+  }
+}
+
 export function createGenerationService(repository: ModelRepository): GenerationServiceServer {
   return {
     generate: serverStream(
       async (request: GenerateRequest, call: ServerWritableStream<GenerateRequest, GenerateResponse>) => {
-        if (!request.modelName) throw invalidArgument('model_name', 'is required');
-        const mv = repository.resolve(request.modelName, request.modelVersion || undefined);
-        if (!mv.engine) {
-          throw failedPrecondition(
-            `model '${mv.name}' is not a generation model (task ${mv.config.task}): use inference.GRPCInferenceService/ModelInfer`,
-          );
-        }
         // Client cancel or deadline aborts the sequence, which frees its cache slot at once.
         const controller = new AbortController();
         const abort = () => controller.abort();
         call.on('cancelled', abort);
-        const deadline = deadlineMs(call);
-        const timer = Number.isFinite(deadline)
-          ? setTimeout(abort, Math.max(0, deadline - Date.now()))
-          : undefined;
-        const modelVersion = String(mv.version);
-        let generated = 0;
         try {
-          const result = await mv.engine.generate(
-            generationRequest(mv, request, controller.signal),
-            (ids) => {
-              generated += ids.length;
-              if (!call.cancelled)
-                call.write({
-                  tokenIds: ids,
-                  finishReason: FinishReason.FINISH_REASON_UNSPECIFIED,
-                  promptTokens: 0,
-                  generatedTokens: generated,
-                  timing: undefined,
-                  modelVersion,
-                });
-            },
-          );
-          if (call.cancelled) return;
-          if (result.finishReason === 'cancelled' && Number.isFinite(deadline) && deadline <= Date.now()) {
-            throw new StatusError(
-              status.DEADLINE_EXCEEDED,
-              `deadline exceeded after ${result.generatedTokens} generated tokens`,
-            );
-          }
-          call.write({
-            tokenIds: [],
-            finishReason: FINISH[result.finishReason],
-            promptTokens: result.promptTokens,
-            generatedTokens: result.generatedTokens,
-            timing: {
-              queueMs: result.queueMs,
-              timeToFirstTokenMs: result.timeToFirstTokenMs,
-              totalMs: result.totalMs,
-              decodeTokensPerSecond: result.decodeTokensPerSecond,
-            },
-            modelVersion,
+          await runSequence(repository, request, deadlineMs(call), controller.signal, abort, {
+            gone: () => call.cancelled,
+            write: (response) => call.write(response),
           });
         } finally {
-          if (timer) clearTimeout(timer);
           call.off('cancelled', abort);
         }
       },
     ),
+    generateStream: async (call: ServerDuplexStream<GenerateStreamRequest, GenerateResponse>) => {
+      // Stopped by a `stop` message (no reset), by cancelling the call, or by its deadline.
+      const controller = new AbortController();
+      const abort = () => controller.abort();
+      call.on('cancelled', abort);
+      try {
+        const request = await new Promise<GenerateRequest>((resolve, reject) => {
+          call.once('data', (message: GenerateStreamRequest) => {
+            if (message.action?.$case === 'start') resolve(message.action.value);
+            else reject(invalidArgument('start', 'the first message must start a sequence'));
+          });
+          // A client that half-closes without starting gets an answer, not a hung call.
+          call.once('end', () =>
+            reject(invalidArgument('start', 'the stream ended before a sequence was started')),
+          );
+        });
+        call.on('data', (message: GenerateStreamRequest) => {
+          if (message.action?.$case === 'stop') abort();
+        });
+        await runSequence(repository, request, deadlineMs(call), controller.signal, abort, {
+          gone: () => call.cancelled,
+          write: (response) => call.write(response),
+        });
+        if (!call.cancelled) call.end();
+      } finally {
+        call.off('cancelled', abort);
+      }
+    },
   };
 }

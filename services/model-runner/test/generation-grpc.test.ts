@@ -7,7 +7,12 @@
 import { status } from '@grpc/grpc-js';
 import * as ort from 'onnxruntime-node';
 import { join } from 'node:path';
-import { FinishReason } from '@maas/shared/gen/maas/runner/v1/generation';
+import {
+  FinishReason,
+  GenerateRequest,
+  type GenerateResponse,
+  GenerateStreamRequest,
+} from '@maas/shared/gen/maas/runner/v1/generation';
 import { metricValue, scrapeMetrics } from '@maas/shared/testing';
 import { readModelConfig } from '@maas/shared';
 import { greedyByRecompute } from '../src/generation/reference';
@@ -177,5 +182,70 @@ describe('limits and cancellation over gRPC', () => {
     expect((await failure(timed.done)).code).toBe(status.DEADLINE_EXCEEDED);
     for (let i = 0; i < 100 && engine.stats().running > 0; i++) await new Promise((r) => setTimeout(r, 5));
     expect(engine.stats().running).toBe(0);
+  });
+});
+
+describe('GenerateStream', () => {
+  const start = (partial: Parameters<typeof GenerateRequest.fromPartial>[0]) =>
+    GenerateStreamRequest.fromPartial({
+      action: { $case: 'start', value: GenerateRequest.fromPartial(partial) },
+    });
+  const collect = (stream: ReturnType<typeof t.generation.generateStream>) =>
+    new Promise<{ tokens: number[]; last: GenerateResponse }>((resolve, reject) => {
+      const tokens: number[] = [];
+      let last: GenerateResponse | undefined;
+      stream.on('data', (m: GenerateResponse) => {
+        tokens.push(...m.tokenIds);
+        last = m;
+      });
+      stream.on('error', reject);
+      stream.on('end', () => resolve({ tokens, last: last! }));
+    });
+
+  it('gives the tokens Generate gives', async () => {
+    const request = { modelName: 'tiny-gpt2', promptIds: PROMPTS[2], maxNewTokens: 10, ignoreEos: true };
+    const expected = (await generate(t.generation, request).done).tokens;
+    const stream = t.generation.generateStream();
+    stream.write(start(request));
+    stream.end(); // half-closing changes nothing
+    const { tokens, last } = await collect(stream);
+    expect(tokens).toEqual(expected);
+    expect(last.finishReason).toBe(FinishReason.FINISH_REASON_LENGTH);
+  });
+
+  it('a stop message ends the sequence with CANCELLED and status OK, freeing its slot', async () => {
+    const engine = t.runner.repository.resolve('tiny-gpt2').engine!;
+    const stream = t.generation.generateStream();
+    const statuses: number[] = [];
+    stream.on('status', (s: { code: number }) => statuses.push(s.code));
+    const done = collect(stream);
+    stream.write(start({ modelName: 'tiny-gpt2', promptIds: [1549], maxNewTokens: 120, ignoreEos: true }));
+    await new Promise<void>((resolve) => stream.once('data', () => resolve()));
+    stream.write(GenerateStreamRequest.fromPartial({ action: { $case: 'stop', value: {} } }));
+    stream.end();
+    const { tokens, last } = await done;
+    expect(last.finishReason).toBe(FinishReason.FINISH_REASON_CANCELLED);
+    expect(tokens.length).toBeLessThan(120);
+    expect(statuses).toEqual([status.OK]);
+    for (let i = 0; i < 100 && engine.stats().running > 0; i++) await new Promise((r) => setTimeout(r, 5));
+    expect(engine.stats().running).toBe(0);
+  });
+
+  it('refuses a stream that does not start with a sequence, naming the field', async () => {
+    const noStart = t.generation.generateStream();
+    noStart.write(GenerateStreamRequest.fromPartial({ action: { $case: 'stop', value: {} } }));
+    expect(await failure(collect(noStart))).toMatchObject({
+      code: status.INVALID_ARGUMENT,
+      details: 'start: the first message must start a sequence',
+    });
+    const empty = t.generation.generateStream();
+    empty.end();
+    expect(await failure(collect(empty))).toMatchObject({
+      code: status.INVALID_ARGUMENT,
+      details: 'start: the stream ended before a sequence was started',
+    });
+    const unknown = t.generation.generateStream();
+    unknown.write(start({ modelName: 'no-such-model', promptIds: [1] }));
+    expect((await failure(collect(unknown))).code).toBe(status.NOT_FOUND);
   });
 });

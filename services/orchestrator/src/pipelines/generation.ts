@@ -91,20 +91,23 @@ export async function runGeneration(
 
   return new Promise<GenerationOutcome>((resolve, reject) => {
     const options = { deadline: io.deadline };
-    const runner = clients.generation.generate(
-      {
-        modelName: model.name,
-        modelVersion: '',
-        promptIds,
-        sampling: input.sampling && { ...input.sampling },
-        maxNewTokens: input.maxNewTokens,
-        stopTokenIds: [],
-        ignoreEos: false,
-        requestId: input.requestId,
+    // GenerateStream, not Generate: a `stop` message ends the sequence without resetting the stream.
+    const runner = clients.generation.generateStream(new Metadata(), options);
+    runner.write({
+      action: {
+        $case: 'start',
+        value: {
+          modelName: model.name,
+          modelVersion: '',
+          promptIds,
+          sampling: input.sampling && { ...input.sampling },
+          maxNewTokens: input.maxNewTokens,
+          stopTokenIds: [],
+          ignoreEos: false,
+          requestId: input.requestId,
+        },
       },
-      new Metadata(),
-      options,
-    );
+    });
     // Opened when the first tokens arrive, not before: a refused or failed runner call costs the
     // tokenizer nothing, and there is no stream to reset.
     let detokenizer: ClientDuplexStream<DecodeStreamRequest, DecodeStreamResponse> | undefined;
@@ -133,14 +136,16 @@ export async function runGeneration(
     };
     let runnerDone = false;
     /**
-     * Stops what is still running downstream. Each cancel resets an HTTP/2
-     * stream, and a burst of resets makes Node close the whole connection
-     * (every other caller's calls on it fail), so nothing finished is reset:
-     * the runner only while it still generates, the detokenizer never (it is
-     * half-closed and drains by itself).
+     * Stops what is still running downstream without resetting a stream: a
+     * burst of resets makes Node close the whole connection, every other
+     * caller's calls on it included. The runner is told to stop (it ends the
+     * call with OK), the detokenizer is half-closed and drains by itself.
      */
     const stopDownstream = () => {
-      if (!runnerDone) runner.cancel();
+      if (!runnerDone && !runner.writableEnded) {
+        runner.write({ action: { $case: 'stop', value: {} } });
+        runner.end();
+      }
       if (detokenizer && !detokenizer.destroyed && !detokenizer.writableEnded) detokenizer.end();
     };
     const finish = (reason: FinishReason, rest: string) =>
@@ -184,6 +189,8 @@ export async function runGeneration(
         if (message.promptTokens) io.usage.promptTokens = message.promptTokens;
         io.usage.generatedTokens = message.generatedTokens;
         runnerDone = true;
+        // Our side of the call closes too, so the stream ends without a reset from either side.
+        if (!runner.writableEnded) runner.end();
         if (detokenizer) {
           // The detokenizer flushes what it holds and ends; the final message follows its last delta.
           detokenizer.end();

@@ -10,8 +10,10 @@ import {
   type CallOptions,
   type ChannelCredentials,
   Client,
+  type ClientDuplexStream,
   type ClientOptions,
   type ClientReadableStream,
+  type handleBidiStreamingCall,
   type handleServerStreamingCall,
   makeGenericClientConstructor,
   type Metadata,
@@ -121,6 +123,22 @@ export interface GenerateRequest {
   ignoreEos: boolean;
   /** Caller's id for logs and traces. */
   requestId: string;
+}
+
+/** One message of a GenerateStream call. */
+export interface GenerateStreamRequest {
+  action:
+    | //
+    /** The first message: the sequence to generate. */
+    { $case: "start"; value: GenerateRequest }
+    | //
+    /** Ends the sequence (any message after `start`). */
+    { $case: "stop"; value: StopGeneration }
+    | undefined;
+}
+
+/** Stops a GenerateStream sequence. */
+export interface StopGeneration {
 }
 
 /** Where the time of one sequence went. */
@@ -545,6 +563,159 @@ export const GenerateRequest: MessageFns<GenerateRequest> = {
   },
 };
 
+function createBaseGenerateStreamRequest(): GenerateStreamRequest {
+  return { action: undefined };
+}
+
+export const GenerateStreamRequest: MessageFns<GenerateStreamRequest> = {
+  encode(message: GenerateStreamRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    switch (message.action?.$case) {
+      case "start":
+        GenerateRequest.encode(message.action.value, writer.uint32(10).fork()).join();
+        break;
+      case "stop":
+        StopGeneration.encode(message.action.value, writer.uint32(18).fork()).join();
+        break;
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GenerateStreamRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGenerateStreamRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.action = { $case: "start", value: GenerateRequest.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.action = { $case: "stop", value: StopGeneration.decode(reader, reader.uint32()) };
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GenerateStreamRequest {
+    return {
+      action: isSet(object.start)
+        ? { $case: "start", value: GenerateRequest.fromJSON(object.start) }
+        : isSet(object.stop)
+        ? { $case: "stop", value: StopGeneration.fromJSON(object.stop) }
+        : undefined,
+    };
+  },
+
+  toJSON(message: GenerateStreamRequest): unknown {
+    const obj: any = {};
+    if (message.action?.$case === "start") {
+      obj.start = GenerateRequest.toJSON(message.action.value);
+    } else if (message.action?.$case === "stop") {
+      obj.stop = StopGeneration.toJSON(message.action.value);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<GenerateStreamRequest>): GenerateStreamRequest {
+    return GenerateStreamRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<GenerateStreamRequest>): GenerateStreamRequest {
+    const message = createBaseGenerateStreamRequest();
+    switch (object.action?.$case) {
+      case "start": {
+        if (object.action?.value !== undefined && object.action?.value !== null) {
+          message.action = { $case: "start", value: GenerateRequest.fromPartial(object.action.value) };
+        }
+        break;
+      }
+      case "stop": {
+        if (object.action?.value !== undefined && object.action?.value !== null) {
+          message.action = { $case: "stop", value: StopGeneration.fromPartial(object.action.value) };
+        }
+        break;
+      }
+    }
+    return message;
+  },
+};
+
+function createBaseStopGeneration(): StopGeneration {
+  return {};
+}
+
+export const StopGeneration: MessageFns<StopGeneration> = {
+  encode(_: StopGeneration, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): StopGeneration {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseStopGeneration();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): StopGeneration {
+    return {};
+  },
+
+  toJSON(_: StopGeneration): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create(base?: DeepPartial<StopGeneration>): StopGeneration {
+    return StopGeneration.fromPartial(base ?? {});
+  },
+  fromPartial(_: DeepPartial<StopGeneration>): StopGeneration {
+    const message = createBaseStopGeneration();
+    return message;
+  },
+};
+
 function createBaseGenerationTiming(): GenerationTiming {
   return { queueMs: 0, timeToFirstTokenMs: 0, totalMs: 0, decodeTokensPerSecond: 0 };
 }
@@ -873,6 +1044,8 @@ export const GenerationServiceService = {
   /**
    * Generate tokens for a prompt. Cancelling the call stops generation and
    * frees the sequence's cache at once.
+   * Both RPCs answer with the same GenerateResponse stream.
+   * buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
    */
   generate: {
     path: "/maas.runner.v1.GenerationService/Generate" as const,
@@ -883,20 +1056,59 @@ export const GenerationServiceService = {
     responseSerialize: (value: GenerateResponse): Buffer => Buffer.from(GenerateResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): GenerateResponse => GenerateResponse.decode(value),
   },
+  /**
+   * Generate with a way to stop that resets nothing: the first message
+   * (`start`) starts the sequence; a later `stop` ends it at once with finish
+   * reason CANCELLED and status OK, freeing its cache. Callers that stop
+   * sequences often (stop strings, their own callers cancelling) use this:
+   * cancelling a call resets its HTTP/2 stream, and Node's HTTP/2 layer closes
+   * a whole connection, every other call on it included, after a burst of
+   * about 1,000 resets. Closing the client's side without `stop` changes
+   * nothing; cancelling the call still stops the sequence.
+   * buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+   * buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+   */
+  generateStream: {
+    path: "/maas.runner.v1.GenerationService/GenerateStream" as const,
+    requestStream: true as const,
+    responseStream: true as const,
+    requestSerialize: (value: GenerateStreamRequest): Buffer =>
+      Buffer.from(GenerateStreamRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GenerateStreamRequest => GenerateStreamRequest.decode(value),
+    responseSerialize: (value: GenerateResponse): Buffer => Buffer.from(GenerateResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GenerateResponse => GenerateResponse.decode(value),
+  },
 } as const;
 
 export interface GenerationServiceServer extends UntypedServiceImplementation {
   /**
    * Generate tokens for a prompt. Cancelling the call stops generation and
    * frees the sequence's cache at once.
+   * Both RPCs answer with the same GenerateResponse stream.
+   * buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
    */
   generate: handleServerStreamingCall<GenerateRequest, GenerateResponse>;
+  /**
+   * Generate with a way to stop that resets nothing: the first message
+   * (`start`) starts the sequence; a later `stop` ends it at once with finish
+   * reason CANCELLED and status OK, freeing its cache. Callers that stop
+   * sequences often (stop strings, their own callers cancelling) use this:
+   * cancelling a call resets its HTTP/2 stream, and Node's HTTP/2 layer closes
+   * a whole connection, every other call on it included, after a burst of
+   * about 1,000 resets. Closing the client's side without `stop` changes
+   * nothing; cancelling the call still stops the sequence.
+   * buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+   * buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+   */
+  generateStream: handleBidiStreamingCall<GenerateStreamRequest, GenerateResponse>;
 }
 
 export interface GenerationServiceClient extends Client {
   /**
    * Generate tokens for a prompt. Cancelling the call stops generation and
    * frees the sequence's cache at once.
+   * Both RPCs answer with the same GenerateResponse stream.
+   * buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
    */
   generate(request: GenerateRequest, options?: Partial<CallOptions>): ClientReadableStream<GenerateResponse>;
   generate(
@@ -904,6 +1116,24 @@ export interface GenerationServiceClient extends Client {
     metadata?: Metadata,
     options?: Partial<CallOptions>,
   ): ClientReadableStream<GenerateResponse>;
+  /**
+   * Generate with a way to stop that resets nothing: the first message
+   * (`start`) starts the sequence; a later `stop` ends it at once with finish
+   * reason CANCELLED and status OK, freeing its cache. Callers that stop
+   * sequences often (stop strings, their own callers cancelling) use this:
+   * cancelling a call resets its HTTP/2 stream, and Node's HTTP/2 layer closes
+   * a whole connection, every other call on it included, after a burst of
+   * about 1,000 resets. Closing the client's side without `stop` changes
+   * nothing; cancelling the call still stops the sequence.
+   * buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+   * buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+   */
+  generateStream(): ClientDuplexStream<GenerateStreamRequest, GenerateResponse>;
+  generateStream(options: Partial<CallOptions>): ClientDuplexStream<GenerateStreamRequest, GenerateResponse>;
+  generateStream(
+    metadata: Metadata,
+    options?: Partial<CallOptions>,
+  ): ClientDuplexStream<GenerateStreamRequest, GenerateResponse>;
 }
 
 export const GenerationServiceClient = makeGenericClientConstructor(
