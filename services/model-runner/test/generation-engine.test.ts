@@ -288,6 +288,19 @@ describe('limits', () => {
     expect((await running).result.finishReason).toBe('cancelled');
     expect((await Promise.all(queued)).map((q) => q.tokens.length)).toEqual([16, 16]);
   });
+
+  it('admits a running + queued capacity that arrives at once, before the scheduler took any', async () => {
+    // All six arrive in one tick: the two free slots take two at the next step, so the queue of
+    // four is not full. Counting every new arrival as queued refused the last two.
+    const { engine, registry } = startEngine(model, { maxConcurrentSequences: 2, maxQueuedSequences: 4 });
+    const runs = PROMPTS.map((_, i) => generate(engine, askFor(i)));
+    const refused = await refusal(generate(engine, { promptIds: [4] }));
+    expect(refused.code).toBe(status.RESOURCE_EXHAUSTED);
+    const done = await Promise.all(runs);
+    expect(done.map((d) => d.tokens.length)).toEqual(PROMPTS.map((_, i) => askFor(i).maxNewTokens));
+    expect(await metric(registry, 'maas_runner_generation_rejected_total')).toBe(1);
+    await engine.close();
+  });
 });
 
 describe('cancellation', () => {

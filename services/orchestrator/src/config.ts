@@ -61,6 +61,14 @@ export const orchestratorConfigSchema = baseConfigSchema
      */
     BATCH_MAX_QUEUE_ROWS: envInt(2048, 1),
     BATCH_MAX_QUEUE_MS: envInt(250, 1),
+    /**
+     * Generation streams each model may have open through this orchestrator;
+     * the ones beyond are refused at once with RESOURCE_EXHAUSTED and a retry
+     * delay. 0: the model's running + queued sequences on one runner
+     * (maxConcurrentSequences + maxQueuedSequences in its config); with several
+     * runner replicas per orchestrator, set it to their sum.
+     */
+    GENERATION_MAX_STREAMS_PER_MODEL: envInt(0, 0),
     /** Deadline of downstream unary calls when the caller sets none. */
     DOWNSTREAM_TIMEOUT_MS: envInt(30_000, 1),
     /** Attempts (the first included) of idempotent downstream calls that fail UNAVAILABLE. */

@@ -15,6 +15,7 @@ import type { OrchestratorConfig } from './config.js';
 import { createDownstream, type Downstream } from './downstream/clients.js';
 import { createUsageMetrics, UsageMeter } from './metering.js';
 import { EncoderBatchers } from './pipelines/encoder-batchers.js';
+import { GenerationAdmission } from './pipelines/generation-admission.js';
 import { createMaasCore } from './core/maas-core.js';
 import { createMaasGrpcService } from './grpc/maas-service.js';
 
@@ -127,7 +128,20 @@ export async function startOrchestrator(
       }),
     },
   );
-  catalogue.onChange(() => batchers.retain((name) => catalogue.get(name) !== undefined));
+  const refusedStreams = new Counter({
+    name: 'maas_orchestrator_generation_refused_total',
+    help: 'Generate streams refused at admission (RESOURCE_EXHAUSTED) because the model had as many open as it can run and queue.',
+    labelNames: ['model'],
+    registers: [metricsRegistry],
+  });
+  const generationAdmission = new GenerationAdmission(config.GENERATION_MAX_STREAMS_PER_MODEL, (model) =>
+    refusedStreams.inc({ model }),
+  );
+  catalogue.onChange(() => {
+    const known = (name: string) => catalogue.get(name) !== undefined;
+    batchers.retain(known);
+    generationAdmission.retain(known);
+  });
   const quotas = new QuotaEnforcer();
   const audit = logger.child({ component: 'audit' });
   const meter = new UsageMeter(createUsageMetrics(metricsRegistry), audit, config.AUDIT_LOG_TEXT);
@@ -140,6 +154,7 @@ export async function startOrchestrator(
     catalogue,
     downstream,
     batchers,
+    generationAdmission,
     logger,
   });
   host.addService(MaasServiceService, createMaasGrpcService(core) as never);

@@ -222,7 +222,10 @@ export class GenerationEngine {
         `prompt (${promptIds.length}) + max_new_tokens (${maxNewTokens}) exceeds the KV-cache budget ${this.g.maxCachedTokens} of model ${model}`,
       );
     }
-    if (this.waiting.length >= this.g.maxQueuedSequences) {
+    // Sequences that arrived since the scheduler last ran wait here too, though free slots will take
+    // them at its next turn: count against the queue only those the free slots cannot.
+    const freeSlots = Math.max(0, this.g.maxConcurrentSequences - this.running.length - this.joining.length);
+    if (this.waiting.length >= this.g.maxQueuedSequences + freeSlots) {
       this.options.metrics.rejected.inc(this.labels);
       return resourceExhausted(
         `model ${model}: ${this.waiting.length} sequences already wait for a slot (limit ${this.g.maxQueuedSequences})`,

@@ -42,6 +42,7 @@ import type { CatalogueModel, ModelCatalogue, ModelTask } from '../catalogue.js'
 import { type Downstream, unaryCall } from '../downstream/clients.js';
 import type { Task, UsageMeter } from '../metering.js';
 import type { EncoderBatchers } from '../pipelines/encoder-batchers.js';
+import type { GenerationAdmission } from '../pipelines/generation-admission.js';
 import { runGeneration } from '../pipelines/generation.js';
 import { classifyRows, embedRows } from '../pipelines/tasks.js';
 import { checkGenerate, checkTexts } from '../validation.js';
@@ -61,6 +62,7 @@ export interface MaasDeps {
   catalogue: ModelCatalogue;
   downstream: Downstream;
   batchers: EncoderBatchers;
+  generationAdmission: GenerationAdmission;
   logger: Logger;
 }
 
@@ -128,7 +130,8 @@ export interface MaasCore {
 }
 
 export function createMaasCore(deps: MaasDeps): MaasCore {
-  const { settings, auth, quotas, meter, catalogue, downstream, batchers, logger } = deps;
+  const { settings, auth, quotas, meter, catalogue, downstream, batchers, generationAdmission, logger } =
+    deps;
 
   const resolveModel = (principal: Principal, name: string, field: string, task?: ModelTask) => {
     if (!name) throw invalidArgument(field, 'is required');
@@ -309,6 +312,14 @@ export function createMaasCore(deps: MaasDeps): MaasCore {
             maxStopStringCharacters: settings.MAX_STOP_STRING_CHARACTERS,
           });
           const closeStream = quotas.openStream(ctx.principal);
+          let closeAdmission: () => void;
+          try {
+            // Before tokenizing: a stream over the model's capacity costs nothing but this refusal.
+            closeAdmission = generationAdmission.admit(model);
+          } catch (refusal) {
+            closeStream();
+            throw refusal;
+          }
           try {
             const outcome = await runGeneration(
               downstream,
@@ -332,6 +343,7 @@ export function createMaasCore(deps: MaasDeps): MaasCore {
             if (outcome.finishReason === FinishReason.FINISH_REASON_CANCELLED)
               ctx.outcome = deadlinePassed(caller) ? status.DEADLINE_EXCEEDED : status.CANCELLED;
           } finally {
+            closeAdmission();
             closeStream();
           }
         },

@@ -1,4 +1,7 @@
 /**
+ * Overload and cancellations end to end. Streams beyond what a model can run
+ * and queue are refused at once, before any work is done for them.
+ *
  * Stopping generations must not cost other callers anything. Node's HTTP/2
  * layer closes a whole connection (GOAWAY, error code 2) after a burst of
  * about 1,000 stream resets, and the orchestrator's connections to the
@@ -104,3 +107,40 @@ it('thousands of stop-string finishes and cancellations fail no other caller’s
     metricValue(scrape, 'maas_runner_generation_finished_total', { reason: 'cancelled' }),
   ).toBeGreaterThanOrEqual(1500);
 }, 120_000);
+
+it('refuses streams beyond the model’s running + queued capacity at once, before tokenizing, never INTERNAL', async () => {
+  const encodes = async () =>
+    metricValue(await scrapeMetrics(stack.tokenizers[0]!.metricsPort!), 'grpc_server_handled_total', {
+      grpc_method: 'Encode',
+      grpc_code: 'OK',
+    }) ?? 0;
+  const encodesBefore = await encodes();
+  // tiny-gpt2 runs 8 sequences and queues 32: capacity 40.
+  const streams = Array.from({ length: 60 }, () =>
+    generate(stack.client, { model: 'tiny-gpt2', prompt: PROMPT, maxNewTokens: 120 }, null).done.then(
+      () => 'ok',
+      (e: { code: number; details: string; metadata: { get(k: string): unknown[] } }) => e,
+    ),
+  );
+  const outcomes = await Promise.all(streams);
+  const refused = outcomes.filter((o) => o !== 'ok');
+  expect(refused.length).toBeGreaterThanOrEqual(15);
+  for (const r of refused) {
+    expect(r).toMatchObject({ code: status.RESOURCE_EXHAUSTED });
+    if (typeof r === 'string') continue;
+    expect(r.details).toMatch(/^model 'tiny-gpt2' is overloaded: 40 generation streams open \(capacity 40\)/);
+    expect(r.metadata.get('retry-after-ms')).toHaveLength(1);
+  }
+  // Only admitted streams were tokenized; the runner refused nothing.
+  expect((await encodes()) - encodesBefore).toBe(outcomes.length - refused.length);
+  const runner = await scrapeMetrics(stack.runner.metricsPort!);
+  expect(metricValue(runner, 'maas_runner_generation_rejected_total', { model: 'tiny-gpt2' }) ?? 0).toBe(0);
+  const orchestrator = await scrapeMetrics(stack.orchestrator.metricsPort!);
+  expect(
+    metricValue(orchestrator, 'maas_orchestrator_generation_refused_total', { model: 'tiny-gpt2' }),
+  ).toBe(refused.length);
+  // Capacity comes back as streams end.
+  const again = await generate(stack.client, { model: 'tiny-gpt2', prompt: PROMPT, maxNewTokens: 4 }, null)
+    .done;
+  expect(again.last.finishReason).toBeGreaterThan(0);
+}, 60_000);
