@@ -150,7 +150,14 @@ export class ModelRepository {
   /** The version a request asks for; the newest READY one when none is named. */
   resolve(name: string, version?: string): ModelVersion {
     const entry = this.models.get(name);
-    if (!entry) throw notFound(`model '${name}' not found`);
+    if (!entry) {
+      // While the runner starts, a model of the repository that it has not reached yet is coming:
+      // UNAVAILABLE tells callers to retry, where NOT_FOUND would say it will never exist.
+      if (!this.startupFinished && this.modelFolders().includes(name)) {
+        throw unavailable(`model '${name}' is not loaded yet: the runner is starting`);
+      }
+      throw notFound(`model '${name}' not found`);
+    }
     if (entry.unloaded) throw notFound(`model '${name}' is not loaded (it was unloaded)`);
     if (version) {
       const mv = entry.serving.find((v) => String(v.version) === version);

@@ -39,7 +39,7 @@ const PROMPTS = [
   [32],
 ];
 const sampling = (i: number) =>
-  i % 2 === 0 ? {} : { temperature: 0.9, topK: 50, topP: 0.95, seed: 1000 + i };
+  i % 2 === 0 ? {} : { temperature: 0.9, topK: 50, topP: 0.95, seed: String(1000 + i) };
 
 describe('Generate', () => {
   it('streams the greedy tokens a full recomputation gives, then the finish reason and timing', async () => {

@@ -87,6 +87,39 @@ describe('start-up', () => {
     }
   });
 
+  it('answers UNAVAILABLE (retryable), not NOT_FOUND, for repository models it has not loaded yet', async () => {
+    const root = testRepository(['bert-classifier', 'sentence-encoder']);
+    let release!: () => void;
+    const gate = new Promise<void>((resolve) => (release = resolve));
+    const r = await startTestRunner(
+      root,
+      {},
+      {
+        returnBeforeLoaded: true,
+        createSession: async (path, ...rest) => {
+          if (path.includes('bert-classifier')) await gate;
+          return createSession(path, ...rest);
+        },
+      },
+    );
+    try {
+      // bert-classifier is loading; sentence-encoder has not been reached.
+      for (const model of ['bert-classifier', 'sentence-encoder']) {
+        const error = await failure(classify(r, model));
+        expect([model, error.code]).toEqual([model, status.UNAVAILABLE]);
+      }
+      expect((await failure(classify(r, 'no-such-model'))).code).toBe(status.NOT_FOUND);
+      expect(await checkHealth(r.address)).toBe('NOT_SERVING');
+      release();
+      await r.runner.loaded;
+      expect((await classify(r, 'sentence-encoder')).outputs.length).toBeGreaterThan(0);
+      expect((await failure(classify(r, 'no-such-model'))).code).toBe(status.NOT_FOUND);
+    } finally {
+      release();
+      await r.close();
+    }
+  });
+
   it('isolates broken models, each UNAVAILABLE with its reason, while the others serve', async () => {
     const root = testRepository(['bert-classifier', 'broken-onnx', 'broken-config']);
     const good = JSON.parse(readFileSync(join(root, 'bert-classifier', 'config.json'), 'utf8'));

@@ -408,7 +408,7 @@ async function clientMode(args: string[]): Promise<void> {
               modelName: model,
               promptIds,
               maxNewTokens,
-              sampling: { temperature: 0.8, topK: 40, seed: ++seed },
+              sampling: { temperature: 0.8, topK: 40, seed: String(++seed) },
             }),
           );
           let last: RunnerGenerateResponse | undefined;
@@ -426,7 +426,7 @@ async function clientMode(args: string[]): Promise<void> {
               model,
               prompt,
               maxNewTokens,
-              sampling: { temperature: 0.8, topK: 40, seed: ++seed },
+              sampling: { temperature: 0.8, topK: 40, seed: String(++seed) },
             }),
             metadata,
           );

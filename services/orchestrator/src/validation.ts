@@ -1,5 +1,5 @@
 /** Request checks made before any downstream call, each naming the offending field. */
-import { invalidArgument } from '@maas/shared';
+import { invalidArgument, parseUint64Field } from '@maas/shared';
 import type { GenerateRequest } from '@maas/shared/gen/maas/orchestrator/v1/orchestrator';
 import type { CatalogueModel, ModelLimits } from './catalogue.js';
 
@@ -50,6 +50,7 @@ export function checkGenerate(request: GenerateRequest, model: CatalogueModel, s
     if (s.repetitionPenalty !== undefined && !(s.repetitionPenalty > 0 && s.repetitionPenalty <= 2)) {
       throw invalidArgument('sampling.repetition_penalty', `must be in (0, 2], got ${s.repetitionPenalty}`);
     }
+    if (s.seed !== undefined) parseUint64Field(s.seed, 'sampling.seed');
     const vocab = model.config.generation?.vocabSize ?? Infinity;
     if (s.topK > vocab) {
       throw invalidArgument('sampling.top_k', `must be at most the vocabulary size ${vocab}, got ${s.topK}`);

@@ -432,7 +432,7 @@ describe('generate', () => {
         model: 'tiny-gpt2',
         prompt: 'Hello',
         maxNewTokens: 8,
-        sampling: { temperature: 1, topK: 50, topP: 0.9, seed: 7 },
+        sampling: { temperature: 1, topK: 50, topP: 0.9, seed: '7' },
       }).done;
     expect((await run()).text).toBe((await run()).text);
   });

@@ -37,6 +37,8 @@ export const baseConfigSchema = z.object({
   /** Server pings idle connections this often so that load balancers keep long streams open. */
   GRPC_KEEPALIVE_TIME_MS: envInt(30_000, 1_000),
   GRPC_KEEPALIVE_TIMEOUT_MS: envInt(10_000, 1_000),
+  /** Server reflection (grpcurl, Postman) of the services this server implements; false turns it off. */
+  GRPC_REFLECTION: envBool(true),
 });
 export type BaseConfig = z.infer<typeof baseConfigSchema>;
 

@@ -19,6 +19,16 @@ export class StatusError extends Error {
 
 export const invalidArgument = (field: string, problem: string) =>
   new StatusError(status.INVALID_ARGUMENT, `${field}: ${problem}`);
+/**
+ * A uint64 field that the generated code keeps as a decimal string (jstype = JS_STRING), as a
+ * bigint; anything else (from a JSON caller) is INVALID_ARGUMENT naming the field.
+ */
+export function parseUint64Field(value: string, field: string): bigint {
+  if (!/^\d{1,20}$/.test(value) || BigInt(value) >= 2n ** 64n) {
+    throw invalidArgument(field, `must be an integer in [0, 2^64 - 1], got "${value.slice(0, 40)}"`);
+  }
+  return BigInt(value);
+}
 export const notFound = (what: string) => new StatusError(status.NOT_FOUND, what);
 export const failedPrecondition = (what: string) => new StatusError(status.FAILED_PRECONDITION, what);
 export const unavailable = (what: string) => new StatusError(status.UNAVAILABLE, what);

@@ -19,6 +19,7 @@ import type { Registry } from 'prom-client';
 import type { BaseConfig } from './config.js';
 import { loadApiDescriptors } from './descriptors.js';
 import { StatusError, isServiceError } from './errors.js';
+import { undecodableRequestInterceptor, withStrictDeserializers } from './request-decoding.js';
 import { contextOfCall, createServerObservability } from './grpc-observability.js';
 import { type MetricsEndpoint, startMetricsServer } from './metrics.js';
 
@@ -33,6 +34,7 @@ type ServerSettings = Pick<
   | 'GRPC_MAX_SEND_MESSAGE_BYTES'
   | 'GRPC_KEEPALIVE_TIME_MS'
   | 'GRPC_KEEPALIVE_TIMEOUT_MS'
+  | 'GRPC_REFLECTION'
 >;
 
 export interface ServiceHostOptions {
@@ -60,6 +62,7 @@ export class GrpcServiceHost {
   private readonly serviceNames: string[] = [];
   private metricsEndpoint: MetricsEndpoint | undefined;
   private ready = false;
+  private readonly descriptors = loadApiDescriptors();
 
   constructor(private readonly options: ServiceHostOptions) {
     const { config } = options;
@@ -75,10 +78,20 @@ export class GrpcServiceHost {
       'grpc.max_connection_age_ms': 5 * 60_000,
       'grpc.max_connection_age_grace_ms': Math.max(config.SHUTDOWN_DRAIN_MS, 60_000),
       ...options.channelOptions,
-      interceptors: [observability.interceptor],
+      // Observability first, so undecodable requests are counted and traced like any other call.
+      interceptors: [observability.interceptor, undecodableRequestInterceptor],
     });
     this.health.addToServer(this.server);
-    new ReflectionService(loadApiDescriptors()).addToServer(this.server);
+  }
+
+  /** The request message name of a method path (`/pkg.Service/Method`), for error messages. */
+  private requestMessageName(path: string): string {
+    const [, service = '', method = ''] = path.split('/');
+    const definition = (this.descriptors[service] ?? {}) as Record<
+      string,
+      { requestType?: { type?: { name?: string } } }
+    >;
+    return definition[method]?.requestType?.type?.name ?? 'request';
   }
 
   /**
@@ -102,7 +115,10 @@ export class GrpcServiceHost {
         streaming,
       ) as never;
     }
-    this.server.addService(definition, wrapped);
+    this.server.addService(
+      withStrictDeserializers(definition, (path) => this.requestMessageName(path)),
+      wrapped,
+    );
   }
 
   private wrapHandler(path: string, handler: (...args: unknown[]) => unknown, streaming: boolean) {
@@ -137,6 +153,12 @@ export class GrpcServiceHost {
 
   async start(): Promise<ListeningAddresses> {
     const { config, registry, logger, name } = this.options;
+    if (config.GRPC_REFLECTION) {
+      // Only what this server implements: listing another service's RPCs would only lead to UNIMPLEMENTED.
+      new ReflectionService(this.descriptors, {
+        services: [...this.serviceNames, 'grpc.health.v1.Health'],
+      }).addToServer(this.server);
+    }
     const grpcPort = await new Promise<number>((resolve, reject) => {
       this.server.bindAsync(
         `${config.GRPC_HOST}:${config.GRPC_PORT}`,

@@ -105,6 +105,26 @@ describe('shared service runtime on a real gRPC server', () => {
   });
 });
 
+describe('reflection', () => {
+  it('is off with GRPC_REFLECTION=false: the reflection service is UNIMPLEMENTED', async () => {
+    const host = new GrpcServiceHost({
+      name: 'no-reflection',
+      config: loadConfig(baseConfigSchema, { GRPC_PORT: '0', METRICS_PORT: '-1', GRPC_REFLECTION: 'false' }),
+      logger: createLogger({ service: 'no-reflection', level: 'silent' }),
+      registry: createMetricsRegistry(),
+    });
+    addEchoService(host);
+    const { grpcPort } = await host.start();
+    try {
+      await expect(listServicesByReflection(`127.0.0.1:${grpcPort}`)).rejects.toMatchObject({
+        code: status.UNIMPLEMENTED,
+      });
+    } finally {
+      await host.stop(100);
+    }
+  });
+});
+
 describe('configuration', () => {
   it('fails fast naming every bad variable', () => {
     expect(() => loadConfig(baseConfigSchema, { GRPC_PORT: 'abc', LOG_LEVEL: 'loud' })).toThrow(ConfigError);

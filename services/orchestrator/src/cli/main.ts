@@ -105,6 +105,14 @@ function number(values: Values, name: keyof Values, integer = false): number | u
   return value;
 }
 
+/** A uint64 flag as the decimal string the API takes (seeds use the full range). */
+function uint64(raw: string, name: string): string {
+  if (!/^\d{1,20}$/.test(raw) || BigInt(raw) >= 2n ** 64n) {
+    throw new UsageError(`--${name} must be an integer in [0, 2^64 - 1], got "${raw}"`);
+  }
+  return raw;
+}
+
 function apiKey(values: Values, io: Io): string | undefined {
   if (values.key) return values.key;
   if (io.env.MAAS_API_KEY) return io.env.MAAS_API_KEY;
@@ -339,7 +347,7 @@ async function generate(
       topK: number(values, 'top-k', true) ?? 0,
       topP: number(values, 'top-p'),
       repetitionPenalty: number(values, 'repetition-penalty'),
-      seed: number(values, 'seed', true),
+      seed: values.seed === undefined ? undefined : uint64(values.seed, 'seed'),
     },
   });
   const started = performance.now();

@@ -98,7 +98,7 @@ export interface SamplingParameters {
     | number
     | undefined;
   /** Random seed; the same seed and inputs give the same tokens. */
-  seed?: number | undefined;
+  seed?: string | undefined;
 }
 
 export interface GenerateRequest {
@@ -244,7 +244,7 @@ export const SamplingParameters: MessageFns<SamplingParameters> = {
               break;
             }
 
-            message.seed = longToNumber(reader.uint64());
+            message.seed = reader.uint64().toString();
             continue;
           }
         }
@@ -277,7 +277,7 @@ export const SamplingParameters: MessageFns<SamplingParameters> = {
         : isSet(object.repetition_penalty)
         ? globalThis.Number(object.repetition_penalty)
         : undefined,
-      seed: isSet(object.seed) ? globalThis.Number(object.seed) : undefined,
+      seed: isSet(object.seed) ? globalThis.String(object.seed) : undefined,
     };
   },
 
@@ -296,7 +296,7 @@ export const SamplingParameters: MessageFns<SamplingParameters> = {
       obj.repetitionPenalty = floatToJson(message.repetitionPenalty);
     }
     if (message.seed !== undefined) {
-      obj.seed = Math.round(message.seed);
+      obj.seed = globalThis.String(message.seed);
     }
     return obj;
   },
@@ -1157,17 +1157,6 @@ export type DeepPartial<T> = T extends Builtin ? T
   : T extends { $case: string; value: unknown } ? { $case: T["$case"]; value?: DeepPartial<T["value"]> }
   : T extends {} ? { [K in keyof T]?: DeepPartial<T[K]> }
   : Partial<T>;
-
-function longToNumber(int64: { toString(): string }): number {
-  const num = globalThis.Number(int64.toString());
-  if (num > globalThis.Number.MAX_SAFE_INTEGER) {
-    throw new globalThis.Error("Value is larger than Number.MAX_SAFE_INTEGER");
-  }
-  if (num < globalThis.Number.MIN_SAFE_INTEGER) {
-    throw new globalThis.Error("Value is smaller than Number.MIN_SAFE_INTEGER");
-  }
-  return num;
-}
 
 function isSet(value: any): boolean {
   return value !== null && value !== undefined;
