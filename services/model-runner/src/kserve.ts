@@ -70,6 +70,7 @@ export function parseInferRequest(
     const data = rawInput
       ? fromRaw(input.name, spec.datatype, request.rawInputContents[i]!, count)
       : fromContents(input.name, spec.datatype, input.contents, count);
+    if (spec.vocabSize !== undefined) checkTokenIds(field, data, spec.vocabSize);
     inputs.push({ name: input.name, datatype: spec.datatype, shape, data });
   });
   for (const spec of config.inputs) {
@@ -100,6 +101,21 @@ export function parseInferRequest(
 }
 
 /** Checks a request's shape against the declared dims (the batch dimension first when batching). */
+/** Token ids must index the model's embedding table; the first one that does not is named. */
+function checkTokenIds(field: string, data: NamedTensor['data'], vocabSize: number): void {
+  const values = data as ArrayLike<number | bigint>;
+  const limit = typeof values[0] === 'bigint' ? BigInt(vocabSize) : vocabSize;
+  for (let i = 0; i < values.length; i++) {
+    const id = values[i]!;
+    if (id < 0 || id >= limit) {
+      throw invalidArgument(
+        field,
+        `element ${i} is token id ${id}, outside the vocabulary [0, ${vocabSize})`,
+      );
+    }
+  }
+}
+
 function checkShape(spec: TensorSpec, shape: number[], maxBatchSize: number): void {
   const expected = maxBatchSize > 0 ? [-1, ...spec.dims] : spec.dims;
   const fail = (why: string): never => {

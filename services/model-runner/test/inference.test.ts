@@ -222,6 +222,16 @@ describe('ModelInfer', () => {
     });
     const cases: [string, object, RegExp][] = [
       [
+        'a token id beyond the vocabulary',
+        withInput('input_ids', { contents: { int64Contents: [2, 1_000_000_000] } }),
+        /^input 'input_ids': element 1 is token id 1000000000, outside the vocabulary \[0, \d+\)$/,
+      ],
+      [
+        'a negative token id (which ONNX Gather would wrap)',
+        withInput('input_ids', { contents: { int64Contents: [-1, 3] } }),
+        /^input 'input_ids': element 0 is token id -1, outside the vocabulary/,
+      ],
+      [
         'wrong datatype',
         withInput('input_ids', { datatype: 'FP32' }),
         /^input 'input_ids': expected datatype INT64, got FP32$/,

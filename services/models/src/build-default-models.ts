@@ -17,9 +17,9 @@ function writeJson(path: string, value: unknown): void {
   writeFileSync(path, `${JSON.stringify(value, null, 2)}\n`);
 }
 
-/** Request shape shared by both models: token ids and mask, padded per batch by the runner. */
-const TOKEN_INPUTS = [
-  { name: 'input_ids', datatype: 'INT64', dims: [-1], ragged: true },
+/** Request shape shared by both models: token ids (rows of the embedding table) and mask, padded per batch by the runner. */
+const tokenInputs = (vocabSize: number) => [
+  { name: 'input_ids', datatype: 'INT64', dims: [-1], ragged: true, vocabSize },
   { name: 'attention_mask', datatype: 'INT64', dims: [-1], ragged: true },
 ];
 
@@ -47,7 +47,7 @@ export function buildLangId(root: string): string[] {
     dynamicBatching: { maxQueueDelayMicroseconds: 200, maxQueueSize: 4096 },
     versionPolicy: { latest: 1 },
     sessionOptions: { intraOpNumThreads: 1, interOpNumThreads: 1 },
-    inputs: TOKEN_INPUTS,
+    inputs: tokenInputs(converted.model.input.rows),
     outputs: [{ name: 'probabilities', datatype: 'FP32', dims: [converted.labels.length] }],
     tokenizer: { kind: 'fasttext', file: 'tokenizer.json', maxLength: 4096 },
     labels: 'labels.txt',
@@ -77,7 +77,8 @@ export function buildGloveEmbed(root: string, cacheDir: string): string[] {
     dynamicBatching: { maxQueueDelayMicroseconds: 200, maxQueueSize: 4096 },
     versionPolicy: { latest: 1 },
     sessionOptions: { intraOpNumThreads: 1, interOpNumThreads: 1 },
-    inputs: TOKEN_INPUTS,
+    // [PAD] and [UNK] come before the words.
+    inputs: tokenInputs(converted.words + 2),
     outputs: [{ name: 'sentence_embedding', datatype: 'FP32', dims: [converted.dimensions] }],
     tokenizer: { kind: 'huggingface', file: 'tokenizer.json', maxLength: 4096, addSpecialTokens: false },
     // The graph pools and L2-normalises already: the output is used as is.

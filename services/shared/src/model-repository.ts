@@ -41,6 +41,12 @@ export const tensorSpecSchema = z.object({
   padValue: z.number().default(0),
   /** The input may be left out (e.g. token_type_ids); it is then filled with padValue. */
   optional: z.boolean().default(false),
+  /**
+   * The input holds token ids for an embedding lookup: each must be in [0, vocabSize). Checked
+   * before the runtime, whose Gather fails the whole batch on an id beyond the table and
+   * silently wraps negative ones.
+   */
+  vocabSize: z.number().int().min(1).optional(),
 });
 export type TensorSpec = z.infer<typeof tensorSpecSchema>;
 
