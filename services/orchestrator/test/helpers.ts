@@ -233,6 +233,7 @@ export async function tcpProxy(targetPort: number) {
   const sockets = new Set<import('node:net').Socket>();
   const upstreams = new Set<import('node:net').Socket>();
   let killed = false;
+  let bytesFromTarget = 0;
   const server = createServer((client) => {
     if (killed) return client.destroy();
     const upstream = connect(targetPort, '127.0.0.1');
@@ -240,6 +241,7 @@ export async function tcpProxy(targetPort: number) {
     upstreams.add(upstream);
     client.pipe(upstream);
     upstream.pipe(client);
+    upstream.on('data', (chunk: Buffer) => (bytesFromTarget += chunk.length));
     const drop = () => {
       client.destroy();
       upstream.destroy();
@@ -252,6 +254,8 @@ export async function tcpProxy(targetPort: number) {
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   return {
     port: (server.address() as import('node:net').AddressInfo).port,
+    /** Bytes the target has sent through this proxy so far. */
+    bytesFromTarget: () => bytesFromTarget,
     hold() {
       for (const upstream of upstreams) upstream.unpipe();
     },

@@ -5,7 +5,7 @@
  * are looked for in that text before it is released to the caller.
  */
 import { type ClientDuplexStream, Metadata, status } from '@grpc/grpc-js';
-import { invalidArgument, StatusError } from '@maas/shared';
+import { invalidArgument, StatusError, statusOf } from '@maas/shared';
 import {
   FinishReason,
   type GenerateResponse,
@@ -21,6 +21,9 @@ import type { GenerateResponse as RunnerResponse } from '@maas/shared/gen/maas/r
 import type { CatalogueModel } from '../catalogue.js';
 import { downstreamError, unaryCall } from '../downstream/clients.js';
 import { StopStringMatcher } from './stop-strings.js';
+
+/** Detokenizer replicas that may go away during one generation before it fails UNAVAILABLE. */
+const MAX_DETOKENIZER_RESUMES = 2;
 
 export interface GenerationInput {
   prompt: string;
@@ -111,13 +114,40 @@ export async function runGeneration(
     // Opened when the first tokens arrive, not before: a refused or failed runner call costs the
     // tokenizer nothing, and there is no stream to reset.
     let detokenizer: ClientDuplexStream<DecodeStreamRequest, DecodeStreamResponse> | undefined;
-    const openDetokenizer = () => {
+    // Every id sent to the detokenizer and the characters of text it returned: a replica that goes
+    // away mid-stream is replaced by another, fed the same ids, whose first characters are skipped.
+    const sentIds: number[] = [];
+    let receivedChars = 0;
+    let resumes = 0;
+    const openDetokenizer = (ids: number[] = []) => {
       const stream = clients.tokenizer.decodeStream(new Metadata(), options);
       // The first message names the tokenizer.
-      stream.write({ tokenizer: model.tokenizer.name, ids: [], skipSpecialTokens: true });
-      stream.on('data', onDelta);
-      stream.on('error', (error) => fail(downstreamError('tokenizer', error)));
-      stream.on('end', onDetokenizerEnd);
+      stream.write({ tokenizer: model.tokenizer.name, ids, skipSpecialTokens: true });
+      let skipChars = receivedChars;
+      stream.on('data', (message: DecodeStreamResponse) => {
+        if (stream !== detokenizer) return;
+        let text = message.text;
+        if (skipChars > 0) {
+          const skipped = Math.min(skipChars, text.length);
+          skipChars -= skipped;
+          text = text.slice(skipped);
+        }
+        receivedChars += text.length;
+        onDelta(text);
+      });
+      stream.on('error', (error) => {
+        if (stream !== detokenizer) return;
+        if (statusOf(error) === status.UNAVAILABLE && resumes < MAX_DETOKENIZER_RESUMES && !settled) {
+          resumes++;
+          detokenizer = openDetokenizer([...sentIds]);
+          if (runnerDone) detokenizer.end();
+          return;
+        }
+        fail(downstreamError('tokenizer', error));
+      });
+      stream.on('end', () => {
+        if (stream === detokenizer) onDetokenizerEnd();
+      });
       return stream;
     };
 
@@ -183,6 +213,7 @@ export async function runGeneration(
         io.usage.generatedTokens += message.tokenIds.length;
         detokenizer ??= openDetokenizer();
         detokenizer.write({ tokenizer: '', ids: message.tokenIds });
+        for (const id of message.tokenIds) sentIds.push(id);
       }
       if (message.finishReason !== FinishReason.FINISH_REASON_UNSPECIFIED) {
         finishReason = message.finishReason as number as FinishReason;
@@ -215,9 +246,9 @@ export async function runGeneration(
       }
     });
 
-    function onDelta(message: DecodeStreamResponse) {
+    function onDelta(delta: string) {
       if (settled) return;
-      const { text, stopped } = matcher.push(message.text);
+      const { text, stopped } = matcher.push(delta);
       if (text) {
         io.write({
           text,
