@@ -19,7 +19,7 @@ export { loadRunnerConfig, runnerConfigSchema, type RunnerConfig } from './confi
 export { ModelRepository, type IndexEntry, type ModelVersion } from './repository.js';
 export {
   createSession,
-  CudaUnavailableError,
+  ProviderUnavailableError,
   type CreatedSession,
   type SessionOpener,
   type ThreadDefaults,

@@ -82,6 +82,12 @@ export function createRunnerMetrics(registry: Registry) {
       labelNames: [...labelNames, 'state'],
       registers,
     }),
+    provider: new Gauge({
+      name: 'maas_runner_model_provider',
+      help: '1 for each loaded model version, labelled with the execution provider (webgpu, cuda, cpu) and device it runs on.',
+      labelNames: [...labelNames, 'provider', 'device'],
+      registers,
+    }),
     loadSeconds: new Gauge({
       name: 'maas_runner_model_load_duration_seconds',
       help: 'How long the last load of a model version took, sessions and warm-up included.',

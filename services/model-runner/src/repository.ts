@@ -16,7 +16,7 @@ import { DynamicBatcher } from './batcher.js';
 import { checkAgainstGraph, checkConfig } from './graph-check.js';
 import { GenerationEngine, type GenerationMetrics } from './generation/index.js';
 import { MODEL_STATES, type ModelState, type RunnerMetrics } from './metrics.js';
-import { createSession, type ThreadDefaults } from './session.js';
+import { type CreatedSession, createSession, type ThreadDefaults } from './session.js';
 import { sampleInputs } from './warmup.js';
 import { WorkerSession, type RunnableSession } from './worker-session.js';
 
@@ -26,7 +26,7 @@ export interface ModelVersion {
   name: string;
   version: number;
   state: ModelState;
-  /** Why the version is in its state (empty when READY). */
+  /** Why the version is in its state (when READY: empty, or why it runs on a less preferred provider). */
   reason: string;
   config: ModelConfig;
   /** Batched models: sessions in worker threads; generation: the engine's session, in this thread. */
@@ -35,7 +35,9 @@ export interface ModelVersion {
   batcher?: DynamicBatcher;
   /** Set for generation models. */
   engine?: GenerationEngine;
-  provider?: 'cpu' | 'cuda';
+  provider?: CreatedSession['provider'];
+  /** Its maas_runner_model_provider series, removed when the version goes. */
+  providerLabels?: Record<string, string>;
 }
 
 interface ModelEntry {
@@ -328,6 +330,7 @@ export class ModelRepository {
       const generation = config.task === 'generation';
       const instances = generation ? 1 : config.instanceCount;
       const open = (this.deps.createSession ?? createSession) as typeof createSession<RunnableSession>;
+      let fallbackReason = '';
       for (let i = 0; i < instances; i++) {
         const created = await open(
           files.modelPath,
@@ -338,6 +341,14 @@ export class ModelRepository {
         );
         mv.sessions.push(created.session);
         mv.provider = created.provider;
+        fallbackReason = created.fallbackReason;
+        mv.providerLabels = {
+          model: model.name,
+          version: String(files.version),
+          provider: created.provider,
+          device: created.deviceId === undefined ? '' : String(created.deviceId),
+        };
+        this.deps.metrics.provider.set(mv.providerLabels, 1);
         if (created.session instanceof WorkerSession) {
           created.session.onFailure = (error) => this.sessionFailed(mv, error);
         }
@@ -363,7 +374,7 @@ export class ModelRepository {
         });
       }
       if (this.deps.warmup) await this.warmUp(mv);
-      mv.reason = '';
+      mv.reason = fallbackReason ? `running on ${mv.provider}: ${fallbackReason}` : '';
       this.setState(mv, 'READY');
       logger.info(
         {
@@ -442,6 +453,7 @@ export class ModelRepository {
 
   /** Stops routing to a version, lets its accepted requests finish, then frees its sessions. */
   private async release(entry: ModelEntry, mv: ModelVersion, reason: string): Promise<void> {
+    if (mv.providerLabels) this.deps.metrics.provider.remove(mv.providerLabels);
     if (mv.state !== 'READY') return;
     entry.transient.add(mv);
     this.setState(mv, 'UNLOADING');

@@ -1,12 +1,14 @@
 /**
- * Creates onnxruntime sessions as a model's config asks: CPU with explicit
- * thread counts, or CUDA — which fails loudly when onnxruntime-node's CUDA
- * binaries are not installed, unless the config allows falling back to CPU.
+ * Creates onnxruntime sessions as a model's config asks: its execution
+ * providers in order of preference (WebGPU, bundled with onnxruntime-node;
+ * CUDA, whose libraries onnxruntime-node's install script must fetch; CPU),
+ * with explicit thread counts; failing loudly when none starts, unless the
+ * config allows falling back to CPU.
  */
 import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import * as ort from 'onnxruntime-node';
-import type { Logger, ModelConfig } from '@maas/shared';
+import type { ExecutionProvider, Logger, ModelConfig } from '@maas/shared';
 
 export interface ThreadDefaults {
   intraOpNumThreads: number;
@@ -15,7 +17,11 @@ export interface ThreadDefaults {
 
 export interface CreatedSession<S = ort.InferenceSession> {
   session: S;
-  provider: 'cpu' | 'cuda';
+  provider: ExecutionProvider['name'];
+  /** The GPU device, for CUDA. */
+  deviceId?: number;
+  /** Why an earlier provider in the config's list did not start (empty when the first one did). */
+  fallbackReason: string;
 }
 
 /** Opens a session: in this thread (onnxruntime's own create) or in a worker (WorkerSession.create). */
@@ -37,8 +43,60 @@ export function cudaProviderPath(): string {
   return join(binding, 'libonnxruntime_providers_cuda.so');
 }
 
-export class CudaUnavailableError extends Error {}
+/** No execution provider of the model's config could start, and it may not fall back to CPU. */
+export class ProviderUnavailableError extends Error {}
 
+/** A session on `provider`, or why it cannot start there. */
+async function tryProvider<S>(
+  provider: ExecutionProvider,
+  modelPath: string,
+  options: ort.InferenceSession.SessionOptions,
+  open: SessionOpener<S>,
+): Promise<{ session: S } | { problem: string }> {
+  if (provider.name === 'cpu')
+    return { session: await open(modelPath, { ...options, executionProviders: ['cpu'] }) };
+  if (provider.name === 'cuda') {
+    const library = cudaProviderPath();
+    if (!existsSync(library)) {
+      return {
+        problem:
+          `CUDA execution provider requested (device ${provider.deviceId}) but onnxruntime-node's CUDA runtime is not installed ` +
+          `(${library} is missing). Run the GPU image, or install it with \`ONNXRUNTIME_NODE_INSTALL=cuda12 npm rebuild onnxruntime-node\` ` +
+          `on a machine with CUDA 12 and cuDNN 9.`,
+      };
+    }
+    try {
+      return {
+        session: await open(modelPath, {
+          ...options,
+          executionProviders: [{ name: 'cuda', deviceId: provider.deviceId }],
+        }),
+      };
+    } catch (error) {
+      return {
+        problem:
+          `CUDA execution provider requested (device ${provider.deviceId}) but could not start: ${(error as Error).message}. ` +
+          `Check the CUDA 12 and cuDNN 9 libraries and the device.`,
+      };
+    }
+  }
+  try {
+    return { session: await open(modelPath, { ...options, executionProviders: [{ name: 'webgpu' }] }) };
+  } catch (error) {
+    return {
+      problem:
+        `WebGPU execution provider requested but could not start: ${(error as Error).message}. It needs a GPU ` +
+        `with a Vulkan driver and the Vulkan loader (libvulkan.so.1; in a container, NVIDIA_DRIVER_CAPABILITIES ` +
+        `must include graphics).`,
+    };
+  }
+}
+
+/**
+ * Opens the model with the first of the config's execution providers that
+ * starts; fails loudly with every provider's reason when none does, unless
+ * the config allows running on CPU.
+ */
 export async function createSession<S = ort.InferenceSession>(
   modelPath: string,
   config: ModelConfig,
@@ -53,34 +111,36 @@ export async function createSession<S = ort.InferenceSession>(
     enableCpuMemArena: config.sessionOptions.enableCpuMemArena,
     executionMode: 'sequential',
   };
-  const cuda = config.executionProviders.find((p) => p.name === 'cuda');
-  if (cuda && cuda.name === 'cuda') {
-    const library = cudaProviderPath();
-    let problem: string | undefined;
-    if (!existsSync(library)) {
-      problem =
-        `CUDA execution provider requested (device ${cuda.deviceId}) but onnxruntime-node's CUDA runtime is not installed ` +
-        `(${library} is missing). Run the GPU image, or install it with \`ONNXRUNTIME_NODE_INSTALL=cuda12 npm rebuild onnxruntime-node\` ` +
-        `on a machine with CUDA 12 and cuDNN 9; or set "allowCpuFallback": true in the model config to run on CPU.`;
-    } else {
-      try {
-        const session = await open(modelPath, {
-          ...options,
-          executionProviders: [{ name: 'cuda', deviceId: cuda.deviceId }],
-        });
-        return { session, provider: 'cuda' };
-      } catch (error) {
-        problem =
-          `CUDA execution provider requested (device ${cuda.deviceId}) but could not start: ${(error as Error).message}. ` +
-          `Check the CUDA 12 and cuDNN 9 libraries and the device; or set "allowCpuFallback": true to run on CPU.`;
+  const problems: string[] = [];
+  for (const provider of config.executionProviders) {
+    const outcome = await tryProvider(provider, modelPath, options, open);
+    if ('session' in outcome) {
+      const fallbackReason = problems.join(' ');
+      if (fallbackReason) {
+        logger.warn(
+          { model: config.name, provider: provider.name, reason: fallbackReason },
+          'preferred execution provider unavailable, using the next one in the config',
+        );
       }
+      return {
+        session: outcome.session,
+        provider: provider.name,
+        deviceId: provider.name === 'cuda' ? provider.deviceId : undefined,
+        fallbackReason,
+      };
     }
-    if (!config.allowCpuFallback) throw new CudaUnavailableError(problem);
-    logger.warn(
-      { model: config.name, reason: problem },
-      'CUDA unavailable, falling back to CPU as the config allows',
+    problems.push(outcome.problem);
+  }
+  const reason = problems.join(' ');
+  if (!config.allowCpuFallback) {
+    throw new ProviderUnavailableError(
+      `${reason} Or set "allowCpuFallback": true in the model config to run on CPU.`,
     );
   }
+  logger.warn(
+    { model: config.name, reason },
+    'no execution provider of the config started; running on CPU as the config allows',
+  );
   const session = await open(modelPath, { ...options, executionProviders: ['cpu'] });
-  return { session, provider: 'cpu' };
+  return { session, provider: 'cpu', fallbackReason: reason };
 }

@@ -22,6 +22,11 @@ beforeAll(async () => {
   writeSlowModel(root, 'slow', 256, 96);
   // Two sessions: batches go to whichever is idle.
   editConfig(root, 'sentence-encoder', (c) => ({ ...c, instanceCount: 2 }));
+  // Without its declared vocabulary an out-of-vocabulary id reaches onnxruntime: a model failure to isolate.
+  editConfig(root, 'bert-classifier', (c) => ({
+    ...c,
+    inputs: (c.inputs as object[]).map((i) => ({ ...i, vocabSize: undefined })),
+  }));
   t = await startTestRunner(root);
 });
 afterAll(async () => {

@@ -417,4 +417,79 @@ describe('execution providers', () => {
       await r.close();
     }
   });
+
+  function repositoryWith(executionProviders: object[], allowCpuFallback = false) {
+    const root = testRepository(['bert-classifier']);
+    editConfig(root, 'bert-classifier', (c) => ({ ...c, executionProviders, allowCpuFallback }));
+    return root;
+  }
+
+  // This machine (and CI) has no GPU and no Vulkan loader: the bundled WebGPU provider finds no adapter.
+  it('fails the load with the WebGPU provider’s reason when it finds no GPU adapter', async () => {
+    const r = await startTestRunner(repositoryWith([{ name: 'webgpu' }]));
+    try {
+      const entry = (await index(r)).get('bert-classifier/1');
+      expect(entry?.state).toBe('UNAVAILABLE');
+      expect(entry?.reason).toMatch(/^WebGPU execution provider requested but could not start: .*adapter/);
+      expect(entry?.reason).toMatch(/libvulkan\.so\.1.*NVIDIA_DRIVER_CAPABILITIES.*allowCpuFallback/);
+    } finally {
+      await r.close();
+    }
+  });
+
+  it('tries providers in the config’s order and says why it runs on a later one', async () => {
+    const r = await startTestRunner(
+      repositoryWith([{ name: 'webgpu' }, { name: 'cuda', deviceId: 1 }, { name: 'cpu' }]),
+    );
+    try {
+      expect((await classify(r)).outputs[0]!.shape).toEqual([1, 3]);
+      const entry = (await index(r)).get('bert-classifier/1');
+      expect(entry?.state).toBe('READY');
+      expect(entry?.reason).toMatch(
+        /^running on cpu: WebGPU execution provider [\s\S]* CUDA execution provider requested \(device 1\)/,
+      );
+      const metrics = await scrapeMetrics(r.runner.metricsPort!);
+      expect(
+        metricValue(metrics, 'maas_runner_model_provider', {
+          model: 'bert-classifier',
+          version: '1',
+          provider: 'cpu',
+          device: '',
+        }),
+      ).toBe(1);
+    } finally {
+      await r.close();
+    }
+  });
+
+  it('falls back from WebGPU to CPU only when allowed, and labels the version with its provider', async () => {
+    const r = await startTestRunner(repositoryWith([{ name: 'webgpu' }], true));
+    try {
+      expect((await classify(r)).outputs[0]!.shape).toEqual([1, 3]);
+      expect((await index(r)).get('bert-classifier/1')?.reason).toMatch(/^running on cpu: WebGPU/);
+      await unload(r, 'bert-classifier');
+      const metrics = await scrapeMetrics(r.runner.metricsPort!);
+      expect(
+        metricValue(metrics, 'maas_runner_model_provider', {
+          model: 'bert-classifier',
+          version: '1',
+          provider: 'cpu',
+          device: '',
+        }),
+      ).toBe(0);
+    } finally {
+      await r.close();
+    }
+  });
+
+  it('refuses a config naming an execution provider it does not know', async () => {
+    const r = await startTestRunner(repositoryWith([{ name: 'tensorrt' }]));
+    try {
+      const entry = (await index(r)).get('bert-classifier/');
+      expect(entry?.state).toBe('UNAVAILABLE');
+      expect(entry?.reason).toMatch(/executionProviders\.0\.name: .*Expected 'cpu' \| 'cuda' \| 'webgpu'/);
+    } finally {
+      await r.close();
+    }
+  });
 });

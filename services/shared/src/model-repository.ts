@@ -53,7 +53,10 @@ export type TensorSpec = z.infer<typeof tensorSpecSchema>;
 export const executionProviderSchema = z.discriminatedUnion('name', [
   z.object({ name: z.literal('cpu') }),
   z.object({ name: z.literal('cuda'), deviceId: int().default(0) }),
+  /** Bundled with onnxruntime-node (Dawn on Vulkan); Dawn picks the adapter, so there is no device id. */
+  z.object({ name: z.literal('webgpu') }),
 ]);
+export type ExecutionProvider = z.infer<typeof executionProviderSchema>;
 
 export const modelConfigSchema = z
   .object({
@@ -85,7 +88,12 @@ export const modelConfigSchema = z
       .array(executionProviderSchema)
       .min(1)
       .default([{ name: 'cpu' }]),
-    /** When CUDA is requested but unavailable, run on CPU instead of failing to load. */
+    /**
+     * Tried in order: the first that starts runs the model. When none starts, the model fails to
+     * load, or runs on CPU when allowCpuFallback is true (the reason is logged, kept in the
+     * version's RepositoryIndex reason and visible in maas_runner_model_provider).
+     */
+    /** When no listed provider can start, run on CPU instead of failing to load. */
     allowCpuFallback: z.boolean().default(false),
     sessionOptions: z
       .object({
