@@ -20,9 +20,8 @@
  *
  * BENCH_MS sets the duration of each point (default 3000).
  */
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { cpSync, existsSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { join } from 'node:path';
 import {
   credentials,
@@ -34,7 +33,6 @@ import {
 } from '@grpc/grpc-js';
 import { BERT_VOCAB, buildBertClassifier, makeTempDir, writeFixtureRepository } from '@maas/models';
 import { createLogger, defaultRepositoryPath, readModelConfig } from '@maas/shared';
-import { checkHealth } from '@maas/shared/testing';
 import {
   GRPCInferenceServiceClient,
   GRPCInferenceServiceService,
@@ -64,6 +62,18 @@ import {
 } from '@maas/shared/gen/maas/runner/v1/generation';
 import { TokenizerRegistry } from '@maas/tokenizer';
 import * as ort from 'onnxruntime-node';
+import {
+  children,
+  cpuMs,
+  freePort,
+  keysFile,
+  percentile,
+  sentences,
+  startProcess,
+  startStack,
+  stopAll,
+  waitServing,
+} from './stack.js';
 
 const MS = Number(process.env.BENCH_MS ?? 3000);
 const KEY = 'bench-key-0123456789abcdef';
@@ -78,27 +88,6 @@ interface Stats {
   /** CPU time per request of each server process (µs), which the machine's other load does not inflate much. */
   cpuUs?: number[];
 }
-
-/** utime + stime of a process in ms, from /proc (Linux). */
-function cpuMs(pid: number): number {
-  try {
-    const stat = require('node:fs').readFileSync(`/proc/${pid}/stat`, 'utf8') as string;
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return ((Number(fields[11]) + Number(fields[12])) * 1000) / CLOCK_TICKS;
-  } catch {
-    return NaN;
-  }
-}
-const CLOCK_TICKS = (() => {
-  try {
-    return Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
-  } catch {
-    return 100;
-  }
-})();
-
-const percentile = (sorted: number[], p: number) =>
-  sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? NaN;
 
 /** Runs `one` from `concurrency` loops for MS; `one` returns items done. */
 async function measure(concurrency: number, one: () => Promise<number>, ms = MS): Promise<Stats> {
@@ -124,26 +113,6 @@ async function measure(concurrency: number, one: () => Promise<number>, ms = MS)
     p95: percentile(latencies, 95),
     p99: percentile(latencies, 99),
   };
-}
-
-const WORDS = {
-  en: 'the quick brown fox jumps over a lazy dog while people watch from the old bridge near town'.split(' '),
-  fr: 'le petit chat dort sur la chaise pendant que les enfants jouent dans le jardin de la maison'.split(
-    ' ',
-  ),
-  de: 'der kleine hund läuft schnell über die straße während die kinder im garten spielen und lachen'.split(
-    ' ',
-  ),
-  es: 'el perro pequeño corre por la calle mientras los niños juegan en el parque con sus amigos'.split(' '),
-};
-
-/** Deterministic varied sentences of about `words` words. */
-function sentences(count: number, words: number): string[] {
-  const langs = Object.values(WORDS);
-  return Array.from({ length: count }, (_, i) => {
-    const vocab = langs[i % langs.length]!;
-    return Array.from({ length: words }, (_, j) => vocab[(i * 7 + j * 3) % vocab.length]).join(' ');
-  });
 }
 
 interface BenchModel {
@@ -198,11 +167,9 @@ function prepareRepository(): { root: string; generationModel: string } {
     generationModel = 'tiny-gpt2';
     writeFixtureRepository(root, { models: ['tiny-gpt2'], generation: { maxConcurrentSequences: 16 } });
   }
-  writeFileSync(join(root, '..', `${root.split('/').pop()}-keys.yaml`), `- id: bench\n  key: ${KEY}\n`);
+  writeFileSync(keysFile(root), `- id: bench\n  key: ${KEY}\n`);
   return { root, generationModel };
 }
-
-const keysFile = (root: string) => join(root, '..', `${root.split('/').pop()}-keys.yaml`);
 
 // ---------------------------------------------------------------- raw
 
@@ -254,77 +221,6 @@ async function raw(root: string, model: BenchModel, registry: TokenizerRegistry)
 }
 
 // ---------------------------------------------------------------- processes
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.listen(0, '127.0.0.1', () => {
-      const port = (server.address() as { port: number }).port;
-      server.close(() => resolve(port));
-    });
-    server.on('error', reject);
-  });
-}
-
-const children: ChildProcess[] = [];
-
-function startProcess(script: string, args: string[], env: Record<string, string>): ChildProcess {
-  const child = spawn(process.execPath, [script, ...args], {
-    stdio: ['ignore', 'ignore', 'inherit'],
-    detached: true,
-    env: { ...process.env, METRICS_PORT: '-1', LOG_LEVEL: 'warn', ...env },
-  });
-  children.push(child);
-  return child;
-}
-
-function stopAll(): void {
-  for (const child of children.splice(0)) {
-    if (child.exitCode === null) process.kill(-child.pid!, 'SIGKILL');
-  }
-}
-
-async function waitServing(port: number): Promise<void> {
-  for (let i = 0; i < 1200; i++) {
-    if ((await checkHealth(`127.0.0.1:${port}`).catch(() => 'DOWN')) === 'SERVING') return;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`nothing SERVING on port ${port}`);
-}
-
-const serviceMain = (name: string) => join(__dirname, '..', '..', '..', name, 'dist', 'src', 'main.js');
-
-async function startStack(root: string, orchestratorEnv: Record<string, string> = {}) {
-  const [tokenizerPort, runnerPort, orchestratorPort] = [
-    await freePort(),
-    await freePort(),
-    await freePort(),
-  ];
-  startProcess(serviceMain('tokenizer'), [], {
-    GRPC_PORT: String(tokenizerPort),
-    MODEL_REPOSITORY: root,
-    TOKENIZER_RELOAD_INTERVAL_MS: '0',
-  });
-  startProcess(serviceMain('model-runner'), [], { GRPC_PORT: String(runnerPort), MODEL_REPOSITORY: root });
-  startProcess(serviceMain('orchestrator'), [], {
-    GRPC_PORT: String(orchestratorPort),
-    MODEL_REPOSITORY: root,
-    TOKENIZER_ADDRESS: `127.0.0.1:${tokenizerPort}`,
-    RUNNER_ADDRESS: `127.0.0.1:${runnerPort}`,
-    API_KEYS_FILE: keysFile(root),
-    // The audit log is part of the real path: written (at info), to a sink nobody reads.
-    LOG_LEVEL: 'info',
-    ...orchestratorEnv,
-  });
-  await Promise.all([tokenizerPort, runnerPort, orchestratorPort].map(waitServing));
-  const pids = children.slice(-3).map((c) => c.pid!);
-  // [orchestrator, tokenizer, runner], the order the report prints them in.
-  return {
-    address: `127.0.0.1:${orchestratorPort}`,
-    direct: `127.0.0.1:${runnerPort}|127.0.0.1:${tokenizerPort}`,
-    pids: [pids[2]!, pids[0]!, pids[1]!],
-  };
-}
 
 /** Runs this file in client mode in its own process, as real clients are; returns its JSON. */
 function client<T>(args: string[]): T {

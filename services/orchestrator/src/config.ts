@@ -69,6 +69,12 @@ export const orchestratorConfigSchema = baseConfigSchema
      * runner replicas per orchestrator, set it to their sum.
      */
     GENERATION_MAX_STREAMS_PER_MODEL: envInt(0, 0),
+    /**
+     * Unary calls (Classify, Embed, Tokenize, CountTokens, models) this
+     * orchestrator works on at once; beyond it a call is refused at once with
+     * RESOURCE_EXHAUSTED (see core/in-flight-limit.ts). 0: no limit.
+     */
+    MAX_IN_FLIGHT_REQUESTS: envInt(256, 0),
     /** Deadline of downstream unary calls when the caller sets none. */
     DOWNSTREAM_TIMEOUT_MS: envInt(30_000, 1),
     /** Attempts (the first included) of idempotent downstream calls that fail UNAVAILABLE. */

@@ -16,6 +16,7 @@ import { createDownstream, type Downstream } from './downstream/clients.js';
 import { createUsageMetrics, UsageMeter } from './metering.js';
 import { EncoderBatchers } from './pipelines/encoder-batchers.js';
 import { GenerationAdmission } from './pipelines/generation-admission.js';
+import { InFlightLimit } from './core/in-flight-limit.js';
 import { createMaasCore } from './core/maas-core.js';
 import { createMaasGrpcService } from './grpc/maas-service.js';
 
@@ -142,6 +143,12 @@ export async function startOrchestrator(
     batchers.retain(known);
     generationAdmission.retain(known);
   });
+  const refusedInFlight = new Counter({
+    name: 'maas_orchestrator_in_flight_refused_total',
+    help: 'Unary calls refused (RESOURCE_EXHAUSTED) because MAX_IN_FLIGHT_REQUESTS calls were in progress.',
+    registers: [metricsRegistry],
+  });
+  const inFlight = new InFlightLimit(config.MAX_IN_FLIGHT_REQUESTS, () => refusedInFlight.inc());
   const quotas = new QuotaEnforcer();
   const audit = logger.child({ component: 'audit' });
   const meter = new UsageMeter(createUsageMetrics(metricsRegistry), audit, config.AUDIT_LOG_TEXT);
@@ -155,6 +162,7 @@ export async function startOrchestrator(
     downstream,
     batchers,
     generationAdmission,
+    inFlight,
     logger,
   });
   host.addService(MaasServiceService, createMaasGrpcService(core) as never);

@@ -7,13 +7,19 @@ import { Metadata, status, type ServiceError } from '@grpc/grpc-js';
  * becomes INTERNAL with a generic message (details go to the log, not the wire).
  */
 export class StatusError extends Error {
-  constructor(
-    readonly code: status,
-    message: string,
-    readonly metadata?: Metadata,
-  ) {
+  readonly code: status;
+  readonly metadata?: Metadata;
+
+  constructor(code: status, message: string, metadata?: Metadata) {
+    // An expected outcome, not a bug: no stack trace, whose capture was the largest single cost of
+    // refusing a call under overload (it is thrown for every refused call).
+    const limit = Error.stackTraceLimit;
+    Error.stackTraceLimit = 0;
     super(message);
+    Error.stackTraceLimit = limit;
     this.name = 'StatusError';
+    this.code = code;
+    this.metadata = metadata;
   }
 }
 
@@ -44,9 +50,25 @@ export function resourceExhausted(what: string, retryAfterMs?: number): StatusEr
   if (retryAfterMs !== undefined) {
     const ms = Math.max(0, Math.ceil(retryAfterMs));
     metadata.set('retry-after-ms', String(ms));
-    metadata.set('grpc-status-details-bin', encodeRetryInfoStatus(status.RESOURCE_EXHAUSTED, what, ms));
+    metadata.set('grpc-status-details-bin', retryInfoStatus(what, ms));
   }
   return new StatusError(status.RESOURCE_EXHAUSTED, what, metadata);
+}
+
+/**
+ * Encoded details by message and delay: under overload the same refusal goes out thousands of times
+ * a second, and encoding it each time was a visible share of a refusal's cost. Bounded: messages
+ * may vary.
+ */
+const encodedRetryInfo = new Map<string, Buffer>();
+function retryInfoStatus(what: string, ms: number): Buffer {
+  const key = `${ms}|${what}`;
+  let encoded = encodedRetryInfo.get(key);
+  if (!encoded) {
+    if (encodedRetryInfo.size >= 256) encodedRetryInfo.clear();
+    encodedRetryInfo.set(key, (encoded = encodeRetryInfoStatus(status.RESOURCE_EXHAUSTED, what, ms)));
+  }
+  return encoded;
 }
 
 export const RETRY_INFO_TYPE_URL = 'type.googleapis.com/google.rpc.RetryInfo';

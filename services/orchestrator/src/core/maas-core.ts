@@ -47,6 +47,7 @@ import { runGeneration } from '../pipelines/generation.js';
 import { classifyRows, embedRows } from '../pipelines/tasks.js';
 import { checkGenerate, checkTexts } from '../validation.js';
 import { type Caller, deadlinePassed } from './caller.js';
+import type { InFlightLimit } from './in-flight-limit.js';
 
 export interface MaasSettings {
   DOWNSTREAM_TIMEOUT_MS: number;
@@ -63,6 +64,8 @@ export interface MaasDeps {
   downstream: Downstream;
   batchers: EncoderBatchers;
   generationAdmission: GenerationAdmission;
+  /** Bounds the unary calls in progress at once (generation streams have their own admission). */
+  inFlight: InFlightLimit;
   logger: Logger;
 }
 
@@ -130,8 +133,18 @@ export interface MaasCore {
 }
 
 export function createMaasCore(deps: MaasDeps): MaasCore {
-  const { settings, auth, quotas, meter, catalogue, downstream, batchers, generationAdmission, logger } =
-    deps;
+  const {
+    settings,
+    auth,
+    quotas,
+    meter,
+    catalogue,
+    downstream,
+    batchers,
+    generationAdmission,
+    inFlight,
+    logger,
+  } = deps;
 
   const resolveModel = (principal: Principal, name: string, field: string, task?: ModelTask) => {
     if (!name) throw invalidArgument(field, 'is required');
@@ -171,8 +184,11 @@ export function createMaasCore(deps: MaasDeps): MaasCore {
     let principal: Principal | undefined;
     let code = status.OK;
     let error: string | undefined;
+    let release: (() => void) | undefined;
     try {
       principal = auth.authenticate(caller.authorization);
+      // Before anything costly; a stream is admitted per model by the generation admission instead.
+      if (options.task !== 'generation') release = inFlight.acquire();
       const model = options.model
         ? resolveModel(principal, options.model.name, options.model.field, options.model.task)
         : undefined;
@@ -199,6 +215,7 @@ export function createMaasCore(deps: MaasDeps): MaasCore {
       error = caught instanceof Error ? caught.message : String(caught);
       throw caught;
     } finally {
+      release?.();
       if (principal && ctx?.chargeTokens)
         quotas.charge(principal, usage.promptTokens + usage.generatedTokens);
       meter.record({

@@ -16,11 +16,14 @@ interface GrpcCall {
   on(event: 'cancelled', listener: () => void): unknown;
 }
 
+/** The abort reason: one object, where abort() without one builds a DOMException (and its stack) per call. */
+const CALLER_GONE = Object.freeze({ reason: 'the caller has gone' });
+
 /** grpc-js emits 'cancelled' when the client cancels, its deadline passes or its connection closes. */
 export function callerOf(call: GrpcCall): Caller {
   const controller = new AbortController();
-  if (call.cancelled) controller.abort();
-  else call.on('cancelled', () => controller.abort());
+  if (call.cancelled) controller.abort(CALLER_GONE);
+  else call.on('cancelled', () => controller.abort(CALLER_GONE));
   const [authorization] = call.metadata.get('authorization');
   const deadline = call.getDeadline();
   const deadlineMs = deadline instanceof Date ? deadline.getTime() : deadline;
