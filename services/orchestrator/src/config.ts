@@ -75,6 +75,8 @@ export const orchestratorConfigSchema = baseConfigSchema
      * RESOURCE_EXHAUSTED (see core/in-flight-limit.ts). 0: no limit.
      */
     MAX_IN_FLIGHT_REQUESTS: envInt(256, 0),
+    /** Event-loop lateness (ms) beyond which unary calls are refused at once; 0: not checked. */
+    MAX_EVENT_LOOP_LAG_MS: envInt(50, 0),
     /** Deadline of downstream unary calls when the caller sets none. */
     DOWNSTREAM_TIMEOUT_MS: envInt(30_000, 1),
     /** Attempts (the first included) of idempotent downstream calls that fail UNAVAILABLE. */

@@ -144,11 +144,16 @@ export async function startOrchestrator(
     generationAdmission.retain(known);
   });
   const refusedInFlight = new Counter({
-    name: 'maas_orchestrator_in_flight_refused_total',
-    help: 'Unary calls refused (RESOURCE_EXHAUSTED) because MAX_IN_FLIGHT_REQUESTS calls were in progress.',
+    name: 'maas_orchestrator_overload_refused_total',
+    help: 'Unary calls refused (RESOURCE_EXHAUSTED) before any work: reason in_flight (MAX_IN_FLIGHT_REQUESTS calls in progress) or event_loop_lag (MAX_EVENT_LOOP_LAG_MS).',
+    labelNames: ['reason'],
     registers: [metricsRegistry],
   });
-  const inFlight = new InFlightLimit(config.MAX_IN_FLIGHT_REQUESTS, () => refusedInFlight.inc());
+  const inFlight = new InFlightLimit(
+    config.MAX_IN_FLIGHT_REQUESTS,
+    (reason) => refusedInFlight.inc({ reason }),
+    config.MAX_EVENT_LOOP_LAG_MS,
+  );
   const quotas = new QuotaEnforcer();
   const audit = logger.child({ component: 'audit' });
   const meter = new UsageMeter(createUsageMetrics(metricsRegistry), audit, config.AUDIT_LOG_TEXT);
@@ -180,6 +185,7 @@ export async function startOrchestrator(
     async stop() {
       await host.stop();
       catalogue.close();
+      inFlight.close();
       access.close();
       downstream.close();
     },

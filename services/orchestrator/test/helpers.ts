@@ -124,6 +124,9 @@ export async function startStack(options: {
         )
       ).join(','),
       RUNNER_ADDRESS: `127.0.0.1:${runner.grpcPort}`,
+      // Here the three services share one event loop, so one's work is another's lateness: lag
+      // shedding is tested on its own (in-flight-limit.test.ts) and by bench:overload.
+      MAX_EVENT_LOOP_LAG_MS: '0',
       ...options.env,
     }),
     { logger: options.orchestratorLogger ?? silent('orchestrator') },

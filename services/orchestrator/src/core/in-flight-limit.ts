@@ -10,20 +10,53 @@
 import { resourceExhausted } from '@maas/shared';
 import { ServiceTimeEstimate } from '../pipelines/micro-batcher.js';
 
+/** How often the event loop's lateness is sampled. */
+const LAG_SAMPLE_MS = 20;
+
 export class InFlightLimit {
   private inFlight = 0;
   private readonly duration = new ServiceTimeEstimate(0.05);
+  /** How late the last lag sample fired: what a call arriving now waited before its handler ran. */
+  private lagMs = 0;
+  private readonly sampler: NodeJS.Timeout | undefined;
 
-  /** @param limit calls at once; 0: no limit. */
+  /**
+   * @param limit calls at once; 0: no limit.
+   * @param maxLagMs event-loop lateness beyond which new calls are refused; 0: not checked. When the
+   *   orchestrator's CPU is short, calls queue in front of its event loop, where no limit on calls
+   *   in progress sees them: the loop's lateness does.
+   */
   constructor(
     private readonly limit: number,
-    private readonly onRefused?: () => void,
-  ) {}
+    private readonly onRefused?: (reason: 'in_flight' | 'event_loop_lag') => void,
+    private readonly maxLagMs = 0,
+  ) {
+    if (maxLagMs > 0) {
+      let expected = performance.now() + LAG_SAMPLE_MS;
+      this.sampler = setInterval(() => {
+        const now = performance.now();
+        this.lagMs = Math.max(0, now - expected);
+        expected = now + LAG_SAMPLE_MS;
+      }, LAG_SAMPLE_MS);
+      this.sampler.unref();
+    }
+  }
+
+  close(): void {
+    if (this.sampler) clearInterval(this.sampler);
+  }
 
   /** Takes a slot or throws RESOURCE_EXHAUSTED; the returned function gives it back (once). */
   acquire(): () => void {
+    if (this.maxLagMs > 0 && this.lagMs > this.maxLagMs) {
+      this.onRefused?.('event_loop_lag');
+      throw resourceExhausted(
+        `the orchestrator is overloaded: its event loop runs ${Math.round(this.lagMs)} ms late`,
+        Math.ceil(this.lagMs),
+      );
+    }
     if (this.limit > 0 && this.inFlight >= this.limit) {
-      this.onRefused?.();
+      this.onRefused?.('in_flight');
       // A slot frees when a call ends: about the mean call duration divided by the calls at once.
       const retryMs = Math.max(1, Math.ceil((this.duration.ms || 50) / Math.max(1, this.limit / 8)));
       throw resourceExhausted(
