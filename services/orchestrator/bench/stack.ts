@@ -93,7 +93,8 @@ export const serviceMain = (name: string) =>
   join(__dirname, '..', '..', '..', name, 'dist', 'src', 'main.js');
 
 export async function startStack(root: string, orchestratorEnv: Record<string, string> = {}) {
-  const [tokenizerPort, runnerPort, orchestratorPort] = [
+  const [tokenizerPort, runnerPort, orchestratorPort, httpPort] = [
+    await freePort(),
     await freePort(),
     await freePort(),
     await freePort(),
@@ -106,6 +107,7 @@ export async function startStack(root: string, orchestratorEnv: Record<string, s
   startProcess(serviceMain('model-runner'), [], { GRPC_PORT: String(runnerPort), MODEL_REPOSITORY: root });
   startProcess(serviceMain('orchestrator'), [], {
     GRPC_PORT: String(orchestratorPort),
+    HTTP_PORT: String(httpPort),
     MODEL_REPOSITORY: root,
     TOKENIZER_ADDRESS: `127.0.0.1:${tokenizerPort}`,
     RUNNER_ADDRESS: `127.0.0.1:${runnerPort}`,
@@ -119,6 +121,7 @@ export async function startStack(root: string, orchestratorEnv: Record<string, s
   // [orchestrator, tokenizer, runner], the order the report prints them in.
   return {
     address: `127.0.0.1:${orchestratorPort}`,
+    http: `http://127.0.0.1:${httpPort}`,
     direct: `127.0.0.1:${runnerPort}|127.0.0.1:${tokenizerPort}`,
     pids: [pids[2]!, pids[0]!, pids[1]!],
   };

@@ -5,6 +5,7 @@
  * say and is asked of it when models are listed.
  */
 import { type Logger, type ModelConfig, readLabels, scanRepository } from '@maas/shared';
+import { ChatTemplate } from './pipelines/chat-template.js';
 
 export type ModelTask = 'classification' | 'embedding' | 'generation';
 
@@ -35,6 +36,8 @@ export interface CatalogueModel {
   output: string;
   /** The inputs sent to ModelInfer and their datatypes (classification/embedding). */
   inputs: { name: EncodingInput; datatype: 'INT64' | 'INT32' }[];
+  /** Generation models that declare one: renders chat messages into a prompt. */
+  chatTemplate?: ChatTemplate;
 }
 
 export interface CatalogueOptions {
@@ -75,8 +78,17 @@ export function toCatalogueModel(
   if (task === 'generation') {
     const g = config.generation!;
     const maxInputTokens = Math.min(tokenizerMax, g.maxContextLength - 1);
+    let chatTemplate: ChatTemplate | undefined;
+    if (g.chatTemplate !== undefined) {
+      try {
+        chatTemplate = new ChatTemplate(g.chatTemplate, g);
+      } catch (error) {
+        return `${name}: generation.chatTemplate does not parse: ${(error as Error).message}`;
+      }
+    }
     return {
       ...base,
+      chatTemplate,
       limits: {
         maxBatchSize: 1,
         maxInputTokens,

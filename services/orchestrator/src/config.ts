@@ -20,6 +20,11 @@ export const orchestratorConfigSchema = baseConfigSchema
   .extend({
     GRPC_PORT: envInt(50050, 0, 65535),
     METRICS_PORT: envInt(9090, -1, 65535),
+    /** The HTTP API (OpenAI-compatible and JSON routes; see README): 0 picks a free port, -1 disables it. */
+    HTTP_HOST: z.string().min(1).default('127.0.0.1'),
+    HTTP_PORT: envInt(8080, -1, 65535),
+    /** Bytes per HTTP request body (JSON); larger bodies are refused with 413. */
+    HTTP_MAX_BODY_BYTES: envInt(4 * 1024 * 1024, 1024, 1024 * 1024 * 1024),
     MODEL_REPOSITORY: z.string().min(1).default(defaultRepositoryPath()),
     /**
      * `dns:///tokenizer-headless.ns.svc.cluster.local:50051` (every replica,

@@ -19,11 +19,16 @@ import { GenerationAdmission } from './pipelines/generation-admission.js';
 import { InFlightLimit } from './core/in-flight-limit.js';
 import { createMaasCore } from './core/maas-core.js';
 import { createMaasGrpcService } from './grpc/maas-service.js';
+import { openAiRoutes } from './http/openai.js';
+import { protoJsonRoutes } from './http/proto-json.js';
+import { HttpFrontDoor } from './http/server.js';
 
 export { loadOrchestratorConfig, orchestratorConfigSchema, type OrchestratorConfig } from './config.js';
 export { sha256 } from './access/api-keys.js';
 
 export interface RunningOrchestrator extends ListeningAddresses {
+  /** The HTTP API's port; undefined when HTTP_PORT=-1. */
+  httpPort: number | undefined;
   host: GrpcServiceHost;
   catalogue: ModelCatalogue;
   downstream: Downstream;
@@ -172,18 +177,32 @@ export async function startOrchestrator(
   });
   host.addService(MaasServiceService, createMaasGrpcService(core) as never);
   const addresses = await host.start();
+  const http =
+    config.HTTP_PORT >= 0
+      ? new HttpFrontDoor({
+          host: config.HTTP_HOST,
+          port: config.HTTP_PORT,
+          maxBodyBytes: config.HTTP_MAX_BODY_BYTES,
+          routes: [...openAiRoutes(core), ...protoJsonRoutes(core)],
+          isReady: () => host.isReady,
+          logger,
+          registry: metricsRegistry,
+        })
+      : undefined;
+  const httpPort = await http?.start();
   const models = catalogue.list();
   host.setReady(models.length > 0);
   if (models.length === 0)
     logger.warn({ root: config.MODEL_REPOSITORY }, 'no servable model; reporting NOT_SERVING');
   return {
     ...addresses,
+    httpPort,
     host,
     catalogue,
     downstream,
     quotas,
     async stop() {
-      await host.stop();
+      await Promise.all([host.stop(), http?.stop(config.SHUTDOWN_DRAIN_MS)]);
       catalogue.close();
       inFlight.close();
       access.close();

@@ -81,6 +81,8 @@ export interface Stack {
   orchestrator: RunningOrchestrator;
   client: MaasServiceClient;
   address: string;
+  /** The HTTP API's base URL (`http://127.0.0.1:port`). */
+  http: string;
   close(): Promise<void>;
 }
 
@@ -127,6 +129,7 @@ export async function startStack(options: {
       // Here the three services share one event loop, so one's work is another's lateness: lag
       // shedding is tested on its own (in-flight-limit.test.ts) and by bench:overload.
       MAX_EVENT_LOOP_LAG_MS: '0',
+      HTTP_PORT: '0',
       ...options.env,
     }),
     { logger: options.orchestratorLogger ?? silent('orchestrator') },
@@ -139,6 +142,7 @@ export async function startStack(options: {
     orchestrator,
     client,
     address,
+    http: `http://127.0.0.1:${orchestrator.httpPort}`,
     async close() {
       client.close();
       await orchestrator.stop();

@@ -9,7 +9,7 @@ import { packageRoot } from './paths.js';
  * FileDescriptorSet, so reflection works without .proto files at run time.
  */
 export function loadApiDescriptors(): protoLoader.PackageDefinition {
-  const descriptorSet = readFileSync(join(packageRoot(__dirname), 'src', 'gen', 'descriptors.binpb'));
+  const descriptorSet = readApiDescriptorSet();
   const api = protoLoader.loadFileDescriptorSetFromBuffer(descriptorSet, {
     keepCase: true,
     longs: String,
@@ -18,4 +18,9 @@ export function loadApiDescriptors(): protoLoader.PackageDefinition {
   });
   const health = protoLoader.loadSync(healthProtoPath, { keepCase: true });
   return { ...api, ...health };
+}
+
+/** The encoded FileDescriptorSet of every maas API (and KServe v2), as `npm run gen` wrote it. */
+export function readApiDescriptorSet(): Buffer {
+  return readFileSync(join(packageRoot(__dirname), 'src', 'gen', 'descriptors.binpb'));
 }

@@ -143,6 +143,11 @@ export class GrpcServiceHost {
     };
   }
 
+  /** What health reports: SERVING while true. Other transports' readiness follows it. */
+  get isReady(): boolean {
+    return this.ready;
+  }
+
   /** Health (overall and per service) follows this; call it when the service can do real work. */
   setReady(ready: boolean): void {
     this.ready = ready;

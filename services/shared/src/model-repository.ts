@@ -152,6 +152,14 @@ export const modelConfigSchema = z
         maxConcurrentSequences: int(1).default(16),
         maxCachedTokens: int(1).default(16_384),
         maxQueuedSequences: int().default(64),
+        /**
+         * A Jinja chat template (as `chat_template` in Hugging Face's tokenizer_config.json): lets
+         * the HTTP API's /v1/chat/completions render messages into a prompt for this model.
+         */
+        chatTemplate: z.string().min(1).optional(),
+        /** What the chat template's `bos_token` and `eos_token` variables hold. */
+        bosToken: z.string().default(''),
+        eosToken: z.string().default(''),
       })
       .optional(),
   })

@@ -14,3 +14,6 @@ export interface Caller {
 /** Whether a caller that has gone went because its deadline passed (rather than by cancelling). */
 export const deadlinePassed = (caller: Caller): boolean =>
   caller.deadline !== undefined && Date.now() >= caller.deadline.getTime();
+
+/** The abort reason: one object, where abort() without one builds a DOMException (and its stack) per call. */
+export const CALLER_GONE = Object.freeze({ reason: 'the caller has gone' });

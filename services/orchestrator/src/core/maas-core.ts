@@ -45,6 +45,7 @@ import type { EncoderBatchers } from '../pipelines/encoder-batchers.js';
 import type { GenerationAdmission } from '../pipelines/generation-admission.js';
 import { runGeneration } from '../pipelines/generation.js';
 import { classifyRows, embedRows } from '../pipelines/tasks.js';
+import type { ChatMessage } from '../pipelines/chat-template.js';
 import { checkGenerate, checkTexts } from '../validation.js';
 import { type Caller, deadlinePassed } from './caller.js';
 import type { InFlightLimit } from './in-flight-limit.js';
@@ -67,6 +68,25 @@ export interface MaasDeps {
   /** Bounds the unary calls in progress at once (generation streams have their own admission). */
   inFlight: InFlightLimit;
   logger: Logger;
+}
+
+/** A chat: as a GenerateRequest, with messages where the prompt would be. */
+export interface ChatRequest extends Omit<GenerateRequest, 'prompt'> {
+  messages: ChatMessage[];
+}
+
+/**
+ * Errors about a field of the request the use case built (the rendered prompt) named as the field
+ * the caller sent (its messages).
+ */
+async function renamingField<T>(from: string, to: string, work: () => T | Promise<T>): Promise<T> {
+  try {
+    return await work();
+  } catch (error) {
+    if (error instanceof StatusError && error.message.startsWith(`${from}: `))
+      throw new StatusError(error.code, `${to}: ${error.message.slice(from.length + 2)}`, error.metadata);
+    throw error;
+  }
 }
 
 /** Characters of a model name (the repository's directory names are far shorter). */
@@ -126,6 +146,8 @@ export interface MaasCore {
     caller: Caller,
     write: (message: GenerateResponse) => void,
   ): Promise<void>;
+  /** Generation from chat messages, rendered into a prompt by the model's chat template. */
+  chat(request: ChatRequest, caller: Caller, write: (message: GenerateResponse) => void): Promise<void>;
   tokenize(request: TokenizeRequest, caller: Caller): Promise<TokenizeResponse>;
   countTokens(request: CountTokensRequest, caller: Caller): Promise<CountTokensResponse>;
   listModels(caller: Caller): Promise<ListModelsResponse>;
@@ -266,6 +288,55 @@ export function createMaasCore(deps: MaasDeps): MaasCore {
     dimensions: model.dimensions,
   });
 
+  /** A prompt's generation, streamed to `write`; the caller's request is admitted already. */
+  async function generateText(
+    ctx: RequestContext,
+    caller: Caller,
+    request: GenerateRequest,
+    write: (message: GenerateResponse) => void,
+  ): Promise<void> {
+    const model = ctx.model!;
+    checkGenerate(request, model, {
+      maxStopStrings: settings.MAX_STOP_STRINGS,
+      maxStopStringCharacters: settings.MAX_STOP_STRING_CHARACTERS,
+    });
+    const closeStream = quotas.openStream(ctx.principal);
+    let closeAdmission: () => void;
+    try {
+      // Before tokenizing: a stream over the model's capacity costs nothing but this refusal.
+      closeAdmission = generationAdmission.admit(model);
+    } catch (refusal) {
+      closeStream();
+      throw refusal;
+    }
+    try {
+      const outcome = await runGeneration(
+        downstream,
+        model,
+        {
+          prompt: request.prompt,
+          sampling: request.sampling,
+          maxNewTokens: request.maxNewTokens,
+          stop: request.stop,
+          // The runner logs it: the trace id leads from its log lines to this request.
+          requestId: trace.getActiveSpan()?.spanContext().traceId ?? '',
+        },
+        {
+          deadline: ctx.deadline,
+          signal: ctx.signal,
+          startedAt: ctx.startedAt,
+          usage: ctx.usage,
+          write,
+        },
+      );
+      if (outcome.finishReason === FinishReason.FINISH_REASON_CANCELLED)
+        ctx.outcome = deadlinePassed(caller) ? status.DEADLINE_EXCEEDED : status.CANCELLED;
+    } finally {
+      closeAdmission();
+      closeStream();
+    }
+  }
+
   return {
     classify: (request, caller) =>
       serve(
@@ -322,47 +393,32 @@ export function createMaasCore(deps: MaasDeps): MaasCore {
           texts: [request.prompt],
           capDeadline: false,
         },
+        (ctx) => generateText(ctx, caller, request, write),
+      ),
+
+    chat: (request, caller, write) =>
+      serve(
+        caller,
+        {
+          task: 'generation',
+          model: { name: request.model, field: 'model', task: 'generation' },
+          texts: request.messages.map((m) => m.content),
+          capDeadline: false,
+        },
         async (ctx) => {
           const model = ctx.model!;
-          checkGenerate(request, model, {
-            maxStopStrings: settings.MAX_STOP_STRINGS,
-            maxStopStringCharacters: settings.MAX_STOP_STRING_CHARACTERS,
-          });
-          const closeStream = quotas.openStream(ctx.principal);
-          let closeAdmission: () => void;
-          try {
-            // Before tokenizing: a stream over the model's capacity costs nothing but this refusal.
-            closeAdmission = generationAdmission.admit(model);
-          } catch (refusal) {
-            closeStream();
-            throw refusal;
-          }
-          try {
-            const outcome = await runGeneration(
-              downstream,
-              model,
-              {
-                prompt: request.prompt,
-                sampling: request.sampling,
-                maxNewTokens: request.maxNewTokens,
-                stop: request.stop,
-                // The runner logs it: the trace id leads from its log lines to this request.
-                requestId: trace.getActiveSpan()?.spanContext().traceId ?? '',
-              },
-              {
-                deadline: ctx.deadline,
-                signal: ctx.signal,
-                startedAt: ctx.startedAt,
-                usage: ctx.usage,
-                write,
-              },
+          if (!model.chatTemplate) {
+            throw invalidArgument(
+              'model',
+              `model '${model.name}' declares no chat template: send it a prompt instead (Generate, /v1/completions)`,
             );
-            if (outcome.finishReason === FinishReason.FINISH_REASON_CANCELLED)
-              ctx.outcome = deadlinePassed(caller) ? status.DEADLINE_EXCEEDED : status.CANCELLED;
-          } finally {
-            closeAdmission();
-            closeStream();
           }
+          if (request.messages.length === 0) throw invalidArgument('messages', 'must not be empty');
+          const prompt = model.chatTemplate.render(request.messages);
+          // The limits checked on the rendered prompt are the messages' to the caller.
+          await renamingField('prompt', 'messages', () =>
+            generateText(ctx, caller, { ...request, prompt }, write),
+          );
         },
       ),
 

@@ -6,7 +6,7 @@
 import type { Metadata } from '@grpc/grpc-js';
 import { serverStream, unary } from '@maas/shared';
 import type { MaasServiceServer } from '@maas/shared/gen/maas/orchestrator/v1/orchestrator';
-import type { Caller } from '../core/caller.js';
+import { CALLER_GONE, type Caller } from '../core/caller.js';
 import type { MaasCore } from '../core/maas-core.js';
 
 interface GrpcCall {
@@ -15,9 +15,6 @@ interface GrpcCall {
   getDeadline(): Date | number;
   on(event: 'cancelled', listener: () => void): unknown;
 }
-
-/** The abort reason: one object, where abort() without one builds a DOMException (and its stack) per call. */
-const CALLER_GONE = Object.freeze({ reason: 'the caller has gone' });
 
 /** grpc-js emits 'cancelled' when the client cancels, its deadline passes or its connection closes. */
 export function callerOf(call: GrpcCall): Caller {
