@@ -66,6 +66,7 @@ describe('rendered objects', () => {
     for (const kind of ['ServiceMonitor', 'PrometheusRule']) {
       expect(byKind(objects, kind)).toHaveLength(scenario.monitoring ? 1 : 0);
     }
+    expect(byKind(objects, 'Ingress')).toHaveLength(scenario.ingress ? 1 : 0);
   });
 
   test.each(each)('%s: names fit in 63 characters; labels are complete', (_name, scenario) => {
@@ -367,6 +368,67 @@ describe('wiring', () => {
   });
 });
 
+describe('the HTTP API', () => {
+  const httpPortOf = (objects: K8sObject[]) => {
+    const service = byKind(objects, 'Service').find((s) => s.metadata.name === 'maas-orchestrator')!;
+    return service.spec.ports.find((p: { name: string }) => p.name === 'http');
+  };
+
+  test('the orchestrator serves it on a port named http, in its Service, pod and NetworkPolicy', () => {
+    const objects = rendered.get('default')!;
+    expect(httpPortOf(objects)).toEqual({ name: 'http', port: 8080, targetPort: 'http', protocol: 'TCP' });
+    const container = deploymentNamed(objects, 'orchestrator')!.spec.template.spec.containers[0];
+    expect(container.ports).toContainEqual({ name: 'http', containerPort: 8080, protocol: 'TCP' });
+    expect(envOf(container, 'HTTP_PORT')).toBe('8080');
+    expect(envOf(container, 'HTTP_HOST')).toBe('0.0.0.0');
+    // Only the orchestrator has an HTTP API.
+    for (const component of ['tokenizer', 'model-runner']) {
+      expect(
+        envOf(deploymentNamed(objects, component)!.spec.template.spec.containers[0], 'HTTP_PORT'),
+      ).toBeUndefined();
+    }
+    const policy = byKind(objects, 'NetworkPolicy').find(
+      (p) => p.metadata.labels!['app.kubernetes.io/component'] === 'orchestrator',
+    )!;
+    expect(policy.spec.ingress[0].ports.map((p: { port: string }) => p.port)).toEqual(['grpc', 'http']);
+    expect(byKind(objects, 'Ingress')).toEqual([]);
+  });
+
+  test('httpPort 0 turns it off everywhere (HTTP_PORT=-1)', () => {
+    const objects = parseObjects(template({ values: [] }, ['--set', 'orchestrator.httpPort=0']));
+    expect(httpPortOf(objects)).toBeUndefined();
+    const container = deploymentNamed(objects, 'orchestrator')!.spec.template.spec.containers[0];
+    expect(envOf(container, 'HTTP_PORT')).toBe('-1');
+    expect(container.ports.map((p: { name: string }) => p.name)).toEqual(['grpc', 'metrics']);
+    const policy = byKind(objects, 'NetworkPolicy').find(
+      (p) => p.metadata.labels!['app.kubernetes.io/component'] === 'orchestrator',
+    )!;
+    expect(policy.spec.ingress[0].ports.map((p: { port: string }) => p.port)).toEqual(['grpc']);
+  });
+
+  test('an Ingress routes each host to the http port of the orchestrator Service, with TLS', () => {
+    const objects = rendered.get('ingress')!;
+    const [ingress] = byKind(objects, 'Ingress');
+    expect(ingress!.spec.ingressClassName).toBe('nginx');
+    expect(ingress!.spec.tls).toEqual([
+      { secretName: 'maas-example-tls', hosts: ['maas.example.com', 'api.example.com'] },
+    ]);
+    const paths = ingress!.spec.rules.map((r: { host: string; http: { paths: { path: string }[] } }) => [
+      r.host,
+      r.http.paths.map((p) => p.path),
+    ]);
+    expect(paths).toEqual([
+      ['maas.example.com', ['/']],
+      ['api.example.com', ['/v1']],
+    ]);
+    for (const rule of ingress!.spec.rules) {
+      const backend = rule.http.paths[0].backend.service;
+      const service = byKind(objects, 'Service').find((s) => s.metadata.name === backend.name)!;
+      expect(service.spec.ports.map((p: { name: string }) => p.name)).toContain(backend.port.name);
+    }
+  });
+});
+
 describe('autoscaling', () => {
   const hpaOf = (objects: K8sObject[], component: string) =>
     byKind(objects, 'HorizontalPodAutoscaler').find(
@@ -612,6 +674,10 @@ describe('NOTES.txt', () => {
     expect(text).toContain('npx maas models');
     expect(text).toContain('maas.orchestrator.v1.MaasService/Classify');
     expect(text).toContain('-H "authorization: Bearer $MAAS_API_KEY"');
+    expect(text).toContain('kubectl -n maas port-forward service/maas-orchestrator 8080:8080');
+    expect(text).toContain(
+      'curl -s http://127.0.0.1:8080/v1/classify -H "authorization: Bearer $MAAS_API_KEY"',
+    );
     expect(text).toMatch(/no API key is configured/);
     expect(text).toContain('1 nvidia.com/gpu per pod');
     const split = notes(['ci/split-values.yaml']);

@@ -46,6 +46,7 @@ export interface Scenario {
   gpu: boolean;
   keda?: boolean;
   monitoring?: boolean;
+  ingress?: boolean;
 }
 
 /** One values file per scenario the issue names, plus the model-repository sources and a split install. */
@@ -60,6 +61,7 @@ export const SCENARIOS: Scenario[] = [
   { name: 'init-url', values: ['ci/init-url-values.yaml'], gpu: true },
   { name: 'init-image', values: ['ci/init-image-values.yaml'], gpu: true },
   { name: 'split', values: ['ci/split-values.yaml'], gpu: false },
+  { name: 'ingress', values: ['ci/ingress-values.yaml'], gpu: true, ingress: true },
   {
     // Helm's longest release name: every name must still fit in 63 characters.
     name: 'long-release-name',

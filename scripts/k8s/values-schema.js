@@ -258,7 +258,43 @@ const schema = {
     }),
     orchestrator: component('orchestrator', {
       grpcPort: 50050,
-      extra: { tokenizerAddress: address, runnerAddress: address },
+      extra: {
+        tokenizerAddress: address,
+        runnerAddress: address,
+        httpPort: int(0, 65535, {
+          default: 8080,
+          description: 'the HTTP API (OpenAI-compatible and JSON routes) on a port named http; 0: off',
+        }),
+        ingress: obj({
+          enabled: { ...bool, description: 'an Ingress for the HTTP API' },
+          className: str({ description: 'ingressClassName; empty: the cluster default' }),
+          annotations: stringMap,
+          hosts: {
+            type: 'array',
+            items: obj(
+              {
+                host: str({ minLength: 1 }),
+                paths: {
+                  type: 'array',
+                  items: obj(
+                    { path: str({ pattern: '^/' }), pathType: { enum: ['Prefix', 'Exact', 'ImplementationSpecific'] } },
+                    { required: ['path'] },
+                  ),
+                },
+              },
+              { required: ['host'] },
+            ),
+          },
+          tls: {
+            type: 'array',
+            items: obj(
+              { secretName: str({ minLength: 1 }), hosts: { type: 'array', items: str() } },
+              { required: ['secretName'] },
+            ),
+            description: 'TLS: [{secretName, hosts}]',
+          },
+        }),
+      },
     }),
     tokenizer: component('tokenizer', { grpcPort: 50051 }),
     modelRunner: component('model-runner', {
