@@ -162,6 +162,7 @@ async function main() {
     ...services.map(
       (s) => `  ${s.name.padEnd(13)} ${host}:${s.port}   metrics http://${host}:${s.metrics}/metrics`,
     ),
+    `  HTTP API      http://${host}:8080/v1   (OpenAI-compatible, and JSON routes: see the orchestrator's README)`,
     `  models: ${models.map((m) => `${m.name}${m.ready ? '' : ' (not ready)'}`).join(', ') || '(none)'}`,
     '',
     noAuth
@@ -173,6 +174,8 @@ async function main() {
     `  npx maas classify --model ${classifier} --top-k 3 "Bonjour tout le monde"`,
     `  npx maas generate --model ${generator} --max-new-tokens 40 "It is a truth universally acknowledged"`,
     `  grpcurl -plaintext ${noAuth ? '' : `-H "authorization: Bearer ${key}" `}-d '{"model":"${classifier}","texts":["Hello world"]}' ${host}:50050 maas.orchestrator.v1.MaasService/Classify`,
+    `  curl -s http://${host}:8080/v1/completions ${noAuth ? '' : `-H "authorization: Bearer ${key}" `}-H 'content-type: application/json' \\`,
+    `    -d '{"model":"${generator}","prompt":"It is a truth universally acknowledged","max_tokens":40,"temperature":0.7}'`,
     '',
     'Ctrl-C stops all three (LOG_LEVEL=info npm start shows the audit log).',
     '',

@@ -69,3 +69,31 @@ it('austen-gpt: generates text, and stops at a stop string', async () => {
   expect(stopped.text).toBe(full.text.slice(0, full.text.indexOf(stop)));
   expect(stopped.last.finishReason).toBe(FinishReason.FINISH_REASON_STOP);
 });
+
+it('over HTTP as the README shows it: classify, embeddings, and chat with austen-gpt', async () => {
+  const post = async (path: string, body: unknown) => {
+    const response = await fetch(`${stack.http}${path}`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify(body),
+    });
+    expect(response.status).toBe(200);
+    return (await response.json()) as Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
+  };
+  const classified = await post('/v1/classify', {
+    model: 'lang-id',
+    texts: ['Bonjour tout le monde'],
+    top_k: 3,
+  });
+  expect(classified.results[0].labels[0].label).toBe('fr');
+  const embedded = await post('/v1/embeddings', { model: 'glove-embed', input: ['the king', 'a queen'] });
+  expect(embedded.data.map((d: { embedding: number[] }) => d.embedding.length)).toEqual([100, 100]);
+  const chat = await post('/v1/chat/completions', {
+    model: 'austen-gpt',
+    messages: [{ role: 'user', content: 'What do you think of Mr. Darcy?' }],
+    max_tokens: 20,
+    seed: 1,
+  });
+  expect(chat.choices[0].message.content.length).toBeGreaterThan(10);
+  expect(chat.usage.completion_tokens).toBeGreaterThan(0);
+});

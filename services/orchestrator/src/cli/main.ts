@@ -37,7 +37,9 @@ commands:
   classify --model M text...    labels with scores (--top-k N)
   embed --model M text...       one vector per text (--no-normalize, --normalize)
   generate --model M prompt     stream generated text (--max-new-tokens N, --temperature T,
-                                --top-k K, --top-p P, --repetition-penalty R, --seed S, --stop STR...)
+                                --top-k K, --top-p P, --repetition-penalty R, --seed S, --stop STR...);
+                                samples by default (--temperature 0.7 --top-p 0.9
+                                --repetition-penalty 1.2); --temperature 0 is greedy
   tokenize --model M text...    token ids and strings (--offsets, --no-special-tokens)
   count --model M text...       token counts
 
@@ -49,6 +51,9 @@ options:
   -h, --help            this text
 
 Texts are read from standard input, one per line, when none are given or a text is "-".`;
+
+/** The CLI's sampling when none is given (the API's own default is greedy). */
+export const DEFAULT_SAMPLING = { temperature: 0.7, topP: 0.9, repetitionPenalty: 1.2 };
 
 class UsageError extends Error {}
 
@@ -342,11 +347,12 @@ async function generate(
     prompt,
     maxNewTokens: number(values, 'max-new-tokens', true) ?? 0,
     stop: values.stop ?? [],
+    // Defaults a reader wants: greedy decoding of a small model soon loops on one phrase.
     sampling: {
-      temperature: number(values, 'temperature'),
+      temperature: number(values, 'temperature') ?? DEFAULT_SAMPLING.temperature,
       topK: number(values, 'top-k', true) ?? 0,
-      topP: number(values, 'top-p'),
-      repetitionPenalty: number(values, 'repetition-penalty'),
+      topP: number(values, 'top-p') ?? DEFAULT_SAMPLING.topP,
+      repetitionPenalty: number(values, 'repetition-penalty') ?? DEFAULT_SAMPLING.repetitionPenalty,
       seed: values.seed === undefined ? undefined : uint64(values.seed, 'seed'),
     },
   });
