@@ -9,6 +9,9 @@ import { writeFixtureRepository, type FixtureRepository, FIXTURE_CHAT_TEMPLATE }
 import { metricValue, scrapeMetrics } from '@maas/shared/testing';
 import type { EmbedResponse } from '@maas/shared/gen/maas/orchestrator/v1/orchestrator';
 import { Template } from '@huggingface/jinja';
+import type { MaasCore } from '../src/core/maas-core';
+import { openAiRoutes } from '../src/http/openai';
+import { protoJsonRoutes } from '../src/http/proto-json';
 import { call, eventually, generate, KEYS, startStack, writeKeysFile, type Stack } from './helpers';
 
 let repo: FixtureRepository;
@@ -61,6 +64,25 @@ describe('health', () => {
       expect(response.status).toBe(200);
       expect(await response.json()).toEqual({ status: 'ok' });
     }
+  });
+});
+
+describe('the OpenAPI document', () => {
+  it('is served at /openapi.json and describes every route there is, and no other', async () => {
+    const response = await fetch(`${stack.http}/openapi.json`);
+    expect(response.status).toBe(200);
+    const document = (await response.json()) as { openapi: string; paths: Record<string, object> };
+    expect(document.openapi).toBe('3.1.0');
+    // The route tables themselves: listing them calls nothing.
+    const core = {} as MaasCore;
+    const routed = [...openAiRoutes(core), ...protoJsonRoutes(core)].map(
+      (r) => `${r.method} ${r.path.replace(/\/\*$/, '/{model}')}`,
+    );
+    const documented = Object.entries(document.paths).flatMap(([path, item]) =>
+      Object.keys(item).map((method) => `${method.toUpperCase()} ${path}`),
+    );
+    expect(documented.sort()).toEqual([...routed, 'GET /healthz', 'GET /readyz', 'GET /openapi.json'].sort());
+    expect((await post('/healthz', {})).status).toBe(405);
   });
 });
 

@@ -13,6 +13,10 @@ import type { Logger } from '@maas/shared';
 import { Counter, Histogram, type Registry } from 'prom-client';
 import { CALLER_GONE, type Caller } from '../core/caller.js';
 import { HttpRequestError, httpErrorOf } from './errors.js';
+import openApiDocument from './openapi.json';
+
+/** Every route, described (OpenAPI 3.1, linted by `npm run lint:openapi`): served at /openapi.json. */
+const OPENAPI_BODY = JSON.stringify(openApiDocument);
 
 export interface HttpExchange {
   caller: Caller;
@@ -138,8 +142,18 @@ export class HttpFrontDoor {
       this.requests.inc({ method, route: label, code: String(res.statusCode) });
       this.seconds.observe({ method, route: label }, (performance.now() - startedAt) / 1000);
     });
-    if (path === '/healthz' || path === '/readyz') {
+    if (path === '/healthz' || path === '/readyz' || path === '/openapi.json') {
       label = path;
+      req.resume();
+      if (method !== 'GET' && method !== 'HEAD')
+        return this.sendError(res, new HttpRequestError(405, `${method} is not allowed on ${path}`));
+      if (path === '/openapi.json') {
+        res.writeHead(200, {
+          'content-type': 'application/json',
+          'content-length': Buffer.byteLength(OPENAPI_BODY),
+        });
+        return void res.end(OPENAPI_BODY);
+      }
       const ready = path === '/healthz' || (this.options.isReady() && !this.stopping);
       return this.sendJson(res, ready ? 200 : 503, { status: ready ? 'ok' : 'not ready' });
     }
