@@ -13,7 +13,9 @@
  *     practical limit of this stack);
  *  3. generation through the orchestrator: time to first token and tokens/s
  *     for 1 and 16 concurrent streams;
- *  4. the coalescing window (BATCH_WINDOW_US) at another setting.
+ *  4. the coalescing window (BATCH_WINDOW_US) at another setting;
+ *  5. the HTTP API beside gRPC (same orchestrator, same client process, interleaved rounds):
+ *     /v1/classify and /v1/embeddings at c=1 and 64, /v1/completions streaming at 1 and 16 streams.
  *
  * CPU time per request of each server process (from /proc) is printed too:
  * unlike latency, it says little about what else the machine is running.
@@ -21,6 +23,7 @@
  * BENCH_MS sets the duration of each point (default 3000).
  */
 import { execFileSync } from 'node:child_process';
+import { Agent, request as httpRequest } from 'node:http';
 import { cpSync, existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import {
@@ -223,8 +226,10 @@ async function raw(root: string, model: BenchModel, registry: TokenizerRegistry)
 // ---------------------------------------------------------------- processes
 
 /** Runs this file in client mode in its own process, as real clients are; returns its JSON. */
+/** Runs this file in a client process (`--client` mode unless the arguments name another flag). */
 function client<T>(args: string[]): T {
-  const out = execFileSync(process.execPath, [__filename, '--client', ...args], {
+  const flagged = args[0]?.startsWith('--') ? args : ['--client', ...args];
+  const out = execFileSync(process.execPath, [__filename, ...flagged], {
     encoding: 'utf8',
     env: process.env,
     maxBuffer: 1 << 24,
@@ -358,6 +363,209 @@ async function clientMode(args: string[]): Promise<void> {
       };
     }
   }
+  maas.close();
+  console.log(JSON.stringify(result));
+}
+
+// ---------------------------------------------------------------- HTTP beside gRPC
+
+interface TransportPoint {
+  grpc: Stats;
+  http: Stats;
+}
+
+interface StreamPoint {
+  tokensPerSecond: number;
+  /** Measured by the client: from sending the request to the first text arriving. */
+  ttftP50: number;
+}
+
+/** One keep-alive POST with a JSON body; resolves with the body (and, for SSE, each `data:` payload). */
+function httpPost(agent: Agent, url: URL, body: unknown, onEvent?: (data: string) => void): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const payload = JSON.stringify(body);
+    const request = httpRequest(
+      url,
+      {
+        method: 'POST',
+        agent,
+        headers: {
+          'content-type': 'application/json',
+          'content-length': Buffer.byteLength(payload),
+          authorization: `Bearer ${KEY}`,
+        },
+      },
+      (response) => {
+        let text = '';
+        let pending = '';
+        response.setEncoding('utf8');
+        response.on('data', (chunk: string) => {
+          if (!onEvent) return void (text += chunk);
+          pending += chunk;
+          let end;
+          while ((end = pending.indexOf('\n\n')) >= 0) {
+            onEvent(pending.slice(6, end)); // after 'data: '
+            pending = pending.slice(end + 2);
+          }
+        });
+        response.on('end', () =>
+          response.statusCode === 200
+            ? resolve(text)
+            : reject(new Error(`HTTP ${response.statusCode}: ${text}`)),
+        );
+        response.on('error', reject);
+      },
+    );
+    request.on('error', reject);
+    request.end(payload);
+  });
+}
+
+/**
+ * The same requests over gRPC and over HTTP from one client process, in interleaved rounds (gRPC,
+ * HTTP, gRPC, …) so that both see the same machine; the median round of each is reported.
+ */
+async function transportMode(args: string[]): Promise<void> {
+  const [kind, grpcAddress, httpBase, model, sizeText, concurrencyList, roundsText] = args as [
+    'classify' | 'embed' | 'generate',
+    string,
+    string,
+    string,
+    string,
+    string,
+    string,
+  ];
+  const rounds = Number(roundsText);
+  const maas = new MaasServiceClient(grpcAddress, credentials.createInsecure());
+  const metadata = new Metadata();
+  metadata.set('authorization', `Bearer ${KEY}`);
+  const agent = new Agent({ keepAlive: true, maxSockets: 256 });
+  const result: Record<number, unknown> = {};
+  const median = <T>(values: T[], key: (v: T) => number) =>
+    [...values].sort((a, b) => key(a) - key(b))[Math.floor(values.length / 2)]!;
+  if (kind !== 'generate') {
+    const texts = sentences(512, Number(sizeText));
+    let next = 0;
+    const grpcOne = () =>
+      new Promise<number>((resolve, reject) => {
+        const text = texts[next++ % texts.length]!;
+        const done = (error: ServiceError | null) => (error ? reject(error) : resolve(1));
+        if (kind === 'classify')
+          maas.classify(ClassifyRequest.fromPartial({ model, texts: [text] }), metadata, (e) => done(e));
+        else maas.embed(EmbedRequest.fromPartial({ model, texts: [text] }), metadata, (e) => done(e));
+      });
+    const url = new URL(kind === 'classify' ? '/v1/classify' : '/v1/embeddings', httpBase);
+    const httpOne = () => {
+      const text = texts[next++ % texts.length]!;
+      const body =
+        kind === 'classify' ? { model, texts: [text] } : { model, input: text, encoding_format: 'float' };
+      return httpPost(agent, url, body).then(() => 1);
+    };
+    for (let i = 0; i < 300; i++) await Promise.all([grpcOne(), httpOne()]);
+    for (const c of concurrencyList.split(',').map(Number)) {
+      const grpc: Stats[] = [];
+      const http: Stats[] = [];
+      for (let r = 0; r < rounds; r++) {
+        grpc.push(await measure(c, grpcOne, MS / rounds));
+        http.push(await measure(c, httpOne, MS / rounds));
+      }
+      result[c] = {
+        grpc: median(grpc, (s) => s.rps),
+        http: median(http, (s) => s.rps),
+      } satisfies TransportPoint;
+    }
+  } else {
+    const maxNewTokens = Number(sizeText);
+    const prompt =
+      'It is a truth universally acknowledged, that a single man in possession of a good fortune';
+    let seed = 0;
+    const sampling = { temperature: 0.8, topK: 40 };
+    const grpcOne = () =>
+      new Promise<{ ttft: number; tokens: number }>((resolve, reject) => {
+        const sent = performance.now();
+        let ttft = 0;
+        const stream = maas.generate(
+          GenerateRequest.fromPartial({
+            model,
+            prompt,
+            maxNewTokens,
+            sampling: { ...sampling, seed: String(++seed) },
+          }),
+          metadata,
+        );
+        let last: GenerateResponse | undefined;
+        stream.on('data', (m: GenerateResponse) => {
+          if (!ttft && m.text) ttft = performance.now() - sent;
+          last = m;
+        });
+        stream.on('error', reject);
+        stream.on('end', () => resolve({ ttft, tokens: last!.usage!.generatedTokens }));
+      });
+    const url = new URL('/v1/completions', httpBase);
+    const httpOne = async () => {
+      const sent = performance.now();
+      let ttft = 0;
+      let tokens = 0;
+      await httpPost(
+        agent,
+        url,
+        {
+          model,
+          prompt,
+          max_tokens: maxNewTokens,
+          temperature: sampling.temperature,
+          top_k: sampling.topK,
+          seed: ++seed,
+          stream: true,
+          stream_options: { include_usage: true },
+        },
+        (data) => {
+          if (data === '[DONE]') return;
+          const chunk = JSON.parse(data) as {
+            choices: { text: string }[];
+            usage?: { completion_tokens: number };
+          };
+          if (!ttft && chunk.choices[0]?.text) ttft = performance.now() - sent;
+          if (chunk.usage) tokens = chunk.usage.completion_tokens;
+        },
+      );
+      return { ttft, tokens };
+    };
+    await grpcOne();
+    await httpOne();
+    const run = async (streams: number, one: typeof grpcOne, ms: number): Promise<StreamPoint> => {
+      const ttfts: number[] = [];
+      let tokens = 0;
+      const start = performance.now();
+      await Promise.all(
+        Array.from({ length: streams }, async () => {
+          while (performance.now() - start < ms) {
+            const r = await one();
+            ttfts.push(r.ttft);
+            tokens += r.tokens;
+          }
+        }),
+      );
+      ttfts.sort((a, b) => a - b);
+      return {
+        tokensPerSecond: tokens / ((performance.now() - start) / 1000),
+        ttftP50: percentile(ttfts, 50),
+      };
+    };
+    for (const streams of concurrencyList.split(',').map(Number)) {
+      const grpc: StreamPoint[] = [];
+      const http: StreamPoint[] = [];
+      for (let r = 0; r < rounds; r++) {
+        grpc.push(await run(streams, grpcOne, MS / rounds));
+        http.push(await run(streams, httpOne, MS / rounds));
+      }
+      result[streams] = {
+        grpc: median(grpc, (p) => p.tokensPerSecond),
+        http: median(http, (p) => p.tokensPerSecond),
+      };
+    }
+  }
+  agent.destroy();
   maas.close();
   console.log(JSON.stringify(result));
 }
@@ -624,6 +832,57 @@ async function main(): Promise<void> {
   }
   stopAll();
 
+  if (process.env.BENCH_HTTP !== '0') {
+    // BENCH_MS per point, split into interleaved rounds.
+    const rounds = Number(process.env.BENCH_HTTP_ROUNDS ?? 3);
+    console.log(
+      `\n5. HTTP beside gRPC, same orchestrator, same client process, ${rounds} interleaved rounds per point (median round)`,
+    );
+    const httpStack = await startStack(root);
+    for (const [kind, model, route] of [
+      ['classify', 'lang-id', '/v1/classify'],
+      ['embed', 'glove-embed', '/v1/embeddings'],
+    ] as const) {
+      const points = client<Record<number, TransportPoint>>([
+        '--transport',
+        kind,
+        httpStack.address,
+        httpStack.http,
+        model,
+        '10',
+        '1,64',
+        String(rounds),
+      ]);
+      for (const c of [1, 64]) {
+        const { grpc, http } = points[c]!;
+        console.log(
+          `  ${kind.padEnd(8)} ${model.padEnd(11)} c=${String(c).padEnd(2)} gRPC ${f0(grpc.rps)}/s p50 ${f2(grpc.p50)} ms p99 ${f2(grpc.p99)}` +
+            ` | HTTP ${route} ${f0(http.rps)}/s p50 ${f2(http.p50)} ms p99 ${f2(http.p99)} → ${pct(http.rps, grpc.rps)} of gRPC` +
+            (c === 64 ? ` (target ≥ 80%: ${http.rps >= 0.8 * grpc.rps ? 'met' : 'NOT met'})` : ''),
+        );
+      }
+    }
+    const streams = client<Record<number, { grpc: StreamPoint; http: StreamPoint }>>([
+      '--transport',
+      'generate',
+      httpStack.address,
+      httpStack.http,
+      generationModel,
+      '48',
+      '1,16',
+      String(rounds),
+    ]);
+    for (const n of [1, 16]) {
+      const { grpc, http } = streams[n]!;
+      console.log(
+        `  completions ${generationModel} ${String(n).padStart(2)} stream(s): gRPC Generate ${f0(grpc.tokensPerSecond)} tokens/s, ttft p50 ${f2(grpc.ttftP50)} ms` +
+          ` | HTTP /v1/completions (SSE) ${f0(http.tokensPerSecond)} tokens/s, ttft p50 ${f2(http.ttftP50)} ms` +
+          ` → ${pct(http.tokensPerSecond, grpc.tokensPerSecond)} of gRPC (target ≥ 90%: ${http.tokensPerSecond >= 0.9 * grpc.tokensPerSecond ? 'met' : 'NOT met'})`,
+      );
+    }
+    stopAll();
+  }
+
   if (process.env.BENCH_WINDOW === '0') return;
   const windowUs = Number(process.env.BENCH_WINDOW_US ?? 1000);
   console.log(`\n4. coalescing window BATCH_WINDOW_US=${windowUs} instead of 0 (lang-id)`);
@@ -639,7 +898,12 @@ async function main(): Promise<void> {
 process.on('exit', stopAll);
 process.on('SIGINT', () => process.exit(130));
 const [flag, ...rest] = process.argv.slice(2);
-if (flag === '--client') {
+if (flag === '--transport') {
+  transportMode(rest).catch((error: unknown) => {
+    console.error(error);
+    process.exit(1);
+  });
+} else if (flag === '--client') {
   clientMode(rest).catch((error: unknown) => {
     console.error(error);
     process.exit(1);
