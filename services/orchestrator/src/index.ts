@@ -3,6 +3,7 @@ import {
   createLogger,
   createMetricsRegistry,
   GrpcServiceHost,
+  HttpServiceHost,
   type ListeningAddresses,
   type Logger,
 } from '@maas/shared';
@@ -19,9 +20,7 @@ import { GenerationAdmission } from './pipelines/generation-admission.js';
 import { InFlightLimit } from './core/in-flight-limit.js';
 import { createMaasCore } from './core/maas-core.js';
 import { createMaasGrpcService } from './grpc/maas-service.js';
-import { openAiRoutes } from './http/openai.js';
-import { protoJsonRoutes } from './http/proto-json.js';
-import { HttpFrontDoor } from './http/server.js';
+import { formatHttpError, httpRoutes } from './http/routes.js';
 
 export { loadOrchestratorConfig, orchestratorConfigSchema, type OrchestratorConfig } from './config.js';
 export { sha256 } from './access/api-keys.js';
@@ -179,12 +178,13 @@ export async function startOrchestrator(
   const addresses = await host.start();
   const http =
     config.HTTP_PORT >= 0
-      ? new HttpFrontDoor({
+      ? new HttpServiceHost({
+          service: 'orchestrator',
           host: config.HTTP_HOST,
           port: config.HTTP_PORT,
           maxBodyBytes: config.HTTP_MAX_BODY_BYTES,
-          routes: [...openAiRoutes(core), ...protoJsonRoutes(core)],
-          isReady: () => host.isReady,
+          routes: httpRoutes(core, () => host.isReady),
+          formatError: formatHttpError,
           logger,
           registry: metricsRegistry,
         })

@@ -9,3 +9,4 @@ export * from './shutdown.js';
 export * from './telemetry.js';
 export * from './model-repository.js';
 export * from './paths.js';
+export * from './http-server.js';

@@ -6,7 +6,7 @@
  * AuthenticationError, PermissionDeniedError, NotFoundError, RateLimitError).
  */
 import { status } from '@grpc/grpc-js';
-import { StatusError } from '@maas/shared';
+import { HttpRequestError, StatusError } from '@maas/shared';
 
 const HTTP_STATUS: Partial<Record<status, number>> = {
   [status.INVALID_ARGUMENT]: 400,
@@ -38,17 +38,6 @@ export interface HttpError {
   status: number;
   headers: Record<string, string>;
   body: { error: { message: string; type: string; param: string | null; code: string } };
-}
-
-/** An error naming a part of the HTTP request itself (not a field of a use case's request). */
-export class HttpRequestError extends Error {
-  constructor(
-    readonly status: number,
-    message: string,
-    readonly param: string | null = null,
-  ) {
-    super(message);
-  }
 }
 
 /** The `field: problem` form every INVALID_ARGUMENT of the use cases has. */

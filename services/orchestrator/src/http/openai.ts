@@ -5,6 +5,7 @@
  * are refused by name, never ignored), and the use case's results are shaped
  * as OpenAI's responses and stream chunks.
  */
+import { type EventStream, type HttpExchange, HttpRequestError, type HttpRoute } from '@maas/shared';
 import { randomUUID } from 'node:crypto';
 import {
   FinishReason,
@@ -16,8 +17,7 @@ import {
 import { CALLER_GONE, type Caller } from '../core/caller.js';
 import type { MaasCore } from '../core/maas-core.js';
 import type { ChatMessage } from '../pipelines/chat-template.js';
-import { HttpRequestError } from './errors.js';
-import type { EventStream, HttpExchange, HttpRoute } from './server.js';
+import { callerOf } from './caller.js';
 
 /** Prompts per /v1/completions call (each is its own generation stream). */
 export const MAX_PROMPTS = 16;
@@ -203,8 +203,8 @@ async function runChoices(
   }));
   const local = new AbortController();
   const caller: Caller = {
-    ...exchange.caller,
-    signal: AbortSignal.any([exchange.caller.signal, local.signal]),
+    ...callerOf(exchange),
+    signal: AbortSignal.any([callerOf(exchange).signal, local.signal]),
   };
   await Promise.all(
     generations.map((generation, index) =>
@@ -300,13 +300,13 @@ async function completions(core: MaasCore, exchange: HttpExchange): Promise<void
     });
     finishStream(
       events,
-      exchange.caller,
+      callerOf(exchange),
       parameters.includeUsage ? () => chunk([], { usage: usageOf(choices) }) : undefined,
     );
     return;
   }
   const choices = await runChoices(exchange, generations, undefined);
-  if (exchange.caller.signal.aborted) return;
+  if (callerOf(exchange).signal.aborted) return;
   exchange.json(
     200,
     chunk(
@@ -406,13 +406,13 @@ async function chatCompletions(core: MaasCore, exchange: HttpExchange): Promise<
     });
     finishStream(
       events,
-      exchange.caller,
+      callerOf(exchange),
       parameters.includeUsage ? () => chunk([], { usage: usageOf(choices) }) : undefined,
     );
     return;
   }
   const choices = await runChoices(exchange, [generation], undefined);
-  if (exchange.caller.signal.aborted) return;
+  if (callerOf(exchange).signal.aborted) return;
   exchange.json(200, {
     id,
     object: 'chat.completion',
@@ -441,7 +441,7 @@ async function embeddings(core: MaasCore, exchange: HttpExchange): Promise<void>
   if (format !== 'float' && format !== 'base64')
     throw bad('encoding_format', `must be "float" or "base64", got '${format.slice(0, 32)}'`);
   const dimensions = optionalInteger(body, 'dimensions', 1);
-  const response = await core.embed({ model, texts: input, normalize: undefined }, exchange.caller);
+  const response = await core.embed({ model, texts: input, normalize: undefined }, callerOf(exchange));
   if (dimensions !== undefined && dimensions !== response.dimensions)
     throw bad(
       'dimensions',
@@ -498,7 +498,7 @@ export function openAiRoutes(core: MaasCore): HttpRoute[] {
       method: 'GET',
       path: '/v1/models',
       async handle(exchange) {
-        const { models } = await core.listModels(exchange.caller);
+        const { models } = await core.listModels(callerOf(exchange));
         exchange.json(200, { object: 'list', data: models.map(openAiModel) });
       },
     },
@@ -513,7 +513,7 @@ export function openAiRoutes(core: MaasCore): HttpRoute[] {
         } catch {
           throw new HttpRequestError(400, 'the model name in the path is not valid URL encoding', 'model');
         }
-        const { model } = await core.getModel({ name }, exchange.caller);
+        const { model } = await core.getModel({ name }, callerOf(exchange));
         exchange.json(200, openAiModel(model!));
       },
     },

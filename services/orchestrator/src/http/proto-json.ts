@@ -7,6 +7,7 @@
  * re-encoded into the messages the use cases take. Responses use the proto
  * field names, as requests may.
  */
+import { HttpRequestError, type HttpRoute } from '@maas/shared';
 import {
   createFileRegistry,
   type DescMessage,
@@ -33,8 +34,7 @@ import {
 } from '@maas/shared/gen/maas/orchestrator/v1/orchestrator';
 import type { Caller } from '../core/caller.js';
 import type { MaasCore } from '../core/maas-core.js';
-import { HttpRequestError } from './errors.js';
-import type { HttpRoute } from './server.js';
+import { callerOf } from './caller.js';
 
 /** A ts-proto message's codec, as the generated code exports it. */
 interface Codec<T> {
@@ -124,7 +124,7 @@ function unaryRoute<Req, Res>(
     method: 'POST',
     path,
     async handle(exchange) {
-      const response = await call(codec.parse(exchange.body), exchange.caller);
+      const response = await call(codec.parse(exchange.body), callerOf(exchange));
       exchange.json(200, codec.format(response));
     },
   };
@@ -144,10 +144,10 @@ export function protoJsonRoutes(core: MaasCore): HttpRoute[] {
       async handle(exchange) {
         const request = GENERATE.parse(exchange.body);
         const events = exchange.events();
-        await core.generate(request, exchange.caller, (message) =>
+        await core.generate(request, callerOf(exchange), (message) =>
           events.send(GENERATE.format(message, false)),
         );
-        if (!exchange.caller.signal.aborted) {
+        if (!callerOf(exchange).signal.aborted) {
           events.send('[DONE]');
           events.end();
         }

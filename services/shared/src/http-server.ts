@@ -1,30 +1,49 @@
 /**
- * The HTTP transport: node:http, a route table, JSON bodies, server-sent
- * events, and what every call needs around its route — the caller (its
- * `authorization` header, its connection closing as cancellation), a trace
- * span continuing the caller's `traceparent`, metrics, errors in one shape,
- * readiness and a graceful drain. Routes map wire formats onto the use cases;
- * no use-case logic lives here.
+ * An HTTP server with what every maas HTTP API needs around its routes, as
+ * GrpcServiceHost is for gRPC: node:http, a route table (exact paths and
+ * `/prefix/*`), JSON bodies with a size limit, server-sent events, the
+ * caller's connection closing as an abort signal, a trace span continuing the
+ * caller's `traceparent`, request metrics, errors in the service's own shape
+ * (`formatError`), and a graceful drain. Routes map their wire format onto
+ * the service's domain functions; nothing of a use case lives here.
  */
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import {
+  createServer,
+  type IncomingHttpHeaders,
+  type IncomingMessage,
+  type Server,
+  type ServerResponse,
+} from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import { context, propagation, SpanKind, SpanStatusCode, trace } from '@opentelemetry/api';
-import type { Logger } from '@maas/shared';
 import { Counter, Histogram, type Registry } from 'prom-client';
-import { CALLER_GONE, type Caller } from '../core/caller.js';
-import { HttpRequestError, httpErrorOf } from './errors.js';
-import openApiDocument from './openapi.json';
+import type { Logger } from './logger.js';
+import { LATENCY_BUCKETS_SECONDS } from './metrics.js';
 
-/** Every route, described (OpenAPI 3.1, linted by `npm run lint:openapi`): served at /openapi.json. */
-const OPENAPI_BODY = JSON.stringify(openApiDocument);
+/** An error about the HTTP request itself (its body, path or method) rather than a domain field. */
+export class HttpRequestError extends Error {
+  constructor(
+    readonly status: number,
+    message: string,
+    readonly param: string | null = null,
+  ) {
+    super(message);
+  }
+}
 
 export interface HttpExchange {
-  caller: Caller;
+  headers: IncomingHttpHeaders;
+  /** Aborted when the caller has gone (its connection closed before the response ended). */
+  signal: AbortSignal;
   /** The parsed JSON body (POST); undefined for GET. */
   body: unknown;
-  /** For a route whose path ends in `/*`: the rest of the path, URL-decoded. */
+  /** For a route whose path ends in `/*`: the rest of the path, as sent (not decoded). */
   rest: string;
+  /** True once the server is draining: readiness routes answer 503. */
+  draining: boolean;
   json(status: number, body: unknown): void;
+  /** Sends a body as it is, with its content type. */
+  send(status: number, contentType: string, body: string): void;
   /** Starts (on its first event) a text/event-stream response. */
   events(): EventStream;
 }
@@ -40,31 +59,37 @@ export interface HttpRoute {
   /** A fixed path, or a prefix ending in `/*`. */
   path: string;
   handle(exchange: HttpExchange): Promise<void>;
-  /** Names the route's callers use for the use case's fields, for error messages and `param`. */
+  /** Names the route's callers use for the domain's fields, for error messages (see formatError). */
   rename?: (field: string) => string | undefined;
 }
 
+export interface FormattedError {
+  status: number;
+  headers: Record<string, string>;
+  body: unknown;
+}
+
 export interface HttpServerOptions {
+  /** The service, for logs and metric names (`maas_<service>_http_requests_total`). */
+  service: string;
   host: string;
   port: number;
   maxBodyBytes: number;
   routes: HttpRoute[];
-  /** GET /readyz answers 200 while this is true (it follows gRPC health). */
-  isReady: () => boolean;
+  /** An error (an HttpRequestError, a StatusError, anything) as the response the service's API gives. */
+  formatError(error: unknown, route: HttpRoute | undefined): FormattedError;
   logger: Logger;
   registry: Registry;
 }
 
-const LATENCY_BUCKETS_SECONDS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
-
-export class HttpFrontDoor {
+export class HttpServiceHost {
   private readonly server: Server;
   private readonly exact = new Map<string, HttpRoute>();
   private readonly prefixed: { prefix: string; route: HttpRoute }[] = [];
   private readonly active = new Set<ServerResponse>();
   private readonly requests: Counter<'method' | 'route' | 'code'>;
   private readonly seconds: Histogram<'method' | 'route'>;
-  private stopping = false;
+  private draining = false;
   private readonly tracer = trace.getTracer('maas-http-server');
 
   constructor(private readonly options: HttpServerOptions) {
@@ -73,14 +98,15 @@ export class HttpFrontDoor {
         this.prefixed.push({ prefix: `${route.method} ${route.path.slice(0, -1)}`, route });
       } else this.exact.set(`${route.method} ${route.path}`, route);
     }
+    const prefix = `maas_${options.service.replace(/-/g, '_')}_http`;
     this.requests = new Counter({
-      name: 'maas_orchestrator_http_requests_total',
+      name: `${prefix}_requests_total`,
       help: 'HTTP requests completed, by method, route (its pattern) and status code.',
       labelNames: ['method', 'route', 'code'],
       registers: [options.registry],
     });
     this.seconds = new Histogram({
-      name: 'maas_orchestrator_http_request_duration_seconds',
+      name: `${prefix}_request_duration_seconds`,
       help: 'HTTP request duration until the response ended (streams: the whole stream).',
       labelNames: ['method', 'route'],
       buckets: LATENCY_BUCKETS_SECONDS,
@@ -109,7 +135,7 @@ export class HttpFrontDoor {
 
   /** Stops accepting, lets requests in progress finish for up to `drainMs`, then closes the rest. */
   async stop(drainMs: number): Promise<void> {
-    this.stopping = true;
+    this.draining = true;
     const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
     this.server.closeIdleConnections();
     const deadline = Date.now() + drainMs;
@@ -119,10 +145,10 @@ export class HttpFrontDoor {
     await closed;
   }
 
-  private route(method: string, path: string): HttpRoute | { rest: string; route: HttpRoute } | undefined {
-    const key = `${method} ${path}`;
+  private find(method: string, path: string): { route: HttpRoute; rest: string } | undefined {
+    const key = `${method === 'HEAD' ? 'GET' : method} ${path}`;
     const exact = this.exact.get(key);
-    if (exact) return exact;
+    if (exact) return { route: exact, rest: '' };
     for (const { prefix, route } of this.prefixed) {
       if (key.startsWith(prefix) && key.length > prefix.length)
         return { route, rest: key.slice(prefix.length) };
@@ -135,38 +161,23 @@ export class HttpFrontDoor {
     const method = req.method ?? 'GET';
     const path = (req.url ?? '/').split('?', 1)[0]!;
     this.active.add(res);
-    if (this.stopping) res.setHeader('connection', 'close');
+    if (this.draining) res.setHeader('connection', 'close');
     let label = 'unmatched';
     res.once('close', () => {
       this.active.delete(res);
       this.requests.inc({ method, route: label, code: String(res.statusCode) });
       this.seconds.observe({ method, route: label }, (performance.now() - startedAt) / 1000);
     });
-    if (path === '/healthz' || path === '/readyz' || path === '/openapi.json') {
-      label = path;
-      req.resume();
-      if (method !== 'GET' && method !== 'HEAD')
-        return this.sendError(res, new HttpRequestError(405, `${method} is not allowed on ${path}`));
-      if (path === '/openapi.json') {
-        res.writeHead(200, {
-          'content-type': 'application/json',
-          'content-length': Buffer.byteLength(OPENAPI_BODY),
-        });
-        return void res.end(OPENAPI_BODY);
-      }
-      const ready = path === '/healthz' || (this.options.isReady() && !this.stopping);
-      return this.sendJson(res, ready ? 200 : 503, { status: ready ? 'ok' : 'not ready' });
-    }
-    const found = this.route(method, path);
+    const found = this.find(method, path);
     if (!found) {
-      const known = [...this.exact.values()].some((r) => r.path === path);
-      const error = known
+      req.resume();
+      const other = ['GET', 'POST'].some((m) => m !== method && this.find(m, path));
+      const error = other
         ? new HttpRequestError(405, `${method} is not allowed on ${path}`)
         : new HttpRequestError(404, `no route ${method} ${path}`);
-      req.resume();
-      return this.sendError(res, error);
+      return this.sendError(res, error, undefined);
     }
-    const { route, rest } = 'route' in found ? found : { route: found, rest: '' };
+    const { route, rest } = found;
     label = route.path;
     const parent = propagation.extract(context.active(), req.headers);
     const span = this.tracer.startSpan(
@@ -177,39 +188,36 @@ export class HttpFrontDoor {
       },
       parent,
     );
+    const controller = new AbortController();
     res.once('close', () => {
+      if (!res.writableFinished) controller.abort(CONNECTION_CLOSED);
       span.setAttribute('http.response.status_code', res.statusCode);
       if (res.statusCode >= 500) span.setStatus({ code: SpanStatusCode.ERROR });
       span.end();
     });
-    const controller = new AbortController();
-    res.once('close', () => {
-      if (!res.writableFinished) controller.abort(CALLER_GONE);
-    });
-    const caller: Caller = {
-      authorization: req.headers.authorization,
-      deadline: undefined,
-      signal: controller.signal,
-    };
     let stream: EventStream | undefined;
     await context.with(trace.setSpan(parent, span), async () => {
       try {
-        const body = method === 'POST' ? await this.readJson(req) : undefined;
+        let body: unknown;
+        if (method === 'POST') body = await this.readJson(req);
+        else req.resume();
         await route.handle({
-          caller,
+          headers: req.headers,
+          signal: controller.signal,
           body,
           rest,
-          json: (status, value) => this.sendJson(res, status, value),
+          draining: this.draining,
+          json: (status, value) => sendBody(res, status, 'application/json', JSON.stringify(value)),
+          send: (status, contentType, text) => sendBody(res, status, contentType, text),
           events: () => (stream ??= eventStream(res)),
         });
       } catch (error) {
-        if (!(error instanceof HttpRequestError) && !isExpected(error))
+        if (!(error instanceof HttpRequestError) && !(error instanceof Error && error.name === 'StatusError'))
           this.options.logger.error({ err: error, route: route.path }, 'HTTP request failed');
-        const mapped = httpErrorOf(error, route.rename);
-        if (!res.headersSent) return this.sendError(res, error, route.rename);
-        // A stream already under way: the error as its last event, as OpenAI's API sends it.
+        if (!res.headersSent) return this.sendError(res, error, route);
+        // A stream already under way: the error as its last event (as OpenAI's API sends it).
         if (stream && !res.writableEnded) {
-          stream.send(mapped.body);
+          stream.send(this.options.formatError(error, route).body);
           stream.end();
         } else res.destroy();
       }
@@ -220,7 +228,7 @@ export class HttpFrontDoor {
     const type = req.headers['content-type'];
     if (type !== undefined && !/[/+]json\b/i.test(type)) {
       req.resume();
-      throw new HttpRequestError(415, `content-type must be application/json, got '${type}'`);
+      throw new HttpRequestError(415, `content-type must be application/json, got '${type.slice(0, 64)}'`);
     }
     const limit = this.options.maxBodyBytes;
     if (Number(req.headers['content-length'] ?? 0) > limit) {
@@ -248,30 +256,19 @@ export class HttpFrontDoor {
     }
   }
 
-  private sendJson(
-    res: ServerResponse,
-    status: number,
-    value: unknown,
-    headers: Record<string, string> = {},
-  ) {
-    const body = JSON.stringify(value);
-    res.writeHead(status, {
-      ...headers,
-      'content-type': 'application/json',
-      'content-length': Buffer.byteLength(body),
-    });
-    res.end(body);
-  }
-
-  private sendError(res: ServerResponse, error: unknown, rename?: HttpRoute['rename']) {
-    const mapped = httpErrorOf(error, rename);
-    this.sendJson(res, mapped.status, mapped.body, mapped.headers);
+  private sendError(res: ServerResponse, error: unknown, route: HttpRoute | undefined) {
+    const formatted = this.options.formatError(error, route);
+    for (const [name, value] of Object.entries(formatted.headers)) res.setHeader(name, value);
+    sendBody(res, formatted.status, 'application/json', JSON.stringify(formatted.body));
   }
 }
 
-/** Statuses a call ends with in normal operation: not worth an error log line. */
-function isExpected(error: unknown): boolean {
-  return error instanceof Error && error.name === 'StatusError';
+/** The abort reason: one object, where abort() without one builds a DOMException (and its stack). */
+const CONNECTION_CLOSED = Object.freeze({ reason: 'the caller has gone' });
+
+function sendBody(res: ServerResponse, status: number, contentType: string, body: string): void {
+  res.writeHead(status, { 'content-type': contentType, 'content-length': Buffer.byteLength(body) });
+  res.end(body);
 }
 
 function eventStream(res: ServerResponse): EventStream {
