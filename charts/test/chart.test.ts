@@ -381,12 +381,11 @@ describe('the HTTP API', () => {
     expect(container.ports).toContainEqual({ name: 'http', containerPort: 8080, protocol: 'TCP' });
     expect(envOf(container, 'HTTP_PORT')).toBe('8080');
     expect(envOf(container, 'HTTP_HOST')).toBe('0.0.0.0');
-    // Only the orchestrator has an HTTP API.
-    for (const component of ['tokenizer', 'model-runner']) {
-      expect(
-        envOf(deploymentNamed(objects, component)!.spec.template.spec.containers[0], 'HTTP_PORT'),
-      ).toBeUndefined();
-    }
+    // The tokenizer has no HTTP API; the runner's (KServe v2 REST) is off unless its httpPort is set.
+    const envOfComponent = (component: string, name: string) =>
+      envOf(deploymentNamed(objects, component)!.spec.template.spec.containers[0], name);
+    expect(envOfComponent('tokenizer', 'HTTP_PORT')).toBeUndefined();
+    expect(envOfComponent('model-runner', 'HTTP_PORT')).toBe('-1');
     const policy = byKind(objects, 'NetworkPolicy').find(
       (p) => p.metadata.labels!['app.kubernetes.io/component'] === 'orchestrator',
     )!;
@@ -404,6 +403,31 @@ describe('the HTTP API', () => {
       (p) => p.metadata.labels!['app.kubernetes.io/component'] === 'orchestrator',
     )!;
     expect(policy.spec.ingress[0].ports.map((p: { port: string }) => p.port)).toEqual(['grpc']);
+  });
+
+  test('modelRunner.httpPort serves KServe v2 REST, open to the orchestrator and networkPolicy.runnerHttpFrom', () => {
+    const objects = parseObjects(
+      template({ values: [] }, [
+        '--set',
+        'modelRunner.httpPort=8000',
+        '--set-json',
+        'networkPolicy.runnerHttpFrom=[{"namespaceSelector":{"matchLabels":{"team":"ml"}}}]',
+      ]),
+    );
+    const runner = deploymentNamed(objects, 'model-runner')!;
+    const container = runner.spec.template.spec.containers[0];
+    expect(envOf(container, 'HTTP_PORT')).toBe('8000');
+    expect(container.ports).toContainEqual({ name: 'http', containerPort: 8000, protocol: 'TCP' });
+    const service = byKind(objects, 'Service').find((s) => s.metadata.name === 'maas-model-runner')!;
+    expect(service.spec.ports.map((p: { name: string }) => p.name)).toEqual(['grpc', 'http', 'metrics']);
+    const policy = byKind(objects, 'NetworkPolicy').find(
+      (p) => p.metadata.labels!['app.kubernetes.io/component'] === 'model-runner',
+    )!;
+    const http = policy.spec.ingress.find((r: { ports: { port: string }[] }) => r.ports[0]!.port === 'http');
+    const orchestratorLabels = deploymentNamed(objects, 'orchestrator')!.spec.template.metadata.labels;
+    expect(http.from).toHaveLength(2);
+    expect(selects(http.from[0].podSelector.matchLabels, orchestratorLabels)).toBe(true);
+    expect(http.from[1]).toEqual({ namespaceSelector: { matchLabels: { team: 'ml' } } });
   });
 
   test('an Ingress routes each host to the http port of the orchestrator Service, with TLS', () => {

@@ -232,6 +232,7 @@ const schema = {
     networkPolicy: obj({
       enabled: bool,
       orchestratorFrom: anyList,
+      runnerHttpFrom: anyList,
       metrics: obj({ from: anyList }),
     }),
     monitoring: obj({
@@ -300,6 +301,7 @@ const schema = {
     modelRunner: component('model-runner', {
       grpcPort: 50052,
       extra: {
+        httpPort: int(0, 65535, { default: 0, description: 'KServe v2 REST on a port named http; 0: off' }),
         gpu: obj(
           {
             enabled: bool,

@@ -4,6 +4,11 @@ import { z } from 'zod';
 export const runnerConfigSchema = baseConfigSchema.extend({
   GRPC_PORT: envInt(50052, 0, 65535),
   METRICS_PORT: envInt(9092, -1, 65535),
+  /** KServe v2 REST (kserve-rest.ts) beside gRPC: -1 (the default) leaves it off, 0 picks a free port. */
+  HTTP_HOST: z.string().min(1).default('127.0.0.1'),
+  HTTP_PORT: envInt(-1, -1, 65535),
+  /** Bytes per REST request body (JSON tensors); larger bodies are refused with 413. */
+  HTTP_MAX_BODY_BYTES: envInt(64 * 1024 * 1024, 1024, 1024 * 1024 * 1024),
   /** The model repository (layout: @maas/shared model-repository.ts). */
   MODEL_REPOSITORY: z.string().min(1).default(defaultRepositoryPath()),
   /** Comma-separated model names to load at start; every model of the repository when unset. */

@@ -2,6 +2,7 @@ import {
   createLogger,
   createMetricsRegistry,
   GrpcServiceHost,
+  HttpServiceHost,
   type ListeningAddresses,
   type Logger,
 } from '@maas/shared';
@@ -12,7 +13,8 @@ import type { RunnerConfig } from './config.js';
 import { createGenerationMetrics } from './generation/index.js';
 import { createRunnerMetrics } from './metrics.js';
 import { ModelRepository } from './repository.js';
-import { createGenerationService, createInferenceService } from './server.js';
+import { formatKserveError, kserveRestRoutes } from './kserve-rest.js';
+import { createGenerationService, createInference, createInferenceService } from './server.js';
 import type { createSession } from './session.js';
 
 export { loadRunnerConfig, runnerConfigSchema, type RunnerConfig } from './config.js';
@@ -28,6 +30,8 @@ export { WorkerSession, type RunnableSession } from './worker-session.js';
 export * from './generation/index.js';
 
 export interface RunningModelRunner extends ListeningAddresses {
+  /** KServe v2 REST's port; undefined when HTTP_PORT=-1. */
+  httpPort: number | undefined;
   host: GrpcServiceHost;
   repository: ModelRepository;
   /** Resolves when the start-up load has finished trying every model. */
@@ -72,9 +76,24 @@ export async function startModelRunner(
       if (!stopping) host.setReady(repository.isReady());
     },
   });
-  host.addService(GRPCInferenceServiceService, createInferenceService(repository, metrics) as never);
+  const inference = createInference(repository, metrics);
+  host.addService(GRPCInferenceServiceService, createInferenceService(repository, inference) as never);
   host.addService(GenerationServiceService, createGenerationService(repository) as never);
   const addresses = await host.start();
+  const http =
+    config.HTTP_PORT >= 0
+      ? new HttpServiceHost({
+          service: 'runner',
+          host: config.HTTP_HOST,
+          port: config.HTTP_PORT,
+          maxBodyBytes: config.HTTP_MAX_BODY_BYTES,
+          routes: kserveRestRoutes(repository, inference),
+          formatError: formatKserveError,
+          logger,
+          registry: metricsRegistry,
+        })
+      : undefined;
+  const httpPort = await http?.start();
 
   let poller: NodeJS.Timeout | undefined;
   const loaded = repository.loadAll(config.MODELS).then(() => {
@@ -96,6 +115,7 @@ export async function startModelRunner(
   if (!deps.returnBeforeLoaded) await loaded;
   return {
     ...addresses,
+    httpPort,
     host,
     repository,
     loaded,
@@ -103,7 +123,7 @@ export async function startModelRunner(
       stopping = true;
       if (poller) clearInterval(poller);
       await loaded.catch(() => undefined);
-      await host.stop();
+      await Promise.all([host.stop(), http?.stop(config.SHUTDOWN_DRAIN_MS)]);
       await repository.close();
     },
   };

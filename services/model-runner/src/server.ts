@@ -18,6 +18,7 @@ import type {
   GRPCInferenceServiceServer,
   ModelInferRequest,
   ModelInferResponse,
+  ModelMetadataResponse,
   ModelStreamInferResponse,
 } from '@maas/shared/gen/inference/grpc_service';
 import {
@@ -62,10 +63,16 @@ const FAILURE_REASONS: Partial<Record<status, string>> = {
   [status.UNAVAILABLE]: 'unavailable',
 };
 
-export function createInferenceService(
-  repository: ModelRepository,
-  metrics: RunnerMetrics,
-): GRPCInferenceServiceServer {
+/** What the runner answers, whatever the transport (gRPC here, KServe v2 REST in kserve-rest.ts). */
+export interface Inference {
+  /** `isCancelled` says why the caller has gone, or false while it waits. */
+  infer(request: ModelInferRequest, isCancelled: () => CancelReason | false): Promise<ModelInferResponse>;
+  /** Whether a model (version) is ready; throws NOT_FOUND for a model the repository does not know. */
+  modelReady(name: string, version: string | undefined): boolean;
+  modelMetadata(name: string, version: string | undefined): ModelMetadataResponse;
+}
+
+export function createInference(repository: ModelRepository, metrics: RunnerMetrics): Inference {
   async function infer(
     request: ModelInferRequest,
     isCancelled: () => CancelReason | false,
@@ -97,32 +104,48 @@ export function createInferenceService(
   }
 
   return {
-    serverLive: unary(async () => ({ live: true })),
-    serverReady: unary(async () => ({ ready: repository.isReady() })),
-    modelReady: unary(async (request) => {
-      if (!request.name) throw invalidArgument('name', 'is required');
+    infer,
+    modelReady(name, version) {
+      if (!name) throw invalidArgument('name', 'is required');
       try {
-        repository.resolve(request.name, request.version || undefined);
-        return { ready: true };
+        repository.resolve(name, version);
+        return true;
       } catch (error) {
-        if (!repository.knows(request.name)) throw error;
-        return { ready: false };
+        if (!repository.knows(name)) throw error;
+        return false;
       }
-    }),
-    serverMetadata: unary(async () => ({
-      name: SERVER_NAME,
-      version: SERVER_VERSION,
-      extensions: SERVER_EXTENSIONS,
-    })),
-    modelMetadata: unary(async (request) => {
-      if (!request.name) throw invalidArgument('name', 'is required');
-      const mv = repository.resolve(request.name, request.version || undefined);
+    },
+    modelMetadata(name, version) {
+      if (!name) throw invalidArgument('name', 'is required');
+      const mv = repository.resolve(name, version);
       return modelMetadata(
         mv.name,
         mv.config,
         repository.readyVersions(mv.name).map((v) => v.version),
       );
-    }),
+    },
+  };
+}
+
+export function createInferenceService(
+  repository: ModelRepository,
+  inference: Inference,
+): GRPCInferenceServiceServer {
+  const { infer } = inference;
+  return {
+    serverLive: unary(async () => ({ live: true })),
+    serverReady: unary(async () => ({ ready: repository.isReady() })),
+    modelReady: unary(async (request) => ({
+      ready: inference.modelReady(request.name, request.version || undefined),
+    })),
+    serverMetadata: unary(async () => ({
+      name: SERVER_NAME,
+      version: SERVER_VERSION,
+      extensions: SERVER_EXTENSIONS,
+    })),
+    modelMetadata: unary(async (request) =>
+      inference.modelMetadata(request.name, request.version || undefined),
+    ),
     modelInfer: unary(async (request, call) => infer(request, cancellation(call))),
     modelStreamInfer: (call: ServerDuplexStream<ModelInferRequest, ModelStreamInferResponse>) => {
       // Each request is answered on its own as soon as it is done (matched by id); a failure is an

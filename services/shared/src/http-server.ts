@@ -16,6 +16,7 @@ import {
 } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import { context, propagation, SpanKind, SpanStatusCode, trace } from '@opentelemetry/api';
+import { status } from '@grpc/grpc-js';
 import { Counter, Histogram, type Registry } from 'prom-client';
 import type { Logger } from './logger.js';
 import { LATENCY_BUCKETS_SECONDS } from './metrics.js';
@@ -30,6 +31,25 @@ export class HttpRequestError extends Error {
     super(message);
   }
 }
+
+/** The HTTP status of a gRPC code, as gRPC-HTTP gateways map them (google.rpc.Code's documentation). */
+const HTTP_STATUS: Partial<Record<status, number>> = {
+  [status.INVALID_ARGUMENT]: 400,
+  [status.OUT_OF_RANGE]: 400,
+  [status.FAILED_PRECONDITION]: 400,
+  [status.UNAUTHENTICATED]: 401,
+  [status.PERMISSION_DENIED]: 403,
+  [status.NOT_FOUND]: 404,
+  [status.ALREADY_EXISTS]: 409,
+  [status.ABORTED]: 409,
+  [status.RESOURCE_EXHAUSTED]: 429,
+  [status.CANCELLED]: 499,
+  [status.UNIMPLEMENTED]: 501,
+  [status.UNAVAILABLE]: 503,
+  [status.DEADLINE_EXCEEDED]: 504,
+};
+
+export const httpStatusOf = (code: status): number => HTTP_STATUS[code] ?? 500;
 
 export interface HttpExchange {
   headers: IncomingHttpHeaders;

@@ -6,23 +6,7 @@
  * AuthenticationError, PermissionDeniedError, NotFoundError, RateLimitError).
  */
 import { status } from '@grpc/grpc-js';
-import { HttpRequestError, StatusError } from '@maas/shared';
-
-const HTTP_STATUS: Partial<Record<status, number>> = {
-  [status.INVALID_ARGUMENT]: 400,
-  [status.OUT_OF_RANGE]: 400,
-  [status.FAILED_PRECONDITION]: 400,
-  [status.UNAUTHENTICATED]: 401,
-  [status.PERMISSION_DENIED]: 403,
-  [status.NOT_FOUND]: 404,
-  [status.ALREADY_EXISTS]: 409,
-  [status.ABORTED]: 409,
-  [status.RESOURCE_EXHAUSTED]: 429,
-  [status.CANCELLED]: 499,
-  [status.UNIMPLEMENTED]: 501,
-  [status.UNAVAILABLE]: 503,
-  [status.DEADLINE_EXCEEDED]: 504,
-};
+import { HttpRequestError, httpStatusOf, StatusError } from '@maas/shared';
 
 const ERROR_TYPE: Record<number, string> = {
   400: 'invalid_request_error',
@@ -70,7 +54,7 @@ export function httpErrorOf(error: unknown, rename?: (field: string) => string |
       body: { error: { message: 'internal error', type: 'server_error', param: null, code: 'INTERNAL' } },
     };
   }
-  const httpStatus = HTTP_STATUS[error.code] ?? 500;
+  const httpStatus = httpStatusOf(error.code);
   let message = error.message;
   let param: string | null = null;
   const field = error.code === status.INVALID_ARGUMENT ? FIELD_PREFIX.exec(message)?.[1] : undefined;
