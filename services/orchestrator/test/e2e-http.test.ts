@@ -358,6 +358,42 @@ describe('errors, as the OpenAI SDK types them', () => {
   });
 });
 
+describe('metering', () => {
+  it('meters HTTP calls per key and model as gRPC calls are, and counts them per route', async () => {
+    const scrape = () => scrapeMetrics(stack.orchestrator.metricsPort!);
+    const usage = { key_id: 'hashed', model: 'sentence-encoder', task: 'embedding' };
+    const before = await scrape();
+    const sdk = client(KEYS.hashed);
+    const embedded = await sdk.embeddings.create({
+      model: 'sentence-encoder',
+      input: ['one text', 'and two'],
+    });
+    await expect(
+      sdk.embeddings.create({ model: 'sentence-encoder', input: 'x', dimensions: 3 }),
+    ).rejects.toThrow();
+    const after = await scrape();
+    const delta = (name: string, labels: Record<string, string>) =>
+      metricValue(after, name, labels) - metricValue(before, name, labels);
+    // The refused call (a dimension the model does not give) is refused before any work.
+    expect(delta('maas_usage_requests_total', { ...usage, code: 'OK' })).toBe(1);
+    expect(delta('maas_usage_prompt_tokens_total', usage)).toBe(embedded.usage.prompt_tokens);
+    expect(
+      delta('maas_orchestrator_http_requests_total', {
+        method: 'POST',
+        route: '/v1/embeddings',
+        code: '200',
+      }),
+    ).toBe(1);
+    expect(
+      delta('maas_orchestrator_http_requests_total', {
+        method: 'POST',
+        route: '/v1/embeddings',
+        code: '400',
+      }),
+    ).toBe(1);
+  });
+});
+
 describe('JSON routes mirroring maas.orchestrator.v1', () => {
   it('classify and tokenize in the protobuf JSON mapping', async () => {
     const response = await post('/v1/classify', {

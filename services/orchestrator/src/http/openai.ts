@@ -441,12 +441,16 @@ async function embeddings(core: MaasCore, exchange: HttpExchange): Promise<void>
   if (format !== 'float' && format !== 'base64')
     throw bad('encoding_format', `must be "float" or "base64", got '${format.slice(0, 32)}'`);
   const dimensions = optionalInteger(body, 'dimensions', 1);
+  if (dimensions !== undefined) {
+    // Checked before any work: a refused call must not be computed (and metered) first.
+    const { model: described } = await core.getModel({ name: model }, callerOf(exchange));
+    if (described && described.dimensions !== dimensions)
+      throw bad(
+        'dimensions',
+        `model '${model}' gives ${described.dimensions}-dimensional vectors, not ${dimensions}`,
+      );
+  }
   const response = await core.embed({ model, texts: input, normalize: undefined }, callerOf(exchange));
-  if (dimensions !== undefined && dimensions !== response.dimensions)
-    throw bad(
-      'dimensions',
-      `model '${model}' gives ${response.dimensions}-dimensional vectors, not ${dimensions}`,
-    );
   exchange.json(200, {
     object: 'list',
     model,
