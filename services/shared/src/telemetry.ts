@@ -3,6 +3,7 @@ import { W3CTraceContextPropagator, CompositePropagator, W3CBaggagePropagator } 
 import { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-grpc';
 import { resourceFromAttributes } from '@opentelemetry/resources';
 import {
+  AlwaysOffSampler,
   BatchSpanProcessor,
   type SpanExporter,
   type SpanProcessor,
@@ -49,6 +50,9 @@ export function startTelemetry(options: TelemetryOptions): Telemetry {
       ...(options.serviceVersion ? { [ATTR_SERVICE_VERSION]: options.serviceVersion } : {}),
     }),
     spanProcessors: processors,
+    // Nothing exports spans: record none. Span contexts (trace ids in logs, traceparent downstream) are
+    // still made and propagated; recording spans only to drop them cost CPU on every call.
+    ...(processors.length === 0 ? { sampler: new AlwaysOffSampler() } : {}),
   });
   const propagator: TextMapPropagator = new CompositePropagator({
     propagators: [new W3CTraceContextPropagator(), new W3CBaggagePropagator()],
