@@ -245,6 +245,14 @@ async function main() {
     `targets: gRPC batch-64 ≥ 80% of in process: ${pct(median('gRPC batch'), median('library batch'))} of the library call; ` +
       `single short text p50 < 1 ms: ${grpcLatency.p50.toFixed(3)} ms (load average now ${loadavg()[0]!.toFixed(1)})`,
   );
+  const scaling = (many: string, one: string, target: number, what: string) => {
+    const ratio = median(many) / median(one);
+    return `${what}: ${ratio.toFixed(2)}× (target ≥ ${target}×: ${ratio >= target ? 'met' : 'NOT met'})`;
+  };
+  console.log(
+    `         throughput with calls in flight, over gRPC: ${scaling('gRPC single x8', 'gRPC single', 3, '8 single texts vs 1')}; ` +
+      scaling('gRPC batch x4', 'gRPC batch', 1, '4 batches vs 1'),
+  );
 }
 
 const clientAt = process.argv.indexOf('--client');
