@@ -230,6 +230,32 @@ describe('pods', () => {
         onGpuPool,
       );
       expect(pod.containers[0].image.endsWith('-gpu')).toBe(onGpuPool);
+      // The GPU pool picks the providers of models that list none, and mounts the Vulkan driver for WebGPU.
+      expect(envOf(pod.containers[0], 'RUNNER_EXECUTION_PROVIDERS')).toBe(
+        onGpuPool ? 'webgpu,cuda,cpu' : undefined,
+      );
+      expect(envOf(pod.containers[0], 'NVIDIA_DRIVER_CAPABILITIES')).toBe(
+        onGpuPool ? 'compute,utility,graphics' : undefined,
+      );
+    }
+  });
+
+  test('the GPU pool can be set to CUDA only (the CUDA variant), or WebGPU only', () => {
+    for (const [providers, capabilities] of [
+      ['cuda:0,cpu', 'compute,utility'],
+      ['webgpu', 'graphics,utility'],
+    ]) {
+      const objects = parseObjects(
+        template({ values: ['values-gpu.yaml'] }, [
+          '--set',
+          `modelRunner.gpu.executionProviders=${providers.replace(/,/g, '\\,')}`,
+          '--set',
+          `modelRunner.gpu.driverCapabilities=${capabilities!.replace(/,/g, '\\,')}`,
+        ]),
+      );
+      const container = deploymentNamed(objects, 'model-runner')!.spec.template.spec.containers[0];
+      expect(envOf(container, 'RUNNER_EXECUTION_PROVIDERS')).toBe(providers);
+      expect(envOf(container, 'NVIDIA_DRIVER_CAPABILITIES')).toBe(capabilities);
     }
   });
 
@@ -632,6 +658,12 @@ describe('values.schema.json refuses bad values', () => {
   test('a misspelt key', () => {
     expect(refuse(['--set', 'orchestrator.replcias=3'])).toMatch(
       /Additional property replcias is not allowed/,
+    );
+  });
+
+  test('an execution provider the runner does not know', () => {
+    expect(refuse(['--set', 'modelRunner.gpu.executionProviders=tensorrt'])).toMatch(
+      /modelRunner\.gpu\.executionProviders/,
     );
   });
 

@@ -309,6 +309,14 @@ const schema = {
             resourceName: str({ pattern: '^[a-z0-9.-]+/[a-z0-9.-]+$' }),
             runtimeClassName: str(),
             imageTagSuffix: str(),
+            executionProviders: str({
+              pattern: '^(cpu|webgpu|cuda(:[0-9]+)?)(,(cpu|webgpu|cuda(:[0-9]+)?))*$',
+              description: 'RUNNER_EXECUTION_PROVIDERS, e.g. webgpu,cuda,cpu',
+            }),
+            driverCapabilities: str({
+              pattern: '^[a-z]+(,[a-z]+)*$',
+              description: 'NVIDIA_DRIVER_CAPABILITIES; graphics is what WebGPU (Vulkan) needs',
+            }),
             nodeSelector: stringMap,
             tolerations: anyList,
             affinity: anyObject,

@@ -1,4 +1,11 @@
-import { baseConfigSchema, defaultRepositoryPath, envBool, envInt, loadConfig } from '@maas/shared';
+import {
+  baseConfigSchema,
+  defaultRepositoryPath,
+  envBool,
+  envInt,
+  type ExecutionProvider,
+  loadConfig,
+} from '@maas/shared';
 import { z } from 'zod';
 
 export const runnerConfigSchema = baseConfigSchema.extend({
@@ -29,6 +36,33 @@ export const runnerConfigSchema = baseConfigSchema.extend({
    */
   RUNNER_INTRA_OP_THREADS: envInt(1, 1, 256),
   RUNNER_INTER_OP_THREADS: envInt(1, 1, 256),
+  /**
+   * Execution providers, in order of preference, for models whose config lists none: the node pool's
+   * choice (the chart sets it for the GPU pool), e.g. `webgpu,cpu` or `cuda:0,cpu`. Unset: cpu.
+   */
+  RUNNER_EXECUTION_PROVIDERS: z
+    .string()
+    .optional()
+    .transform((value, ctx) => {
+      if (value === undefined || value.trim() === '') return undefined;
+      const providers: ExecutionProvider[] = [];
+      for (const entry of value.split(',').map((s) => s.trim())) {
+        const match = /^(cpu|webgpu|cuda)(?::(\d+))?$/.exec(entry);
+        if (!match || (match[2] !== undefined && match[1] !== 'cuda')) {
+          ctx.addIssue({
+            code: 'custom',
+            message: `'${entry}' is not an execution provider: cpu, webgpu, cuda or cuda:<device id>`,
+          });
+          return z.NEVER;
+        }
+        providers.push(
+          match[1] === 'cuda'
+            ? { name: 'cuda', deviceId: Number(match[2] ?? 0) }
+            : { name: match[1] as 'cpu' | 'webgpu' },
+        );
+      }
+      return providers;
+    }),
   /** Run sample inputs through each model version before reporting it READY. */
   RUNNER_WARMUP: envBool(true),
   /** Poll the repository this often for new, changed and removed models (Triton's poll mode); 0: never. */

@@ -66,6 +66,7 @@ export async function startModelRunner(
     threads: {
       intraOpNumThreads: config.RUNNER_INTRA_OP_THREADS,
       interOpNumThreads: config.RUNNER_INTER_OP_THREADS,
+      executionProviders: config.RUNNER_EXECUTION_PROVIDERS,
     },
     warmup: config.RUNNER_WARMUP,
     metrics,

@@ -10,9 +10,12 @@ import { dirname, join } from 'node:path';
 import * as ort from 'onnxruntime-node';
 import type { ExecutionProvider, Logger, ModelConfig } from '@maas/shared';
 
+/** What a model's config may leave to the runner (RUNNER_* settings). */
 export interface ThreadDefaults {
   intraOpNumThreads: number;
   interOpNumThreads: number;
+  /** For models whose config lists none; undefined: CPU. */
+  executionProviders?: ExecutionProvider[];
 }
 
 export interface CreatedSession<S = ort.InferenceSession> {
@@ -112,7 +115,8 @@ export async function createSession<S = ort.InferenceSession>(
     executionMode: 'sequential',
   };
   const problems: string[] = [];
-  for (const provider of config.executionProviders) {
+  const providers = config.executionProviders ?? defaults.executionProviders ?? [{ name: 'cpu' }];
+  for (const provider of providers) {
     const outcome = await tryProvider(provider, modelPath, options, open);
     if ('session' in outcome) {
       const fallbackReason = problems.join(' ');

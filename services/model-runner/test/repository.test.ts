@@ -3,6 +3,7 @@ import { readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { status } from '@grpc/grpc-js';
 import { createSession } from '../src/session';
+import { loadRunnerConfig } from '../src/config';
 import { checkHealth, metricValue, scrapeMetrics } from '@maas/shared/testing';
 import type {
   ModelInferResponse,
@@ -480,6 +481,42 @@ describe('execution providers', () => {
     } finally {
       await r.close();
     }
+  });
+
+  it("uses the runner's RUNNER_EXECUTION_PROVIDERS for models whose config lists none", async () => {
+    // A config without executionProviders, as the default models ship: the node pool decides.
+    const r = await startTestRunner(testRepository(['bert-classifier']), {
+      RUNNER_EXECUTION_PROVIDERS: 'webgpu,cuda:1,cpu',
+    });
+    try {
+      expect((await classify(r)).outputs[0]!.shape).toEqual([1, 3]);
+      expect((await index(r)).get('bert-classifier/1')?.reason).toMatch(
+        /^running on cpu: WebGPU execution provider [\s\S]* CUDA execution provider requested \(device 1\)/,
+      );
+    } finally {
+      await r.close();
+    }
+    // Without a CPU entry, no fallback: the load fails with the GPU provider's reason.
+    const strict = await startTestRunner(testRepository(['bert-classifier']), {
+      RUNNER_EXECUTION_PROVIDERS: 'webgpu',
+    });
+    try {
+      const entry = (await index(strict)).get('bert-classifier/1');
+      expect(entry?.state).toBe('UNAVAILABLE');
+      expect(entry?.reason).toMatch(/^WebGPU execution provider requested but could not start/);
+    } finally {
+      await strict.close();
+    }
+  });
+
+  it('refuses a RUNNER_EXECUTION_PROVIDERS entry it does not know, at start', () => {
+    expect(() => loadRunnerConfig({ RUNNER_EXECUTION_PROVIDERS: 'webgpu,tensorrt' })).toThrow(
+      /RUNNER_EXECUTION_PROVIDERS.*'tensorrt' is not an execution provider/s,
+    );
+    expect(() => loadRunnerConfig({ RUNNER_EXECUTION_PROVIDERS: 'webgpu:1' })).toThrow(/'webgpu:1'/);
+    expect(
+      loadRunnerConfig({ RUNNER_EXECUTION_PROVIDERS: 'cuda:2, cpu' }).RUNNER_EXECUTION_PROVIDERS,
+    ).toEqual([{ name: 'cuda', deviceId: 2 }, { name: 'cpu' }]);
   });
 
   it('refuses a config naming an execution provider it does not know', async () => {

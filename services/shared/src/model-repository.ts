@@ -84,15 +84,13 @@ export const modelConfigSchema = z
       })
       .prefault({}),
     instanceCount: int(1).max(64).default(1),
-    executionProviders: z
-      .array(executionProviderSchema)
-      .min(1)
-      .default([{ name: 'cpu' }]),
     /**
      * Tried in order: the first that starts runs the model. When none starts, the model fails to
      * load, or runs on CPU when allowCpuFallback is true (the reason is logged, kept in the
-     * version's RepositoryIndex reason and visible in maas_runner_model_provider).
+     * version's RepositoryIndex reason and visible in maas_runner_model_provider). Unset: the
+     * runner's RUNNER_EXECUTION_PROVIDERS (the node pool's choice; cpu by default).
      */
+    executionProviders: z.array(executionProviderSchema).min(1).optional(),
     /** When no listed provider can start, run on CPU instead of failing to load. */
     allowCpuFallback: z.boolean().default(false),
     sessionOptions: z
