@@ -11,21 +11,28 @@ import type { EmbedResponse } from '@maas/shared/gen/maas/orchestrator/v1/orches
 import { Template } from '@huggingface/jinja';
 import type { MaasCore } from '../src/core/maas-core';
 import { httpRoutes } from '../src/http/routes';
+import { InMemorySpanExporter } from '@opentelemetry/sdk-trace-base';
+import { startTelemetry, type Telemetry } from '@maas/shared';
 import { call, eventually, generate, KEYS, startStack, writeKeysFile, type Stack } from './helpers';
 
 let repo: FixtureRepository;
 let stack: Stack;
 let openai: OpenAI;
+const spans = new InMemorySpanExporter();
+let telemetry: Telemetry;
 
 const client = (apiKey: string) => new OpenAI({ apiKey, baseURL: `${stack.http}/v1`, maxRetries: 0 });
 
 beforeAll(async () => {
+  // Spans of every service in this process, recorded: the HTTP request's trace must reach downstream.
+  telemetry = startTelemetry({ serviceName: 'e2e-http', exporter: spans });
   repo = writeFixtureRepository(undefined, { maxQueueDelayMicroseconds: 500, tokenizers: 'tiny' });
   stack = await startStack({ root: repo.root, env: { API_KEYS_FILE: writeKeysFile() } });
   openai = client(KEYS.full);
 });
 afterAll(async () => {
   await stack?.close();
+  await telemetry?.shutdown();
 });
 
 const post = (
@@ -355,6 +362,32 @@ describe('errors, as the OpenAI SDK types them', () => {
     }
     // The server is still fine.
     expect((await fetch(`${stack.http}/healthz`)).status).toBe(200);
+  });
+});
+
+describe('tracing', () => {
+  it("continues the caller's traceparent, through the tokenizer and runner calls", async () => {
+    const traceId = '4bf92f3577b34da6a3ce929d0e0e4736';
+    spans.reset();
+    const response = await post(
+      '/v1/embeddings',
+      { model: 'sentence-encoder', input: 'traced text' },
+      KEYS.full,
+      {
+        traceparent: `00-${traceId}-00f067aa0ba902b7-01`,
+      },
+    );
+    expect(response.status).toBe(200);
+    await eventually(() => spans.getFinishedSpans().some((s) => s.name === 'POST /v1/embeddings'));
+    const traced = spans.getFinishedSpans().filter((s) => s.spanContext().traceId === traceId);
+    const names = traced.map((s) => s.name);
+    expect(names).toContain('POST /v1/embeddings');
+    // The orchestrator's downstream calls and the services' own server spans, all in the caller's trace.
+    expect(names).toEqual(expect.arrayContaining(['maas.tokenizer.v1.TokenizerService/Encode']));
+    expect(names.filter((n) => n.includes('ModelInfer')).length).toBeGreaterThan(0);
+    const server = traced.find((s) => s.name === 'POST /v1/embeddings')!;
+    expect(server.attributes['http.route']).toBe('/v1/embeddings');
+    expect(server.attributes['http.response.status_code']).toBe(200);
   });
 });
 
