@@ -30,24 +30,12 @@ import type {
 import type { ModelRepository } from './repository.js';
 import type { Inference } from './server.js';
 import { SERVER_EXTENSIONS, SERVER_NAME, SERVER_VERSION } from './server.js';
-import { DATATYPES, elementCount, fromRaw } from './tensors.js';
+import { DATATYPES, elementCount, emptyContents, fromRaw } from './tensors.js';
 
 /** Only what this transport offers: not the binary tensor extension. */
 const REST_EXTENSIONS = SERVER_EXTENSIONS.filter((e) => e !== 'binary_tensor_data');
 
 type Json = Record<string, unknown>;
-const bad = (field: string, problem: string) => invalidArgument(field, problem);
-
-const emptyContents = (): InferTensorContents => ({
-  boolContents: [],
-  intContents: [],
-  int64Contents: [],
-  uintContents: [],
-  uint64Contents: [],
-  fp32Contents: [],
-  fp64Contents: [],
-  bytesContents: [],
-});
 
 const INTEGER_RANGES: Partial<Record<Datatype, [number, number]>> = {
   UINT8: [0, 255],
@@ -67,22 +55,22 @@ function tensorContents(
   data: unknown,
   count: number,
 ): InferTensorContents {
-  if (!Array.isArray(data)) throw bad(`${field}.data`, 'must be an array');
+  if (!Array.isArray(data)) throw invalidArgument(`${field}.data`, 'must be an array');
   const flat = (data as unknown[]).flat(Infinity);
   if (flat.length !== count)
-    throw bad(`${field}.data`, `has ${flat.length} elements, the shape needs ${count}`);
+    throw invalidArgument(`${field}.data`, `has ${flat.length} elements, the shape needs ${count}`);
   const info = DATATYPES[datatype];
   const contents = emptyContents();
   const elementType = datatype === 'BOOL' ? 'boolean' : datatype === 'BYTES' ? 'string' : 'number';
   flat.forEach((value, i) => {
     if (typeof value !== elementType)
-      throw bad(
+      throw invalidArgument(
         `${field}.data`,
         `element ${i} must be a ${elementType} for ${datatype}, got ${JSON.stringify(value)?.slice(0, 32)}`,
       );
     const range = INTEGER_RANGES[datatype];
     if (range && !(Number.isInteger(value) && (value as number) >= range[0] && (value as number) <= range[1]))
-      throw bad(`${field}.data`, `element ${i} (${value}) is not a ${datatype}`);
+      throw invalidArgument(`${field}.data`, `element ${i} (${value}) is not a ${datatype}`);
   });
   if (datatype === 'BYTES') contents.bytesContents = (flat as string[]).map((s) => Buffer.from(s, 'utf8'));
   else (contents[info.contentsField!] as unknown[]) = flat;
@@ -94,25 +82,34 @@ export function inferRequestOf(body: unknown, modelName: string, modelVersion: s
   if (body === null || typeof body !== 'object' || Array.isArray(body))
     throw new HttpRequestError(400, 'the body must be a JSON object (an inference request)');
   const request = body as Json;
-  if (request.id !== undefined && typeof request.id !== 'string') throw bad('id', 'must be a string');
+  if (request.id !== undefined && typeof request.id !== 'string')
+    throw invalidArgument('id', 'must be a string');
   if (hasBinaryData(request.parameters))
-    throw bad('parameters', 'binary tensor data is not offered over HTTP: send JSON data, or use gRPC');
+    throw invalidArgument(
+      'parameters',
+      'binary tensor data is not offered over HTTP: send JSON data, or use gRPC',
+    );
   if (!Array.isArray(request.inputs) || request.inputs.length === 0)
-    throw bad('inputs', 'must be a non-empty array of tensors');
+    throw invalidArgument('inputs', 'must be a non-empty array of tensors');
   const inputs = request.inputs.map((entry: unknown, i) => {
     const field = `inputs[${i}]`;
-    if (entry === null || typeof entry !== 'object') throw bad(field, 'must be an object');
+    if (entry === null || typeof entry !== 'object') throw invalidArgument(field, 'must be an object');
     const input = entry as Json;
-    if (typeof input.name !== 'string' || input.name === '') throw bad(`${field}.name`, 'is required');
+    if (typeof input.name !== 'string' || input.name === '')
+      throw invalidArgument(`${field}.name`, 'is required');
     if (typeof input.datatype !== 'string' || !(input.datatype in DATATYPES))
-      throw bad(`${field}.datatype`, `must be one of ${Object.keys(DATATYPES).join(', ')}`);
+      throw invalidArgument(`${field}.datatype`, `must be one of ${Object.keys(DATATYPES).join(', ')}`);
     const datatype = input.datatype as Datatype;
-    if (datatype === 'FP16') throw bad(`${field}.datatype`, 'FP16 has no JSON form: use gRPC raw contents');
+    if (datatype === 'FP16')
+      throw invalidArgument(`${field}.datatype`, 'FP16 has no JSON form: use gRPC raw contents');
     if (!Array.isArray(input.shape) || !input.shape.every((d) => Number.isSafeInteger(d) && d >= 0))
-      throw bad(`${field}.shape`, 'must be an array of non-negative integers');
+      throw invalidArgument(`${field}.shape`, 'must be an array of non-negative integers');
     const shape = input.shape as number[];
     if (hasBinaryData(input.parameters))
-      throw bad(`${field}.parameters`, 'binary tensor data is not offered over HTTP: send JSON data');
+      throw invalidArgument(
+        `${field}.parameters`,
+        'binary tensor data is not offered over HTTP: send JSON data',
+      );
     return {
       name: input.name,
       datatype,
@@ -123,12 +120,12 @@ export function inferRequestOf(body: unknown, modelName: string, modelVersion: s
   });
   let outputs: ModelInferRequest['outputs'] = [];
   if (request.outputs !== undefined) {
-    if (!Array.isArray(request.outputs)) throw bad('outputs', 'must be an array');
+    if (!Array.isArray(request.outputs)) throw invalidArgument('outputs', 'must be an array');
     outputs = request.outputs.map((entry: unknown, i) => {
       const name = (entry as Json | null)?.name;
-      if (typeof name !== 'string' || name === '') throw bad(`outputs[${i}].name`, 'is required');
+      if (typeof name !== 'string' || name === '') throw invalidArgument(`outputs[${i}].name`, 'is required');
       if (hasBinaryData((entry as Json).parameters))
-        throw bad(`outputs[${i}].parameters`, 'binary tensor data is not offered over HTTP');
+        throw invalidArgument(`outputs[${i}].parameters`, 'binary tensor data is not offered over HTTP');
       return { name, parameters: {} };
     });
   }

@@ -6,7 +6,7 @@
 import type { Tensor } from 'onnxruntime-node';
 import { invalidArgument } from '@maas/shared';
 import type { Datatype } from '@maas/shared';
-import type { InferTensorContents } from '@maas/shared/gen/inference/grpc_service';
+import { InferTensorContents } from '@maas/shared/gen/inference/grpc_service';
 
 /** Flat tensor data: a typed array, or strings for BYTES (onnxruntime string tensors). */
 export type TensorData =
@@ -199,20 +199,14 @@ export function fromContents(
   }
 }
 
+/** Typed contents with every field empty, to fill one of (the generated message's defaults). */
+export const emptyContents = (): InferTensorContents => InferTensorContents.fromPartial({});
+
 /** Tensor data → typed contents for a response; undefined for FP16, which has no typed field. */
 export function toContents(datatype: Datatype, data: TensorData): InferTensorContents | undefined {
   const d = DATATYPES[datatype];
   if (!d.contentsField) return undefined;
-  const contents: InferTensorContents = {
-    boolContents: [],
-    intContents: [],
-    int64Contents: [],
-    uintContents: [],
-    uint64Contents: [],
-    fp32Contents: [],
-    fp64Contents: [],
-    bytesContents: [],
-  };
+  const contents = emptyContents();
   switch (datatype) {
     case 'BOOL':
       contents.boolContents = Array.from(data as Uint8Array, Boolean);

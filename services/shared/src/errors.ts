@@ -23,6 +23,12 @@ export class StatusError extends Error {
   }
 }
 
+/**
+ * The abort reason when a caller has gone (cancelled, deadline passed, connection closed): one object,
+ * where abort() without one builds a DOMException (and its stack) per call.
+ */
+export const CALLER_GONE = Object.freeze({ reason: 'the caller has gone' });
+
 export const invalidArgument = (field: string, problem: string) =>
   new StatusError(status.INVALID_ARGUMENT, `${field}: ${problem}`);
 /**
@@ -34,6 +40,19 @@ export function parseUint64Field(value: string, field: string): bigint {
     throw invalidArgument(field, `must be an integer in [0, 2^64 - 1], got "${value.slice(0, 40)}"`);
   }
   return BigInt(value);
+}
+/**
+ * Runs `work`; an INVALID_ARGUMENT-style `from: problem` error it throws is rethrown as `to: problem`:
+ * a field of a request the code built (a rendered prompt) named as the field the caller sent.
+ */
+export async function renamingField<T>(from: string, to: string, work: () => T | Promise<T>): Promise<T> {
+  try {
+    return await work();
+  } catch (error) {
+    if (error instanceof StatusError && error.message.startsWith(`${from}: `))
+      throw new StatusError(error.code, `${to}: ${error.message.slice(from.length + 2)}`, error.metadata);
+    throw error;
+  }
 }
 export const notFound = (what: string) => new StatusError(status.NOT_FOUND, what);
 export const failedPrecondition = (what: string) => new StatusError(status.FAILED_PRECONDITION, what);

@@ -18,6 +18,7 @@ import type { AddressInfo, Socket } from 'node:net';
 import { context, propagation, SpanKind, SpanStatusCode, trace } from '@opentelemetry/api';
 import { status } from '@grpc/grpc-js';
 import { Counter, Histogram, type Registry } from 'prom-client';
+import { CALLER_GONE, StatusError } from './errors.js';
 import type { Logger } from './logger.js';
 import { LATENCY_BUCKETS_SECONDS } from './metrics.js';
 
@@ -210,7 +211,7 @@ export class HttpServiceHost {
     );
     const controller = new AbortController();
     res.once('close', () => {
-      if (!res.writableFinished) controller.abort(CONNECTION_CLOSED);
+      if (!res.writableFinished) controller.abort(CALLER_GONE);
       span.setAttribute('http.response.status_code', res.statusCode);
       if (res.statusCode >= 500) span.setStatus({ code: SpanStatusCode.ERROR });
       span.end();
@@ -232,7 +233,7 @@ export class HttpServiceHost {
           events: () => (stream ??= eventStream(res)),
         });
       } catch (error) {
-        if (!(error instanceof HttpRequestError) && !(error instanceof Error && error.name === 'StatusError'))
+        if (!(error instanceof HttpRequestError) && !(error instanceof StatusError))
           this.options.logger.error({ err: error, route: route.path }, 'HTTP request failed');
         if (!res.headersSent) return this.sendError(res, error, route);
         // A stream already under way: the error as its last event (as OpenAI's API sends it).
@@ -282,9 +283,6 @@ export class HttpServiceHost {
     sendBody(res, formatted.status, 'application/json', JSON.stringify(formatted.body));
   }
 }
-
-/** The abort reason: one object, where abort() without one builds a DOMException (and its stack). */
-const CONNECTION_CLOSED = Object.freeze({ reason: 'the caller has gone' });
 
 function sendBody(res: ServerResponse, status: number, contentType: string, body: string): void {
   res.writeHead(status, { 'content-type': contentType, 'content-length': Buffer.byteLength(body) });

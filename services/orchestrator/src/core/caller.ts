@@ -15,5 +15,4 @@ export interface Caller {
 export const deadlinePassed = (caller: Caller): boolean =>
   caller.deadline !== undefined && Date.now() >= caller.deadline.getTime();
 
-/** The abort reason: one object, where abort() without one builds a DOMException (and its stack) per call. */
-export const CALLER_GONE = Object.freeze({ reason: 'the caller has gone' });
+export { CALLER_GONE } from '@maas/shared';

@@ -14,6 +14,7 @@ import {
   invalidArgument,
   type Logger,
   notFound,
+  renamingField,
   statusOf,
   StatusError,
 } from '@maas/shared';
@@ -73,20 +74,6 @@ export interface MaasDeps {
 /** A chat: as a GenerateRequest, with messages where the prompt would be. */
 export interface ChatRequest extends Omit<GenerateRequest, 'prompt'> {
   messages: ChatMessage[];
-}
-
-/**
- * Errors about a field of the request the use case built (the rendered prompt) named as the field
- * the caller sent (its messages).
- */
-async function renamingField<T>(from: string, to: string, work: () => T | Promise<T>): Promise<T> {
-  try {
-    return await work();
-  } catch (error) {
-    if (error instanceof StatusError && error.message.startsWith(`${from}: `))
-      throw new StatusError(error.code, `${to}: ${error.message.slice(from.length + 2)}`, error.metadata);
-    throw error;
-  }
 }
 
 /** Characters of a model name (the repository's directory names are far shorter). */

@@ -5,7 +5,7 @@
  * are refused by name, never ignored), and the use case's results are shaped
  * as OpenAI's responses and stream chunks.
  */
-import { type EventStream, type HttpExchange, HttpRequestError, type HttpRoute } from '@maas/shared';
+import { type HttpExchange, HttpRequestError, type HttpRoute, renamingField } from '@maas/shared';
 import { randomUUID } from 'node:crypto';
 import {
   FinishReason,
@@ -236,11 +236,60 @@ function usageOf(choices: ChoiceState[]) {
 
 const fingerprint = (choices: ChoiceState[]) => `maas-v${choices[0]?.modelVersion ?? ''}`;
 
-function finishStream(events: EventStream, caller: Caller, usageChunk: (() => Json) | undefined): void {
+/** How a route's responses and stream chunks look around the choices (OpenAI's envelope). */
+interface ResponseShape {
+  id: string;
+  created: number;
+  model: string;
+  /** `object` of the whole response, and of each stream chunk. */
+  object: string;
+  chunkObject: string;
+  /** A stream chunk's choice for one message; undefined when the message carries nothing to send. */
+  streamChoice(index: number, choice: ChoiceState, message: GenerateResponse): Json | undefined;
+  wholeChoice(choice: ChoiceState, index: number): Json;
+}
+
+/** Runs the generations and answers: one response, or (`stream`) chunks, a usage chunk if asked, `[DONE]`. */
+async function respond(
+  exchange: HttpExchange,
+  generations: Generation[],
+  parameters: GenerationParameters,
+  shape: ResponseShape,
+): Promise<void> {
+  const envelope = (object: string, choices: Json[], extra: Json) => ({
+    id: shape.id,
+    object,
+    created: shape.created,
+    model: shape.model,
+    choices,
+    ...extra,
+  });
+  const caller = callerOf(exchange);
+  if (parameters.stream) {
+    const events = exchange.events();
+    const choices = await runChoices(exchange, generations, (index, choice, message) => {
+      const entry = shape.streamChoice(index, choice, message);
+      if (entry) {
+        events.send(
+          envelope(shape.chunkObject, [entry], { system_fingerprint: `maas-v${choice.modelVersion}` }),
+        );
+      }
+    });
+    if (caller.signal.aborted) return;
+    if (parameters.includeUsage) events.send(envelope(shape.chunkObject, [], { usage: usageOf(choices) }));
+    events.send('[DONE]');
+    events.end();
+    return;
+  }
+  const choices = await runChoices(exchange, generations, undefined);
   if (caller.signal.aborted) return;
-  if (usageChunk) events.send(usageChunk());
-  events.send('[DONE]');
-  events.end();
+  exchange.json(
+    200,
+    envelope(shape.object, choices.map(shape.wholeChoice), {
+      system_fingerprint: fingerprint(choices),
+      usage: usageOf(choices),
+    }),
+  );
 }
 
 async function completions(core: MaasCore, exchange: HttpExchange): Promise<void> {
@@ -252,9 +301,9 @@ async function completions(core: MaasCore, exchange: HttpExchange): Promise<void
   const parameters = generationParameters(body, 'max_tokens');
   const id = `cmpl-${randomUUID()}`;
   const created = Math.floor(Date.now() / 1000);
-  const generations = prompts.map((prompt, i): Generation => async (caller, write) => {
-    try {
-      await core.generate(
+  const generations = prompts.map((prompt, i): Generation => (caller, write) => {
+    const generate = () =>
+      core.generate(
         {
           model,
           prompt,
@@ -265,63 +314,26 @@ async function completions(core: MaasCore, exchange: HttpExchange): Promise<void
         caller,
         write,
       );
-    } catch (error) {
-      throw prompts.length > 1 ? renamePrompt(error, `prompt[${i}]`) : error;
-    }
+    // One of several prompts is named by its index.
+    return prompts.length > 1 ? renamingField('prompt', `prompt[${i}]`, generate) : generate();
   });
-  const chunk = (choices: Json[], extra: Json = {}) => ({
+  await respond(exchange, generations, parameters, {
     id,
-    object: 'text_completion',
     created,
     model,
-    choices,
-    ...extra,
+    object: 'text_completion',
+    chunkObject: 'text_completion',
+    streamChoice: (index, choice, message) =>
+      message.text || choice.finishReason
+        ? {
+            index,
+            text: message.text,
+            logprobs: null,
+            finish_reason: message.usage ? choice.finishReason : null,
+          }
+        : undefined,
+    wholeChoice: (c, index) => ({ index, text: c.text, logprobs: null, finish_reason: c.finishReason }),
   });
-  if (parameters.stream) {
-    const events = exchange.events();
-    const choices = await runChoices(exchange, generations, (index, choice, message) => {
-      if (message.text || choice.finishReason) {
-        events.send(
-          chunk(
-            [
-              {
-                index,
-                text: message.text,
-                logprobs: null,
-                finish_reason: message.usage ? choice.finishReason : null,
-              },
-            ],
-            {
-              system_fingerprint: `maas-v${choice.modelVersion}`,
-            },
-          ),
-        );
-      }
-    });
-    finishStream(
-      events,
-      callerOf(exchange),
-      parameters.includeUsage ? () => chunk([], { usage: usageOf(choices) }) : undefined,
-    );
-    return;
-  }
-  const choices = await runChoices(exchange, generations, undefined);
-  if (callerOf(exchange).signal.aborted) return;
-  exchange.json(
-    200,
-    chunk(
-      choices.map((c, index) => ({ index, text: c.text, logprobs: null, finish_reason: c.finishReason })),
-      { system_fingerprint: fingerprint(choices), usage: usageOf(choices) },
-    ),
-  );
-}
-
-/** `prompt: …` errors of one of several prompts, as `prompt[i]: …`. */
-function renamePrompt(error: unknown, to: string): unknown {
-  if (error instanceof Error && error.name === 'StatusError' && error.message.startsWith('prompt: ')) {
-    error.message = `${to}: ${error.message.slice('prompt: '.length)}`;
-  }
-  return error;
 }
 
 const CHAT_ROLES = new Set(['system', 'developer', 'user', 'assistant', 'tool']);
@@ -381,51 +393,27 @@ async function chatCompletions(core: MaasCore, exchange: HttpExchange): Promise<
       caller,
       write,
     );
-  if (parameters.stream) {
-    const events = exchange.events();
-    const chunk = (choices: Json[], extra: Json = {}) => ({
-      id,
-      object: 'chat.completion.chunk',
-      created,
-      model,
-      choices,
-      ...extra,
-    });
-    const choices = await runChoices(exchange, [generation], (index, choice, message) => {
+  await respond(exchange, [generation], parameters, {
+    id,
+    created,
+    model,
+    object: 'chat.completion',
+    chunkObject: 'chat.completion.chunk',
+    streamChoice(index, choice, message) {
       const finish = message.usage ? choice.finishReason : null;
-      if (!message.text && !finish && choice.started) return;
+      if (!message.text && !finish && choice.started) return undefined;
       const delta: Json = choice.started
         ? { content: message.text }
         : { role: 'assistant', content: message.text };
       choice.started = true;
-      events.send(
-        chunk([{ index, delta, logprobs: null, finish_reason: finish }], {
-          system_fingerprint: `maas-v${choice.modelVersion}`,
-        }),
-      );
-    });
-    finishStream(
-      events,
-      callerOf(exchange),
-      parameters.includeUsage ? () => chunk([], { usage: usageOf(choices) }) : undefined,
-    );
-    return;
-  }
-  const choices = await runChoices(exchange, [generation], undefined);
-  if (callerOf(exchange).signal.aborted) return;
-  exchange.json(200, {
-    id,
-    object: 'chat.completion',
-    created,
-    model,
-    system_fingerprint: fingerprint(choices),
-    choices: choices.map((c, index) => ({
+      return { index, delta, logprobs: null, finish_reason: finish };
+    },
+    wholeChoice: (c, index) => ({
       index,
       message: { role: 'assistant', content: c.text, refusal: null },
       logprobs: null,
       finish_reason: c.finishReason,
-    })),
-    usage: usageOf(choices),
+    }),
   });
 }
 
