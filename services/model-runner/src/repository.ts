@@ -9,14 +9,13 @@
  */
 import { existsSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import type * as ort from 'onnxruntime-node';
 import { notFound, readLabels, scanModel, unavailable } from '@maas/shared';
 import type { Logger, ModelConfig, ModelVersionFiles, RepositoryModel } from '@maas/shared';
 import { DynamicBatcher } from './batcher.js';
 import { checkAgainstGraph, checkConfig } from './graph-check.js';
-import { GenerationEngine, type GenerationMetrics } from './generation/index.js';
+import { GenerationEngine, openDecoderSession, type GenerationMetrics } from './generation/index.js';
 import { MODEL_STATES, type ModelState, type RunnerMetrics } from './metrics.js';
-import { type CreatedSession, createSession, type ThreadDefaults } from './session.js';
+import { type CreatedSession, createSession, type SessionOpener, type ThreadDefaults } from './session.js';
 import { sampleInputs } from './warmup.js';
 import { WorkerSession, type RunnableSession } from './worker-session.js';
 
@@ -325,11 +324,16 @@ export class ModelRepository {
     try {
       if (!existsSync(files.modelPath)) throw new Error(`${files.modelPath} is missing`);
       readLabels(config, files.dir);
-      // A generation engine owns one session and runs it in this thread (its KV cache moves between
-      // steps; a worker would copy it every step); batched models run each instance in a worker.
+      // A generation engine owns one session and runs it in this thread (onnxruntime-node takes no
+      // tensor over shared memory, so its KV cache cannot stay in this thread while a worker runs it),
+      // its graph edited to return only new keys/values (new-kv-outputs.ts); batched models run each
+      // instance in a worker.
       const generation = config.task === 'generation';
       const instances = generation ? 1 : config.instanceCount;
       const open = (this.deps.createSession ?? createSession) as typeof createSession<RunnableSession>;
+      const decoder: SessionOpener<RunnableSession> = (path, options) =>
+        // In this thread, as createSession's own opener: the engine calls only run().
+        openDecoderSession(path, config.generation!, options, logger, model.name) as Promise<never>;
       let fallbackReason = '';
       for (let i = 0; i < instances; i++) {
         const created = await open(
@@ -337,7 +341,7 @@ export class ModelRepository {
           config,
           this.deps.threads,
           logger,
-          generation ? undefined : WorkerSession.create,
+          generation ? decoder : WorkerSession.create,
         );
         mv.sessions.push(created.session);
         mv.provider = created.provider;
@@ -359,7 +363,7 @@ export class ModelRepository {
         mv.engine = new GenerationEngine({
           modelName: model.name,
           modelVersion: String(files.version),
-          session: mv.sessions[0] as ort.InferenceSession,
+          session: mv.sessions[0]!,
           config,
           metrics: this.deps.generationMetrics,
           logger,

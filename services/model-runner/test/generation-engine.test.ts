@@ -50,6 +50,23 @@ async function alone(asks: Ask[]): Promise<number[][]> {
   return out;
 }
 
+/**
+ * Staggered arrivals: each sequence arrives once the one before has two
+ * tokens, so sequences join a running batch, and (with different lengths)
+ * leave it while others go on.
+ */
+async function staggered(engine: GenerationEngine, asks: Ask[]): Promise<Generated[]> {
+  const results: Promise<Generated>[] = [];
+  const start = (i: number) => {
+    results[i] = generate(engine, asks[i]!, (_, count) => {
+      if (count === 2 && i + 1 < asks.length) start(i + 1);
+    });
+  };
+  start(0);
+  await until(() => results.length === asks.length);
+  return Promise.all(results);
+}
+
 async function refusal(promise: Promise<unknown>): Promise<StatusError> {
   try {
     await promise;
@@ -105,17 +122,7 @@ describe('KV-cache generation', () => {
     const asks = PROMPTS.map((_, i) => askFor(i));
     const expected = await alone(asks);
     const { engine, registry } = startEngine(model);
-    // Staggered: each sequence arrives once the one before has two tokens, so sequences join
-    // a running batch, and (with different lengths) leave it while others go on.
-    const results: Promise<Generated>[] = [];
-    const start = (i: number) => {
-      results[i] = generate(engine, asks[i]!, (_, count) => {
-        if (count === 2 && i + 1 < asks.length) start(i + 1);
-      });
-    };
-    start(0);
-    await until(() => results.length === asks.length);
-    const together = await Promise.all(results);
+    const together = await staggered(engine, asks);
     expect(together.map((r) => r.tokens)).toEqual(expected);
     const steps = await histogram(registry, 'maas_runner_generation_step_batch_size', 'count');
     const rows = await histogram(registry, 'maas_runner_generation_step_batch_size', 'sum');
@@ -147,6 +154,53 @@ describe('KV-cache generation', () => {
     // Unseeded sampling is random.
     expect(await run({ temperature: 1.5 })).not.toEqual(await run({ temperature: 1.5 }));
     expect(await run({ temperature: 1, topK: 1, seed: 3 })).toEqual(await run({}));
+    await engine.close();
+  });
+});
+
+describe('the batch cache', () => {
+  it('the edited graph (new keys/values only) gives the tokens of the graph returning the whole present', async () => {
+    const unedited = await tinyDecoder({ unedited: true });
+    const asks = PROMPTS.map((_, i) => askFor(i));
+    const run = async (m: DecoderModel) => {
+      const { engine, registry } = startEngine(m);
+      const tokens = (await staggered(engine, asks)).map((r) => r.tokens);
+      const stats = engine.cacheStats();
+      const copied = await metric(registry, 'maas_runner_generation_kv_cache_copied_bytes_total');
+      await engine.close();
+      return { tokens, stats, copied };
+    };
+    const edited = await run(model);
+    const whole = await run(unedited);
+    await unedited.session.release();
+    expect(edited.tokens).toEqual(whole.tokens);
+    expect(edited.tokens).toEqual(await alone(asks));
+    expect(edited.stats.newPositionsOnly).toBe(true);
+    expect(whole.stats.newPositionsOnly).toBe(false);
+    // Either way only new keys/values are written; moves within the cache are a fraction of them.
+    expect(edited.stats.writtenBytes).toBe(whole.stats.writtenBytes);
+    expect(edited.stats.copiedBytes).toBeLessThan(edited.stats.writtenBytes);
+    expect(edited.copied).toBe(edited.stats.copiedBytes);
+  });
+
+  it('reports the cache in use over maxCachedTokens while sequences run, and 0 once they end', async () => {
+    const { engine, registry } = startEngine(model);
+    const labels = { model: 'tiny-gpt2', version: '1' };
+    const g = model.config.generation!;
+    const seen: { usage: number; cached: number }[] = [];
+    await generate(engine, { promptIds: PROMPTS[4]!, maxNewTokens: 8 }, (_, count) => {
+      if (count !== 4) return;
+      // Both gauges are set together, once per scheduler step.
+      void Promise.all([
+        metric(registry, 'maas_runner_generation_kv_cache_usage_ratio', labels),
+        metric(registry, 'maas_runner_generation_cached_tokens', labels),
+      ]).then(([usage, cached]) => seen.push({ usage, cached }));
+    });
+    await until(() => seen.length === 1);
+    // At least the 13-token prompt is cached by the 4th token.
+    expect(seen[0]!.cached).toBeGreaterThanOrEqual(13);
+    expect(seen[0]!.usage).toBeCloseTo(seen[0]!.cached / g.maxCachedTokens, 9);
+    expect(await metric(registry, 'maas_runner_generation_kv_cache_usage_ratio', labels)).toBe(0);
     await engine.close();
   });
 });

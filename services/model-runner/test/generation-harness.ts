@@ -18,6 +18,7 @@ import {
 import {
   createGenerationMetrics,
   GenerationEngine,
+  openDecoderSession,
   type GenerationRequest,
   type GenerationResult,
 } from '../src/generation/index';
@@ -44,7 +45,8 @@ export const TINY_VOCAB = 2048;
 
 const tiny = decoderDefaults({ vocab: TINY_VOCAB, seed: 11 });
 let tinyBytes: Uint8Array | undefined;
-const tinyModelBytes = () => (tinyBytes ??= buildTinyGpt2(tiny));
+/** The fixture decoder as exported (built once per test file). */
+export const tinyModelBytes = () => (tinyBytes ??= buildTinyGpt2(tiny));
 
 /** The fixture decoder's config.json (as writeFixtureRepository writes it), with these limits. */
 function tinyConfigJson(limits: GenerationLimits = {}) {
@@ -84,13 +86,20 @@ export function writeTinyDecoderRepository(limits: GenerationLimits = {}): strin
   return root;
 }
 
-export async function tinyDecoder(): Promise<DecoderModel> {
-  const session = await ort.InferenceSession.create(tinyModelBytes(), {
+/**
+ * The fixture decoder as the runner opens it (its graph edited to return only
+ * new keys/values), or with `unedited` as exported (the whole `present`).
+ */
+export async function tinyDecoder({ unedited = false } = {}): Promise<DecoderModel> {
+  const config = modelConfigSchema.parse(tinyConfigJson());
+  const options = {
     intraOpNumThreads: 1,
     // The failure tests provoke onnxruntime errors on purpose; the engine reports them itself.
-    logSeverityLevel: 4,
-  });
-  const config = modelConfigSchema.parse(tinyConfigJson());
+    logSeverityLevel: 4 as const,
+  };
+  const session = unedited
+    ? await ort.InferenceSession.create(tinyModelBytes(), options)
+    : await openDecoderSession(tinyModelBytes(), config.generation!, options);
   return { name: 'tiny-gpt2', session, config };
 }
 
@@ -101,7 +110,7 @@ export const austenPresent = () =>
 
 export async function austenDecoder(): Promise<DecoderModel> {
   const config = readModelConfig(austenDir, 'austen-gpt');
-  const session = await ort.InferenceSession.create(join(austenDir, '1', 'model.onnx'), {
+  const session = await openDecoderSession(join(austenDir, '1', 'model.onnx'), config.generation!, {
     intraOpNumThreads: 2,
   });
   return { name: 'austen-gpt', session, config };

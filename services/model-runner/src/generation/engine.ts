@@ -5,15 +5,17 @@
  * One scheduler loop per engine. Between two decode steps it retires finished
  * and cancelled sequences (their cache is dropped at once), admits waiting
  * ones while the concurrency and cache budgets allow, prefills them
- * (left-padded, several per run), and merges their caches into the running
- * batch; then one session.run advances every running sequence by one token.
+ * (left-padded, several per run), and writes their keys/values into the
+ * batch cache the engine owns (slot-cache.ts); then one session.run advances
+ * every running sequence by one token.
  */
 import { status } from '@grpc/grpc-js';
 import * as ort from 'onnxruntime-node';
 import { invalidArgument, resourceExhausted, StatusError, unavailable } from '@maas/shared';
 import type { Logger, ModelConfig } from '@maas/shared';
-import { emptyPast, isPacked, kvLength, packBatch, type KvPlace, type KvShape } from './kv-cache.js';
 import type { GenerationMetrics } from './metrics.js';
+import { cacheTensorNames, newPositionsOutput } from './new-kv-outputs.js';
+import { emptyPast, SlotCache, type KvShape, type KvSource } from './slot-cache.js';
 import { randomSeed, SequenceRandom, TokenSampler, type SamplingOptions } from './sampling.js';
 
 export type { SamplingOptions } from './sampling.js';
@@ -42,10 +44,18 @@ export interface GenerationResult {
   decodeTokensPerSecond: number;
 }
 
+/** What the engine needs of a session: onnxruntime's InferenceSession and WorkerSession both have it. */
+export interface DecoderSession {
+  readonly inputNames: readonly string[];
+  readonly outputNames: readonly string[];
+  run(feeds: Record<string, ort.Tensor>): Promise<Record<string, ort.OnnxValue>>;
+}
+
 export interface GenerationEngineOptions {
   modelName: string;
   modelVersion: string;
-  session: ort.InferenceSession;
+  /** In a worker (WorkerSession, the runner's way: decode steps leave the event loop free) or in this thread. */
+  session: DecoderSession;
   config: ModelConfig;
   metrics: GenerationMetrics;
   logger: Logger;
@@ -57,6 +67,17 @@ export interface GenerationStats {
   waiting: number;
   /** Tokens whose keys/values are held for those sequences (padding not counted). */
   cachedTokens: number;
+}
+
+/** What the batch cache has cost: the benchmark's view of it. */
+export interface CacheStats {
+  /** Bytes of existing keys/values moved (re-layouts as the batch's longest sequence grows, rows filling a leaver's place). */
+  copiedBytes: number;
+  /** Bytes of new keys/values written (prompts and generated tokens). */
+  writtenBytes: number;
+  relayouts: number;
+  /** True when the graph returns only each step's new keys/values (new-kv-outputs.ts), not the whole `present`. */
+  newPositionsOnly: boolean;
 }
 
 /**
@@ -84,7 +105,8 @@ interface Sequence {
   reserved: number;
   /** Tokens whose keys/values are in the cache. */
   cached: number;
-  kv?: KvPlace;
+  /** Between prefill and joining the batch: where its prompt's keys/values are. */
+  prefilled?: KvSource;
   /** The last sampled token: the next step's input. */
   next: number;
   generated: number;
@@ -99,6 +121,12 @@ export class GenerationEngine {
   private readonly waiting: Sequence[] = [];
   /** The running batch, member i in row i of the batch cache. */
   private running: Sequence[] = [];
+  private readonly cache: SlotCache;
+  /** The outputs that carry new keys/values, per layer key then value. */
+  private readonly kvOutputNames: string[];
+  /** Whether those outputs hold only the new positions (else `present`: past then new). */
+  private readonly newPositionsOnly: boolean;
+  private copiedReported = 0;
   /** Admitted and being prefilled: they hold a slot but are not in the batch yet. */
   private joining: Sequence[] = [];
   private reservedTokens = 0;
@@ -119,13 +147,8 @@ export class GenerationEngine {
     this.shape = { numLayers: g.numLayers, numHeads: g.numHeads, headDim: g.headDim };
     this.sampler = new TokenSampler(g.vocabSize);
     this.labels = { model: options.modelName, version: options.modelVersion };
-    // Per layer key then value, the order of the KvPlace tensors.
-    const names = (key: string, value: string) =>
-      Array.from({ length: g.numLayers }, (_, l) =>
-        [key, value].map((p) => p.replaceAll('{layer}', String(l))),
-      ).flat();
-    this.pastNames = names(g.pastKeyInput, g.pastValueInput);
-    this.presentNames = names(g.presentKeyOutput, g.presentValueOutput);
+    ({ past: this.pastNames, present: this.presentNames } = cacheTensorNames(g));
+    this.cache = new SlotCache(this.shape, g.maxConcurrentSequences);
     this.prefillTokensPerRun = Math.max(
       1,
       Math.min(PREFILL_TOKENS_PER_RUN, Math.floor(PREFILL_LOGITS_PER_RUN / g.vocabSize)),
@@ -135,7 +158,11 @@ export class GenerationEngine {
       (n) => !inputs.has(n),
     );
     const outputs = new Set(options.session.outputNames);
-    const missingOut = ['logits', ...this.presentNames].filter((n) => !outputs.has(n));
+    this.newPositionsOnly = this.presentNames.every((n) => outputs.has(newPositionsOutput(n)));
+    this.kvOutputNames = this.newPositionsOnly
+      ? this.presentNames.map(newPositionsOutput)
+      : this.presentNames;
+    const missingOut = ['logits', ...this.kvOutputNames].filter((n) => !outputs.has(n));
     if (missingIn.length > 0 || missingOut.length > 0) {
       throw new Error(
         `model ${options.modelName}: not a KV-cache decoder in the optimum signature; ` +
@@ -149,6 +176,11 @@ export class GenerationEngine {
     for (const seq of this.running) cachedTokens += seq.cached;
     for (const seq of this.joining) cachedTokens += seq.cached;
     return { running: this.running.length + this.joining.length, waiting: this.waiting.length, cachedTokens };
+  }
+
+  cacheStats(): CacheStats {
+    const { copiedBytes, writtenBytes, relayouts } = this.cache;
+    return { copiedBytes, writtenBytes, relayouts, newPositionsOnly: this.newPositionsOnly };
   }
 
   /**
@@ -258,6 +290,7 @@ export class GenerationEngine {
         // rather than spin on it; waiting sequences get a fresh start.
         const inFlight = [...this.running, ...this.joining].filter((s) => s.state !== 'done');
         this.running = [];
+        this.cache.clear();
         this.joining = [];
         this.fail(inFlight, error, 'scheduling');
       })
@@ -269,9 +302,9 @@ export class GenerationEngine {
 
   private async schedule(): Promise<void> {
     while (this.waiting.length > 0 || this.running.length > 0) {
-      const left = this.retire();
+      this.retire();
       const { admitted, joined } = await this.admit();
-      if (left || joined.length > 0) this.repack(joined);
+      this.join(joined);
       this.updateGauges();
       if (this.running.length > 0) await this.step();
       else if (admitted === 0 && this.waiting.length > 0) {
@@ -283,16 +316,23 @@ export class GenerationEngine {
     }
   }
 
-  /** Ends the running sequences that finished or were cancelled; true if any left the batch. */
-  private retire(): boolean {
-    const before = this.running.length;
-    this.running = this.running.filter((seq) => {
+  /**
+   * Ends the running sequences that finished or were cancelled. The batch's
+   * last rows move into their places (the cache moves the same rows).
+   */
+  private retire(): void {
+    const leaving: number[] = [];
+    this.running.forEach((seq, row) => {
       if (seq.request.signal.aborted) seq.finish ??= 'cancelled';
-      if (!seq.finish) return true;
-      this.end(seq, seq.finish);
-      return false;
+      if (seq.finish) leaving.push(row);
     });
-    return this.running.length !== before;
+    if (leaving.length === 0) return;
+    const ended = leaving.map((row) => this.running[row]!);
+    const started = performance.now();
+    for (const { from, to } of this.cache.remove(leaving)) this.running[to] = this.running[from]!;
+    this.running.length = this.cache.rows;
+    this.cacheChanged(started);
+    for (const seq of ended) this.end(seq, seq.finish!);
   }
 
   /**
@@ -380,37 +420,53 @@ export class GenerationEngine {
     const started = performance.now();
     const out = await this.options.session.run(feeds);
     this.options.metrics.prefillSeconds.observe(this.labels, (performance.now() - started) / 1000);
-    const tensors = this.presentNames.map((n) => out[n]!);
+    // Past of length 0: the new positions and `present` are the same.
+    const tensors = this.kvOutputNames.map((n) => out[n]!);
     const vocab = this.g.vocabSize;
     const logits = out.logits!.data as Float32Array;
     group.forEach((seq, b) => {
-      seq.cached = seq.request.promptIds.length;
-      seq.kv = { tensors, row: b };
+      const n = seq.request.promptIds.length;
+      seq.cached = n;
+      seq.prefilled = { tensors, row: b, start: length - n, count: n };
       const last = (b * length + length - 1) * vocab;
       this.accept(seq, logits.subarray(last, last + vocab));
     });
   }
 
-  /** Rebuilds the batch cache from the members left and the sequences joining. */
-  private repack(joined: Sequence[]): void {
-    for (const seq of joined) seq.state = 'running';
-    const members = [...this.running, ...joined];
-    this.running = members;
-    if (members.length === 0 || isPacked(members)) return;
+  /** Prefilled sequences join the batch: each one's prompt keys/values go into a new row. */
+  private join(joined: Sequence[]): void {
+    if (joined.length === 0) return;
     const started = performance.now();
-    packBatch(this.shape, members);
-    this.options.metrics.repackSeconds.observe(this.labels, (performance.now() - started) / 1000);
+    for (const seq of joined) {
+      seq.state = 'running';
+      this.cache.add(seq.prefilled!);
+      seq.prefilled = undefined;
+      this.running.push(seq);
+    }
+    this.cacheChanged(started);
+  }
+
+  /** After sequences joined or left the batch cache. */
+  private cacheChanged(started: number): void {
+    const m = this.options.metrics;
+    m.repackSeconds.observe(this.labels, (performance.now() - started) / 1000);
+    this.reportCopies();
+  }
+
+  private reportCopies(): void {
+    const copied = this.cache.copiedBytes;
+    if (copied > this.copiedReported)
+      this.options.metrics.cacheCopiedBytes.inc(this.labels, copied - this.copiedReported);
+    this.copiedReported = copied;
   }
 
   /** One decode step: every running sequence feeds its last token and gets the next. */
   private async step(): Promise<void> {
     const members = this.running;
     const rows = members.length;
-    const past = members[0]!.kv!.tensors;
-    const length = kvLength(past);
+    const length = this.cache.capacity;
     const total = length + 1;
-    const mask = new BigInt64Array(rows * total);
-    members.forEach((seq, b) => mask.fill(1n, b * total + (length - seq.cached), (b + 1) * total));
+    const mask = this.cache.mask();
     const feeds: Record<string, ort.Tensor> = {
       input_ids: new ort.Tensor(
         'int64',
@@ -424,28 +480,33 @@ export class GenerationEngine {
         [rows, 1],
       ),
     };
-    past.forEach((t, i) => (feeds[this.pastNames[i]!] = t));
+    this.cache.past().forEach((t, i) => (feeds[this.pastNames[i]!] = t));
     const started = performance.now();
-    let out: ort.InferenceSession.OnnxValueMapType;
+    let out: Record<string, ort.OnnxValue>;
     try {
       out = await this.options.session.run(feeds);
     } catch (error) {
       this.running = [];
+      this.cache.clear();
       this.fail(members, error, 'decode step');
       return;
     }
     this.options.metrics.stepSeconds.observe(this.labels, (performance.now() - started) / 1000);
     this.options.metrics.stepBatchSize.observe(this.labels, rows);
-    // Left padding: positions every row carries up to the longest, masked but still computed and copied.
+    // Positions a row carries beyond its own (up to the capacity): masked but still computed.
     let real = 0;
     for (const seq of members) real += seq.cached;
     this.options.metrics.stepPadding.observe(this.labels, 1 - real / (rows * length || 1));
-    const tensors = this.presentNames.map((n) => out[n]!);
+    // The new position: the only one of the new-positions outputs, the last of `present`.
+    this.cache.append(
+      this.kvOutputNames.map((n) => out[n]!),
+      this.newPositionsOnly ? 0 : length,
+    );
+    this.reportCopies();
     const vocab = this.g.vocabSize;
     const logits = out.logits!.data as Float32Array;
     members.forEach((seq, b) => {
       seq.cached++;
-      seq.kv = { tensors, row: b };
       this.accept(seq, logits.subarray(b * vocab, (b + 1) * vocab));
     });
   }
@@ -528,7 +589,7 @@ export class GenerationEngine {
   private release(seq: Sequence): void {
     if (seq.state === 'prefilling' || seq.state === 'running') this.reservedTokens -= seq.reserved;
     seq.state = 'done';
-    seq.kv = undefined;
+    seq.prefilled = undefined;
     seq.cached = 0;
     seq.request.signal.removeEventListener('abort', seq.onAbort);
   }
@@ -540,5 +601,6 @@ export class GenerationEngine {
     m.waiting.set(this.labels, s.waiting);
     m.cachedTokens.set(this.labels, s.cachedTokens);
     m.reservedTokens.set(this.labels, this.reservedTokens);
+    m.cacheUsage.set(this.labels, s.cachedTokens / this.g.maxCachedTokens);
   }
 }

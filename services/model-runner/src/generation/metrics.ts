@@ -36,7 +36,7 @@ export function createGenerationMetrics(registry: Registry) {
     stepSeconds: histogram('step_duration_seconds', 'Duration of one decode step (all running sequences).'),
     repackSeconds: histogram(
       'repack_duration_seconds',
-      'Time to rebuild the batch KV cache when sequences join or leave.',
+      "Time to update the batch KV cache when sequences join (their prompt's keys/values written) or leave (the last rows moved into their places).",
     ),
     stepBatchSize: histogram('step_batch_size', 'Sequences per decode step.', [1, 2, 4, 8, 16, 32, 64]),
     stepPadding: histogram(
@@ -62,6 +62,14 @@ export function createGenerationMetrics(registry: Registry) {
     cachedTokens: gauge(
       'cached_tokens',
       'Tokens held in the KV cache of running sequences (padding not counted).',
+    ),
+    cacheUsage: gauge(
+      'kv_cache_usage_ratio',
+      'Tokens held in the KV cache over maxCachedTokens (0-1): the KV-cache utilisation the inference gateway reads.',
+    ),
+    cacheCopiedBytes: counter(
+      'kv_cache_copied_bytes_total',
+      "Bytes of cached keys/values moved within the batch cache (re-layouts as the longest sequence grows, rows filling a leaver's place); new keys/values are not counted.",
     ),
     reservedTokens: gauge(
       'reserved_tokens',

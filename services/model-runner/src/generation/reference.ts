@@ -6,14 +6,15 @@
  */
 import * as ort from 'onnxruntime-node';
 import type { ModelConfig } from '@maas/shared';
-import { emptyPast } from './kv-cache.js';
+import type { DecoderSession } from './engine.js';
+import { emptyPast } from './slot-cache.js';
 import { argmax } from './sampling.js';
 
 type Generation = NonNullable<ModelConfig['generation']>;
 
 /** Runs the full sequence once; returns the last position's logits. */
 export async function lastLogitsByRecompute(
-  session: ort.InferenceSession,
+  session: DecoderSession,
   g: Generation,
   ids: readonly number[],
 ): Promise<Float32Array> {
@@ -33,13 +34,13 @@ export async function lastLogitsByRecompute(
     feeds[pattern.replaceAll('{layer}', layer)] = tensor;
   });
   const out = await session.run(feeds);
-  const logits = out.logits!.data as Float32Array;
+  const logits = (out.logits as ort.Tensor).data as Float32Array;
   return logits.slice((n - 1) * g.vocabSize, n * g.vocabSize);
 }
 
 /** `count` greedy tokens after the prompt (no end-of-sequence handling). */
 export async function greedyByRecompute(
-  session: ort.InferenceSession,
+  session: DecoderSession,
   g: Generation,
   prompt: readonly number[],
   count: number,

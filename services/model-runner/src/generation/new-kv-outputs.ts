@@ -1,0 +1,253 @@
+/**
+ * A load-time edit of a decoder graph in the optimum signature: the engine
+ * keeps every sequence's keys/values in its own buffers (slot-cache.ts), so
+ * of each layer's `present` output (past ⊕ new, the whole cache again) it
+ * needs only the new positions. Returned as a graph output, `present` costs
+ * a copy of the whole cache into fresh JS memory every step (onnxruntime-node
+ * copies every output) and the garbage it leaves; the tensor that the graph
+ * concatenates onto the past is the same information, a few KB.
+ *
+ * The edit follows each `present` output back (through Identity nodes) to the
+ * Concat that joins the past input with the new keys/values on the sequence
+ * axis, and exposes that second input as an extra graph output, named
+ * `<present>.new`, in place of `present`. Nothing inside the graph changes.
+ * A graph where the pattern is not found is left as it is, with the reason:
+ * the engine then reads the new position out of `present`.
+ */
+import { BinaryReader, BinaryWriter, WireType } from '@bufbuild/protobuf/wire';
+import { readFileSync } from 'node:fs';
+import * as ort from 'onnxruntime-node';
+import type { Logger, ModelConfig } from '@maas/shared';
+
+/** Field numbers of onnx.proto used here. */
+const MODEL_GRAPH = 7;
+const GRAPH_NODE = 1;
+const GRAPH_INITIALIZER = 5;
+const GRAPH_OUTPUT = 12;
+const NODE_INPUT = 1;
+const NODE_OUTPUT = 2;
+const NODE_OP_TYPE = 4;
+const NODE_ATTRIBUTE = 5;
+const NODE_DOMAIN = 7;
+const ATTRIBUTE_NAME = 1;
+const ATTRIBUTE_I = 3;
+const VALUE_INFO_NAME = 1;
+const VALUE_INFO_TYPE = 2;
+const TENSOR_EXTERNAL_DATA = 13;
+
+interface Field {
+  no: number;
+  /** The whole field, tag included, as it was read. */
+  raw: Uint8Array;
+  /** For length-delimited fields: the contents. */
+  body?: Uint8Array;
+  /** For varint fields: the value. */
+  varint?: number;
+}
+
+function fields(bytes: Uint8Array): Field[] {
+  const reader = new BinaryReader(bytes);
+  const out: Field[] = [];
+  while (reader.pos < reader.len) {
+    const start = reader.pos;
+    const [no, wireType] = reader.tag();
+    let body: Uint8Array | undefined;
+    let varint: number | undefined;
+    if (wireType === WireType.LengthDelimited) body = reader.bytes();
+    else if (wireType === WireType.Varint) varint = Number(reader.int64());
+    else reader.skip(wireType, no);
+    out.push({ no, raw: bytes.subarray(start, reader.pos), body, varint });
+  }
+  return out;
+}
+
+const decoder = new TextDecoder();
+const text = (f: Field) => decoder.decode(f.body);
+
+interface Node {
+  opType: string;
+  domain: string;
+  inputs: string[];
+  outputs: string[];
+  /** Integer attributes by name. */
+  ints: Map<string, number>;
+}
+
+function parseNode(body: Uint8Array): Node {
+  const node: Node = { opType: '', domain: '', inputs: [], outputs: [], ints: new Map() };
+  for (const f of fields(body)) {
+    if (f.no === NODE_INPUT) node.inputs.push(text(f));
+    else if (f.no === NODE_OUTPUT) node.outputs.push(text(f));
+    else if (f.no === NODE_OP_TYPE) node.opType = text(f);
+    else if (f.no === NODE_DOMAIN) node.domain = text(f);
+    else if (f.no === NODE_ATTRIBUTE) {
+      let name = '';
+      let value: number | undefined;
+      for (const a of fields(f.body!)) {
+        if (a.no === ATTRIBUTE_NAME) name = text(a);
+        else if (a.no === ATTRIBUTE_I) value = a.varint;
+      }
+      if (value !== undefined) node.ints.set(name, value);
+    }
+  }
+  return node;
+}
+
+export interface KvOutputEdit {
+  /** `present` output name → the name of the output that carries only its new positions. */
+  newOutputs: Map<string, string>;
+  /** The edited model. */
+  model: Uint8Array;
+}
+
+/** Name of the output carrying the new keys/values of a `present` output. */
+export const newPositionsOutput = (present: string) => `${present}.new`;
+
+/**
+ * The edited model, or why the graph cannot be edited. `pairs` lists each
+ * cache tensor as its past input and its present output.
+ */
+export function exposeNewKeyValues(
+  model: Uint8Array,
+  pairs: { past: string; present: string }[],
+): KvOutputEdit | { reason: string } {
+  const top = fields(model);
+  const graphField = top.find((f) => f.no === MODEL_GRAPH);
+  if (!graphField) return { reason: 'the model has no graph' };
+  const graph = fields(graphField.body!);
+  const external = graph.some(
+    (f) => f.no === GRAPH_INITIALIZER && fields(f.body!).some((t) => t.no === TENSOR_EXTERNAL_DATA),
+  );
+  // A model loaded from memory cannot find weights kept in files beside it.
+  if (external) return { reason: 'its weights are external data' };
+  const producer = new Map<string, Node>();
+  for (const f of graph) {
+    if (f.no !== GRAPH_NODE) continue;
+    const node = parseNode(f.body!);
+    for (const output of node.outputs) producer.set(output, node);
+  }
+  /** Follows Identity nodes back to where a tensor is computed. */
+  const source = (name: string): { name: string; node?: Node } => {
+    for (let node = producer.get(name); node?.opType === 'Identity' && node.domain === '';) {
+      name = node.inputs[0]!;
+      node = producer.get(name);
+    }
+    return { name, node: producer.get(name) };
+  };
+  const newOutputs = new Map<string, string>();
+  const newTensors = new Map<string, string>();
+  for (const { past, present } of pairs) {
+    const { node } = source(present);
+    const axis = node?.ints.get('axis');
+    if (!node || node.opType !== 'Concat' || node.domain !== '' || node.inputs.length !== 2) {
+      return { reason: `output '${present}' is not a Concat of the past and the new keys/values` };
+    }
+    if (source(node.inputs[0]!).name !== past || (axis !== 2 && axis !== -2)) {
+      return { reason: `output '${present}' does not concatenate '${past}' on the sequence axis` };
+    }
+    newOutputs.set(present, newPositionsOutput(present));
+    newTensors.set(newPositionsOutput(present), node.inputs[1]!);
+  }
+  const presentNames = new Set(newOutputs.keys());
+  const graphOut = new BinaryWriter();
+  for (const f of graph) {
+    if (f.no === GRAPH_OUTPUT) {
+      const info = fields(f.body!);
+      const name = text(info.find((i) => i.no === VALUE_INFO_NAME)!);
+      if (presentNames.has(name)) {
+        // Same element type; the shape is left open ([rows, heads, new positions, headDim]).
+        const type = info.find((i) => i.no === VALUE_INFO_TYPE);
+        const elemType = type && tensorElemType(type.body!);
+        graphOut.tag(GRAPH_OUTPUT, WireType.LengthDelimited).fork();
+        graphOut.tag(VALUE_INFO_NAME, WireType.LengthDelimited).string(newOutputs.get(name)!);
+        if (elemType !== undefined) {
+          graphOut.tag(VALUE_INFO_TYPE, WireType.LengthDelimited).fork();
+          graphOut.tag(1, WireType.LengthDelimited).fork(); // TypeProto.tensor_type
+          graphOut.tag(1, WireType.Varint).int32(elemType); // elem_type
+          graphOut.join().join();
+        }
+        graphOut.join();
+        continue;
+      }
+    }
+    graphOut.raw(f.raw);
+  }
+  // The new output as an Identity of the tensor the Concat appends.
+  for (const [output, tensor] of newTensors) {
+    graphOut.tag(GRAPH_NODE, WireType.LengthDelimited).fork();
+    graphOut.tag(NODE_INPUT, WireType.LengthDelimited).string(tensor);
+    graphOut.tag(NODE_OUTPUT, WireType.LengthDelimited).string(output);
+    graphOut.tag(NODE_OP_TYPE, WireType.LengthDelimited).string('Identity');
+    graphOut.join();
+  }
+  const modelOut = new BinaryWriter();
+  for (const f of top) {
+    if (f.no === MODEL_GRAPH) modelOut.tag(MODEL_GRAPH, WireType.LengthDelimited).bytes(graphOut.finish());
+    else modelOut.raw(f.raw);
+  }
+  return { newOutputs, model: modelOut.finish() };
+}
+
+/** TypeProto.tensor_type.elem_type. */
+function tensorElemType(typeProto: Uint8Array): number | undefined {
+  const tensorType = fields(typeProto).find((f) => f.no === 1);
+  const elem = tensorType && fields(tensorType.body!).find((f) => f.no === 1);
+  return elem?.varint;
+}
+
+type Generation = NonNullable<ModelConfig['generation']>;
+
+/** The cache tensors' names, per layer key then value (the order of the cache buffers). */
+export function cacheTensorNames(g: Generation): { past: string[]; present: string[] } {
+  const names = (key: string, value: string) =>
+    Array.from({ length: g.numLayers }, (_, l) =>
+      [key, value].map((p) => p.replaceAll('{layer}', String(l))),
+    ).flat();
+  return {
+    past: names(g.pastKeyInput, g.pastValueInput),
+    present: names(g.presentKeyOutput, g.presentValueOutput),
+  };
+}
+
+/**
+ * The decoder the engine runs: `model` with each `present` output replaced by
+ * its new positions (exposeNewKeyValues), or as it is, with the reason.
+ */
+export function decoderForEngine(
+  model: Uint8Array,
+  g: Generation,
+): { model: Uint8Array; edited: true } | { model: Uint8Array; edited: false; reason: string } {
+  const { past, present } = cacheTensorNames(g);
+  const edit = exposeNewKeyValues(
+    model,
+    past.map((p, i) => ({ past: p, present: present[i]! })),
+  );
+  return 'reason' in edit
+    ? { model, edited: false, reason: edit.reason }
+    : { model: edit.model, edited: true };
+}
+
+/**
+ * Opens a decoder for the engine (edited as decoderForEngine says), logging
+ * why when the graph cannot be edited. `open` creates the session (in this
+ * thread by default: the engine feeds views of its cache buffers, and
+ * onnxruntime-node refuses tensors over memory shared with a worker).
+ */
+export async function openDecoderSession<S = ort.InferenceSession>(
+  model: string | Uint8Array,
+  g: Generation,
+  options: ort.InferenceSession.SessionOptions,
+  logger?: Logger,
+  modelName = '',
+  open: (model: Uint8Array, options: ort.InferenceSession.SessionOptions) => Promise<S> = (m, o) =>
+    ort.InferenceSession.create(m, o) as Promise<S>,
+): Promise<S> {
+  const decoder = decoderForEngine(typeof model === 'string' ? readFileSync(model) : model, g);
+  if (!decoder.edited) {
+    logger?.warn(
+      { model: modelName, reason: decoder.reason },
+      'decoder returns the whole cache as present every step; the engine reads its new positions from it',
+    );
+  }
+  return open(decoder.model, options);
+}
