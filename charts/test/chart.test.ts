@@ -519,7 +519,9 @@ describe('autoscaling', () => {
       type: 'prometheus',
       metadata: {
         serverAddress: 'http://kube-prometheus-stack-prometheus.monitoring.svc:9090',
-        query: 'sum(maas_runner_pending_requests{namespace="maas", pod=~"maas-model-runner-.*"})',
+        query:
+          '(sum(maas_runner_queued_requests{namespace="maas", pod=~"maas-model-runner-.*"}) or vector(0)) + ' +
+          '(sum(maas_runner_generation_waiting_sequences{namespace="maas", pod=~"maas-model-runner-.*"}) or vector(0))',
         threshold: '24',
       },
     });

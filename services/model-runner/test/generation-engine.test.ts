@@ -221,6 +221,18 @@ describe('metrics', () => {
     expect(await histogram(registry, 'maas_runner_generation_time_to_first_token_seconds', 'count')).toBe(2);
     expect(await histogram(registry, 'maas_runner_generation_inter_token_latency_seconds', 'count')).toBe(15);
     expect(await histogram(registry, 'maas_runner_generation_queue_duration_seconds', 'count')).toBe(2);
+    // Per request, as vLLM reports them: end-to-end latency and time per output token after the first.
+    expect(await histogram(registry, 'maas_runner_generation_e2e_request_latency_seconds', 'count')).toBe(2);
+    expect(await histogram(registry, 'maas_runner_generation_time_per_output_token_seconds', 'count')).toBe(
+      2,
+    );
+    const e2e = await histogram(registry, 'maas_runner_generation_e2e_request_latency_seconds', 'sum');
+    const ttft = await histogram(registry, 'maas_runner_generation_time_to_first_token_seconds', 'sum');
+    const tpot = await histogram(registry, 'maas_runner_generation_time_per_output_token_seconds', 'sum');
+    expect(e2e).toBeGreaterThan(ttft);
+    // Each sequence's e2e covers its first token and (tokens − 1) × its TPOT.
+    expect(tpot).toBeGreaterThan(0);
+    expect(tpot * 6).toBeLessThanOrEqual(e2e - ttft + 1e-9);
     // Both prefilled in one run; then 9 steps, the first 6 with both sequences.
     expect(await histogram(registry, 'maas_runner_generation_prefill_duration_seconds', 'count')).toBe(1);
     expect(await histogram(registry, 'maas_runner_generation_step_batch_size', 'count')).toBe(9);

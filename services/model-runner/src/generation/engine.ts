@@ -555,7 +555,10 @@ export class GenerationEngine {
     this.release(seq);
     const now = performance.now();
     const decodeSeconds = seq.firstTokenAt !== undefined ? (seq.lastTokenAt! - seq.firstTokenAt) / 1000 : 0;
-    this.options.metrics.finished.inc({ ...this.labels, reason });
+    const m = this.options.metrics;
+    m.finished.inc({ ...this.labels, reason });
+    m.requestSeconds.observe(this.labels, (now - seq.arrivedAt) / 1000);
+    if (seq.generated > 1) m.timePerOutputToken.observe(this.labels, decodeSeconds / (seq.generated - 1));
     const result: GenerationResult = {
       finishReason: reason,
       promptTokens: seq.request.promptIds.length,

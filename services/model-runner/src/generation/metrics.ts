@@ -25,6 +25,14 @@ export function createGenerationMetrics(registry: Registry) {
       'inter_token_latency_seconds',
       'Time between consecutive tokens of a sequence.',
     ),
+    timePerOutputToken: histogram(
+      'time_per_output_token_seconds',
+      "A finished sequence's mean time per token after its first ((end - first token) / (tokens - 1)); sequences of one token are not observed.",
+    ),
+    requestSeconds: histogram(
+      'e2e_request_latency_seconds',
+      'From arrival to the end of a sequence, whatever its finish reason.',
+    ),
     queueSeconds: histogram(
       'queue_duration_seconds',
       'Time a sequence waits for a slot in the running batch.',
