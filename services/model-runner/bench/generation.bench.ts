@@ -9,7 +9,8 @@
  *    every token (no cache), ms/token;
  *  - the engine in-process, 1 stream and 16 concurrent streams: tokens/s
  *    (wall clock from submission to the last token, prefill included),
- *    mean decode step and batch size;
+ *    mean decode step and batch size, with its decoder in a worker thread as
+ *    the runner runs it (and, for comparison, in this thread);
  *  - the same through gRPC (the runner in this process, the clients in a
  *    child process);
  *  - the batch cache's copies: bytes of cached keys/values moved per
@@ -30,7 +31,7 @@ import { loadavg } from 'node:os';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { existsSync, mkdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import type * as ort from 'onnxruntime-node';
+import * as ort from 'onnxruntime-node';
 import { Registry } from 'prom-client';
 import { buildTinyGpt2, decoderDefaults, makeTempDir } from '@maas/models';
 import {
@@ -50,8 +51,10 @@ import { createSession, type SessionOpener } from '../src/session.js';
 import {
   createGenerationMetrics,
   GenerationEngine,
-  type DecoderSession,
+  type BatchDecoder,
   openDecoderSession,
+  SessionDecoder,
+  WorkerDecoder,
   SequenceRandom,
 } from '../src/generation/index.js';
 import { greedyByRecompute } from '../src/generation/reference.js';
@@ -155,7 +158,7 @@ const histogramMean = async (registry: Registry, name: string) => {
 };
 
 async function engineRun(
-  session: DecoderSession,
+  decoder: BatchDecoder,
   model: BenchModel,
   streams: number,
   newTokens: number | ((stream: number) => number),
@@ -165,7 +168,7 @@ async function engineRun(
   const engine = new GenerationEngine({
     modelName: model.name,
     modelVersion: '1',
-    session,
+    decoder,
     config: model.config,
     metrics: createGenerationMetrics(registry),
     logger,
@@ -311,10 +314,7 @@ async function main(): Promise<void> {
 async function benchThreads(model: BenchModel, threads: number, summary: string[]): Promise<void> {
   const g = model.config.generation!;
   console.log(`\nintra-op threads ${threads}`);
-  // As the runner opens a decoder: its graph edited to return only new keys/values.
-  const decoder: SessionOpener<ort.InferenceSession> = (path, options) =>
-    openDecoderSession(path, g, options, logger, model.name);
-  const open = (opener?: SessionOpener<ort.InferenceSession>) =>
+  const open = <S>(opener: SessionOpener<S>) =>
     createSession(
       model.modelPath,
       model.config,
@@ -322,8 +322,15 @@ async function benchThreads(model: BenchModel, threads: number, summary: string[
       logger,
       opener,
     );
-  const { session } = await open(decoder);
-  await engineRun(session, model, 2, 16); // warm-up
+  // As the runner opens a decoder: in a worker, its graph edited to return only new keys/values.
+  const { session: decoder } = await open((path, options) =>
+    WorkerDecoder.create(path, g, options, model.name, logger),
+  );
+  // The same edited graph in this thread (also the recompute baseline's session).
+  const { session } = await open((path, options) => openDecoderSession(path, g, options, logger, model.name));
+  const inThread = new SessionDecoder(session, g, model.name);
+  await engineRun(decoder, model, 2, 16); // warm-up
+  await engineRun(inThread, model, 2, 16);
 
   const prompt = prompts(1, g.vocabSize)[0]!;
   const recomputeTokens = 100;
@@ -337,7 +344,7 @@ async function benchThreads(model: BenchModel, threads: number, summary: string[
   const engine = new Map<string, Phase>();
   for (const newTokens of LENGTHS) {
     for (const streams of STREAMS) {
-      const p = await best(() => engineRun(session, model, streams, newTokens));
+      const p = await best(() => engineRun(decoder, model, streams, newTokens));
       engine.set(`${newTokens}/${streams}`, p);
       console.log(
         `  engine in-process, ${newTokens} tokens × ${streams} stream(s): ${f(p.tokensPerSecond)} tokens/s total ` +
@@ -348,25 +355,35 @@ async function benchThreads(model: BenchModel, threads: number, summary: string[
       );
     }
   }
-  // The same 16 streams with the graph as exported: the whole present copied out every step.
   const last = LENGTHS.at(-1)!;
-  const { session: unedited } = await open();
-  await engineRun(unedited, model, 2, 16); // warm-up
-  const whole = await best(() => engineRun(unedited, model, 16, last));
+  // The decoder in this thread: steps block the event loop.
+  for (const streams of STREAMS) {
+    const p = await best(() => engineRun(inThread, model, streams, last));
+    console.log(
+      `  engine in-process, decoder in this thread, ${last} tokens × ${streams} stream(s): ${f(p.tokensPerSecond)} tokens/s total; ` +
+        `decode step ${f(p.stepMs!, 2)} ms; event-loop delay p99 ${f(p.loopP99Ms!)} ms`,
+    );
+  }
+  // The same 16 streams with the graph as exported: the whole present copied out every step.
+  // (in this thread: compare with the row above).
+  const { session: unedited } = await open((path, options) => ort.InferenceSession.create(path, options));
+  const uneditedDecoder = new SessionDecoder(unedited, g, model.name);
+  await engineRun(uneditedDecoder, model, 2, 16); // warm-up
+  const whole = await best(() => engineRun(uneditedDecoder, model, 16, last));
   await unedited.release();
   console.log(
-    `  engine in-process, graph unedited (whole present returned), ${last} tokens × 16 streams: ${f(whole.tokensPerSecond)} tokens/s total; ` +
+    `  engine in-process, decoder in this thread, graph unedited (whole present returned), ${last} tokens × 16 streams: ${f(whole.tokensPerSecond)} tokens/s total; ` +
       `decode step ${f(whole.stepMs!, 2)} ms`,
   );
   // Continuous batching as traffic brings it: arrivals 25 ms apart, 64 or 200 new tokens.
-  const mixed = await engineRun(session, model, 16, (i) => (i % 2 === 0 ? 200 : 64), 25);
+  const mixed = await engineRun(decoder, model, 16, (i) => (i % 2 === 0 ? 200 : 64), 25);
   console.log(
     `  engine in-process, 16 streams arriving 25 ms apart, 64 or 200 tokens: ${f(mixed.tokensPerSecond)} tokens/s total; ` +
       `decode step ${f(mixed.stepMs!, 2)} ms at mean batch ${f(mixed.batch!)}, ${f(100 * mixed.padding!)}% of cache positions padding; ` +
       `${mixed.repacks} joins/leaves of the batch cache, ${f(mixed.repackMs!, 2)} ms each; ` +
       `cache bytes per token: ${f(mixed.copiedPerToken! / 1024)} KiB moved, ${f(mixed.writtenPerToken! / 1024)} KiB new`,
   );
-  await session.release();
+  await Promise.all([session.release(), decoder.release()]);
 
   const grpc = new Map<string, Phase>();
   const runner = await startModelRunner(

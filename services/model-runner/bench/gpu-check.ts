@@ -19,7 +19,7 @@ import { join } from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { Registry } from 'prom-client';
 import { createLogger, defaultRepositoryPath, type ModelConfig, readModelConfig } from '@maas/shared';
-import { createGenerationMetrics, GenerationEngine } from '../src/generation/index.js';
+import { createGenerationMetrics, GenerationEngine, SessionDecoder } from '../src/generation/index.js';
 
 type Provider = 'cpu' | 'webgpu';
 /** GPU_CHECK_ACCELERATOR=cpu runs the whole check CPU against CPU: how the script itself is tried without a GPU. */
@@ -124,7 +124,7 @@ function engineOn(session: ort.InferenceSession, config: ModelConfig): Generatio
   return new GenerationEngine({
     modelName: 'austen-gpt',
     modelVersion: '1',
-    session,
+    decoder: new SessionDecoder(session, config.generation!, 'austen-gpt'),
     config,
     metrics: createGenerationMetrics(new Registry()),
     logger: createLogger({ service: 'gpu-check', level: 'warn' }),

@@ -40,7 +40,13 @@ export function checkConfig(config: ModelConfig): string[] {
 }
 
 /** Disagreements between the config and the graph's inputs and outputs (names, types, ranks, fixed sizes). */
-export function checkAgainstGraph(config: ModelConfig, session: RunnableSession): string[] {
+/** What the check reads of a session: its graph's inputs and outputs. */
+export type GraphInfo = Pick<
+  RunnableSession,
+  'inputNames' | 'outputNames' | 'inputMetadata' | 'outputMetadata'
+>;
+
+export function checkAgainstGraph(config: ModelConfig, session: GraphInfo): string[] {
   const problems: string[] = [];
   const batching = config.maxBatchSize > 0;
   const cacheInput = cacheInputMatcher(config);

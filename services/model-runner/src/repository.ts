@@ -13,9 +13,9 @@ import { notFound, readLabels, scanModel, unavailable } from '@maas/shared';
 import type { Logger, ModelConfig, ModelVersionFiles, RepositoryModel } from '@maas/shared';
 import { DynamicBatcher } from './batcher.js';
 import { checkAgainstGraph, checkConfig } from './graph-check.js';
-import { GenerationEngine, openDecoderSession, type GenerationMetrics } from './generation/index.js';
+import { GenerationEngine, WorkerDecoder, type GenerationMetrics } from './generation/index.js';
 import { MODEL_STATES, type ModelState, type RunnerMetrics } from './metrics.js';
-import { type CreatedSession, createSession, type SessionOpener, type ThreadDefaults } from './session.js';
+import { type CreatedSession, createSession, type ThreadDefaults } from './session.js';
 import { sampleInputs } from './warmup.js';
 import { WorkerSession, type RunnableSession } from './worker-session.js';
 
@@ -28,8 +28,10 @@ export interface ModelVersion {
   /** Why the version is in its state (when READY: empty, or why it runs on a less preferred provider). */
   reason: string;
   config: ModelConfig;
-  /** Batched models: sessions in worker threads; generation: the engine's session, in this thread. */
+  /** Batched models: their sessions, each in a worker thread. */
   sessions: RunnableSession[];
+  /** Generation models: the engine's decoder (session and KV cache), in a worker thread. */
+  decoder?: WorkerDecoder;
   /** Set for every task but generation. */
   batcher?: DynamicBatcher;
   /** Set for generation models. */
@@ -324,26 +326,9 @@ export class ModelRepository {
     try {
       if (!existsSync(files.modelPath)) throw new Error(`${files.modelPath} is missing`);
       readLabels(config, files.dir);
-      // A generation engine owns one session and runs it in this thread (onnxruntime-node takes no
-      // tensor over shared memory, so its KV cache cannot stay in this thread while a worker runs it),
-      // its graph edited to return only new keys/values (new-kv-outputs.ts); batched models run each
-      // instance in a worker.
-      const generation = config.task === 'generation';
-      const instances = generation ? 1 : config.instanceCount;
-      const open = (this.deps.createSession ?? createSession) as typeof createSession<RunnableSession>;
-      const decoder: SessionOpener<RunnableSession> = (path, options) =>
-        // In this thread, as createSession's own opener: the engine calls only run().
-        openDecoderSession(path, config.generation!, options, logger, model.name) as Promise<never>;
+      const open = this.deps.createSession ?? createSession;
       let fallbackReason = '';
-      for (let i = 0; i < instances; i++) {
-        const created = await open(
-          files.modelPath,
-          config,
-          this.deps.threads,
-          logger,
-          generation ? decoder : WorkerSession.create,
-        );
-        mv.sessions.push(created.session);
+      const opened = (created: CreatedSession<unknown>) => {
         mv.provider = created.provider;
         fallbackReason = created.fallbackReason;
         mv.providerLabels = {
@@ -353,17 +338,38 @@ export class ModelRepository {
           device: created.deviceId === undefined ? '' : String(created.deviceId),
         };
         this.deps.metrics.provider.set(mv.providerLabels, 1);
-        if (created.session instanceof WorkerSession) {
-          created.session.onFailure = (error) => this.sessionFailed(mv, error);
+      };
+      const failed = (error: Error) => this.sessionFailed(mv, error);
+      if (config.task === 'generation') {
+        // One decoder, its session and KV cache in a worker; its graph edited to return only new
+        // keys/values (new-kv-outputs.ts).
+        const created = await open(files.modelPath, config, this.deps.threads, logger, (path, options) =>
+          WorkerDecoder.create(path, config.generation!, options, model.name, logger),
+        );
+        mv.decoder = created.session;
+        mv.decoder.onFailure = failed;
+        opened(created);
+      } else {
+        for (let i = 0; i < config.instanceCount; i++) {
+          const created = await open(
+            files.modelPath,
+            config,
+            this.deps.threads,
+            logger,
+            WorkerSession.create,
+          );
+          mv.sessions.push(created.session);
+          created.session.onFailure = failed;
+          opened(created);
         }
       }
-      const problems = checkAgainstGraph(config, mv.sessions[0]!);
+      const problems = checkAgainstGraph(config, mv.decoder ?? mv.sessions[0]!);
       if (problems.length > 0) throw new Error(`config disagrees with the graph: ${problems.join('; ')}`);
       if (config.task === 'generation') {
         mv.engine = new GenerationEngine({
           modelName: model.name,
           modelVersion: String(files.version),
-          session: mv.sessions[0]!,
+          decoder: mv.decoder!,
           config,
           metrics: this.deps.generationMetrics,
           logger,
@@ -385,7 +391,7 @@ export class ModelRepository {
           model: model.name,
           version: files.version,
           provider: mv.provider,
-          instances,
+          instances: mv.decoder ? 1 : mv.sessions.length,
           loadMs: Math.round(performance.now() - started),
         },
         'model version ready',
@@ -397,8 +403,7 @@ export class ModelRepository {
         'model version failed to load',
       );
       await mv.engine?.close({ force: true }).catch(() => undefined);
-      await Promise.all(mv.sessions.map((s) => s.release().catch(() => undefined)));
-      mv.sessions = [];
+      await releaseSessions(mv);
       mv.batcher = undefined;
       mv.engine = undefined;
       this.setState(mv, 'UNAVAILABLE');
@@ -463,8 +468,7 @@ export class ModelRepository {
     this.setState(mv, 'UNLOADING');
     await mv.batcher?.drain();
     await mv.engine?.close();
-    await Promise.all(mv.sessions.map((s) => s.release().catch(() => undefined)));
-    mv.sessions = [];
+    await releaseSessions(mv);
     mv.reason = reason;
     entry.transient.delete(mv);
     this.setState(mv, 'UNAVAILABLE');
@@ -477,7 +481,7 @@ export class ModelRepository {
     this.deps.logger.error({ model: mv.name, version: mv.version, err: error }, 'model session failed');
     mv.reason = `${error.message}; load the model again to recover`;
     this.setState(mv, 'UNAVAILABLE');
-    void Promise.all(mv.sessions.map((s) => s.release().catch(() => undefined)));
+    void releaseSessions(mv);
   }
 
   private setState(mv: ModelVersion, state: ModelState): void {
@@ -520,4 +524,12 @@ export class ModelRepository {
       return '';
     }
   }
+}
+
+/** Frees a version's sessions (or decoder); a release that fails has nothing left to free. */
+async function releaseSessions(mv: ModelVersion): Promise<void> {
+  const sessions: { release(): Promise<void> }[] = [...mv.sessions, ...(mv.decoder ? [mv.decoder] : [])];
+  mv.sessions = [];
+  mv.decoder = undefined;
+  await Promise.all(sessions.map((s) => s.release().catch(() => undefined)));
 }

@@ -8,8 +8,8 @@
  * Tensors cross the thread boundary by transfer where the caller allows it,
  * by copy otherwise.
  */
-import { Worker } from 'node:worker_threads';
 import * as ort from 'onnxruntime-node';
+import { WorkerChannel } from './worker-channel.js';
 
 /** What the runner needs of a session; onnxruntime's InferenceSession and WorkerSession both have it. */
 export interface RunnableSession {
@@ -45,8 +45,6 @@ interface SessionInfo {
   inputMetadata: ort.InferenceSession.ValueMetadata[];
   outputMetadata: ort.InferenceSession.ValueMetadata[];
 }
-
-type Reply = { id: number; ok: unknown } | { id: number; error: string };
 
 /**
  * The worker's code, evaluated as CommonJS (so the same code runs from dist and under jest,
@@ -90,44 +88,27 @@ export class WorkerSession implements RunnableSession {
   outputNames: string[] = [];
   inputMetadata: ort.InferenceSession.ValueMetadata[] = [];
   outputMetadata: ort.InferenceSession.ValueMetadata[] = [];
-  private readonly worker: Worker;
-  private readonly pending = new Map<number, { resolve(value: unknown): void; reject(error: Error): void }>();
-  private nextId = 0;
-  private failure: Error | undefined;
-  private released = false;
-  /** Called once if the worker dies (not after release): the session cannot run any more. */
-  onFailure: ((error: Error) => void) | undefined;
+  private readonly channel = new WorkerChannel(
+    WORKER_SOURCE,
+    { eval: true, workerData: { onnxruntime: require.resolve('onnxruntime-node') } },
+    'session',
+  );
 
-  private constructor() {
-    this.worker = new Worker(WORKER_SOURCE, {
-      eval: true,
-      workerData: { onnxruntime: require.resolve('onnxruntime-node') },
-    });
-    this.worker.on('message', (reply: Reply) => {
-      const call = this.pending.get(reply.id);
-      this.pending.delete(reply.id);
-      if ('error' in reply) call?.reject(new Error(reply.error));
-      else call?.resolve(reply.ok);
-    });
-    const fail = (error: Error) => {
-      if (this.failure) return;
-      this.failure = error;
-      for (const call of this.pending.values()) call.reject(error);
-      this.pending.clear();
-      if (!this.released) this.onFailure?.(error);
-    };
-    this.worker.on('error', (error) => fail(new Error(`session worker failed: ${error.message}`)));
-    this.worker.on('exit', (code) => fail(new Error(`session worker exited (code ${code})`)));
+  /** Called once if the worker dies (not after release): the session cannot run any more. */
+  set onFailure(listener: ((error: Error) => void) | undefined) {
+    this.channel.onFailure = listener;
   }
+
+  private constructor() {}
 
   /** Loads a model in a new worker; rejects with onnxruntime's message when it cannot. */
   static async create(path: string, options: ort.InferenceSession.SessionOptions): Promise<WorkerSession> {
     const session = new WorkerSession();
     try {
-      Object.assign(session, (await session.call({ kind: 'create', path, options })) as SessionInfo);
+      Object.assign(session, (await session.channel.call({ kind: 'create', path, options })) as SessionInfo);
       return session;
     } catch (error) {
-      await session.worker.terminate();
+      await session.channel.terminate();
       throw error;
     }
   }
@@ -149,7 +130,7 @@ export class WorkerSession implements RunnableSession {
       }
       wire[name] = { type: tensor.type, data, dims: tensor.dims };
     }
-    const out = (await this.call({ kind: 'run', feeds: wire, fetches }, [...transfer])) as Record<
+    const out = (await this.channel.call({ kind: 'run', feeds: wire, fetches }, [...transfer])) as Record<
       string,
       WireTensor
     >;
@@ -160,17 +141,7 @@ export class WorkerSession implements RunnableSession {
   }
 
   async release(): Promise<void> {
-    this.released = true;
-    if (!this.failure) await this.call({ kind: 'release' }).catch(() => undefined);
-    await this.worker.terminate();
-  }
-
-  private call(message: object, transfer: ArrayBuffer[] = []): Promise<unknown> {
-    if (this.failure) return Promise.reject(this.failure);
-    const id = this.nextId++;
-    return new Promise((resolve, reject) => {
-      this.pending.set(id, { resolve, reject });
-      this.worker.postMessage({ ...message, id }, transfer);
-    });
+    if (!this.channel.failed) await this.channel.call({ kind: 'release' }).catch(() => undefined);
+    await this.channel.terminate();
   }
 }

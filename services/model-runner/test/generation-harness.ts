@@ -22,6 +22,7 @@ import {
   type GenerationRequest,
   type GenerationResult,
 } from '../src/generation/index';
+import { SessionDecoder, type BatchDecoder } from '../src/generation/batch-decoder';
 
 export type GenerationLimits = Partial<
   Pick<
@@ -122,17 +123,28 @@ export interface TestEngine {
   model: DecoderModel;
 }
 
+/** An engine over the model's session in this thread (a SessionDecoder; `session` may wrap it). */
 export function startEngine(
   model: DecoderModel,
   limits: GenerationLimits = {},
   session: ort.InferenceSession = model.session,
+): TestEngine {
+  const config: ModelConfig = { ...model.config, generation: { ...model.config.generation!, ...limits } };
+  return startEngineOn(new SessionDecoder(session, config.generation!, model.name), model, limits);
+}
+
+/** An engine over a given decoder (a WorkerDecoder, say). */
+export function startEngineOn(
+  decoder: BatchDecoder,
+  model: DecoderModel,
+  limits: GenerationLimits = {},
 ): TestEngine {
   const registry = new Registry();
   const config: ModelConfig = { ...model.config, generation: { ...model.config.generation!, ...limits } };
   const engine = new GenerationEngine({
     modelName: model.name,
     modelVersion: '1',
-    session,
+    decoder,
     config,
     metrics: createGenerationMetrics(registry),
     logger: createLogger({ service: 'generation-test', level: 'silent' }),

@@ -340,12 +340,15 @@ describe('load and unload at run time', () => {
     }
   });
 
+  /** A worker session's thread, terminated behind its back. */
+  type Crashable = { channel: { worker: { terminate(): Promise<number> } } };
+
   it('a session whose worker dies makes its version UNAVAILABLE until the model is loaded again', async () => {
     const r = await startTestRunner(testRepository(['bert-classifier']));
     try {
       const [session] = r.runner.repository.resolve('bert-classifier').sessions;
       // What a native crash in the worker looks like from the main thread.
-      await (session as unknown as { worker: { terminate(): Promise<number> } }).worker.terminate();
+      await (session as unknown as Crashable).channel.worker.terminate();
       const refused = await failure(classify(r));
       expect([refused.code, refused.details]).toEqual([
         status.UNAVAILABLE,

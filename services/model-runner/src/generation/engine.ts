@@ -5,17 +5,16 @@
  * One scheduler loop per engine. Between two decode steps it retires finished
  * and cancelled sequences (their cache is dropped at once), admits waiting
  * ones while the concurrency and cache budgets allow, prefills them
- * (left-padded, several per run), and writes their keys/values into the
- * batch cache the engine owns (slot-cache.ts); then one session.run advances
- * every running sequence by one token.
+ * (left-padded, several per run) and adds them to the batch; then one decode
+ * step advances every running sequence by one token. The model and the batch
+ * KV cache are a BatchDecoder's (batch-decoder.ts): in this thread, or in a
+ * worker (worker-decoder.ts, the runner's way).
  */
 import { status } from '@grpc/grpc-js';
-import * as ort from 'onnxruntime-node';
 import { invalidArgument, resourceExhausted, StatusError, unavailable } from '@maas/shared';
 import type { Logger, ModelConfig } from '@maas/shared';
 import type { GenerationMetrics } from './metrics.js';
-import { cacheTensorNames, newPositionsOutput } from './new-kv-outputs.js';
-import { emptyPast, SlotCache, type KvShape, type KvSource } from './slot-cache.js';
+import type { BatchDecoder, CacheCounters } from './batch-decoder.js';
 import { randomSeed, SequenceRandom, TokenSampler, type SamplingOptions } from './sampling.js';
 
 export type { SamplingOptions } from './sampling.js';
@@ -44,18 +43,11 @@ export interface GenerationResult {
   decodeTokensPerSecond: number;
 }
 
-/** What the engine needs of a session: onnxruntime's InferenceSession and WorkerSession both have it. */
-export interface DecoderSession {
-  readonly inputNames: readonly string[];
-  readonly outputNames: readonly string[];
-  run(feeds: Record<string, ort.Tensor>): Promise<Record<string, ort.OnnxValue>>;
-}
-
 export interface GenerationEngineOptions {
   modelName: string;
   modelVersion: string;
-  /** In a worker (WorkerSession, the runner's way: decode steps leave the event loop free) or in this thread. */
-  session: DecoderSession;
+  /** The model and the batch cache: a WorkerDecoder (the runner's way: steps leave the event loop free) or a SessionDecoder. */
+  decoder: BatchDecoder;
   config: ModelConfig;
   metrics: GenerationMetrics;
   logger: Logger;
@@ -69,21 +61,16 @@ export interface GenerationStats {
   cachedTokens: number;
 }
 
-/** What the batch cache has cost: the benchmark's view of it. */
-export interface CacheStats {
-  /** Bytes of existing keys/values moved (re-layouts as the batch's longest sequence grows, rows filling a leaver's place). */
-  copiedBytes: number;
-  /** Bytes of new keys/values written (prompts and generated tokens). */
-  writtenBytes: number;
-  relayouts: number;
+/** What the batch cache has cost (as of the decoder's last answer): the benchmark's view of it. */
+export interface CacheStats extends CacheCounters {
   /** True when the graph returns only each step's new keys/values (new-kv-outputs.ts), not the whole `present`. */
   newPositionsOnly: boolean;
 }
 
 /**
- * Prompt tokens (padding included) per prefill run. onnxruntime-node runs a
- * session synchronously on the JS thread, so one run stalls the running batch
- * and the whole event loop; 512 tokens already amortise the weights well.
+ * Prompt tokens (padding included) per prefill run. A prefill stalls the
+ * running batch (and, with a decoder in this thread, the event loop); 512
+ * tokens already amortise the weights well.
  */
 const PREFILL_TOKENS_PER_RUN = 512;
 /** Prefill returns logits for every prompt position: keep that tensor under 128 MB. */
@@ -105,8 +92,8 @@ interface Sequence {
   reserved: number;
   /** Tokens whose keys/values are in the cache. */
   cached: number;
-  /** Between prefill and joining the batch: where its prompt's keys/values are. */
-  prefilled?: KvSource;
+  /** Between prefill and joining the batch: its prefill run and row there. */
+  prefilled?: { group: number; row: number };
   /** The last sampled token: the next step's input. */
   next: number;
   generated: number;
@@ -121,54 +108,33 @@ export class GenerationEngine {
   private readonly waiting: Sequence[] = [];
   /** The running batch, member i in row i of the batch cache. */
   private running: Sequence[] = [];
-  private readonly cache: SlotCache;
-  /** The outputs that carry new keys/values, per layer key then value. */
-  private readonly kvOutputNames: string[];
-  /** Whether those outputs hold only the new positions (else `present`: past then new). */
-  private readonly newPositionsOnly: boolean;
+  private readonly decoder: BatchDecoder;
+  /** The batch cache as of the decoder's last answer. */
+  private cache: CacheCounters = { copiedBytes: 0, writtenBytes: 0, relayouts: 0, capacity: 0 };
   private copiedReported = 0;
+  /** The decoder holds prefill runs that the next join() adds to the batch (or drops). */
+  private prefillsHeld = false;
   /** Admitted and being prefilled: they hold a slot but are not in the batch yet. */
   private joining: Sequence[] = [];
   private reservedTokens = 0;
   private loop: Promise<void> | undefined;
   private closed = false;
   private readonly g: NonNullable<ModelConfig['generation']>;
-  private readonly shape: KvShape;
   private readonly sampler: TokenSampler;
   private readonly labels: { model: string; version: string };
-  private readonly pastNames: string[];
-  private readonly presentNames: string[];
   private readonly prefillTokensPerRun: number;
 
   constructor(private readonly options: GenerationEngineOptions) {
     const g = options.config.generation;
     if (!g) throw new Error(`model ${options.modelName} has no generation section`);
     this.g = g;
-    this.shape = { numLayers: g.numLayers, numHeads: g.numHeads, headDim: g.headDim };
     this.sampler = new TokenSampler(g.vocabSize);
     this.labels = { model: options.modelName, version: options.modelVersion };
-    ({ past: this.pastNames, present: this.presentNames } = cacheTensorNames(g));
-    this.cache = new SlotCache(this.shape, g.maxConcurrentSequences);
+    this.decoder = options.decoder;
     this.prefillTokensPerRun = Math.max(
       1,
       Math.min(PREFILL_TOKENS_PER_RUN, Math.floor(PREFILL_LOGITS_PER_RUN / g.vocabSize)),
     );
-    const inputs = new Set(options.session.inputNames);
-    const missingIn = ['input_ids', 'attention_mask', 'position_ids', ...this.pastNames].filter(
-      (n) => !inputs.has(n),
-    );
-    const outputs = new Set(options.session.outputNames);
-    this.newPositionsOnly = this.presentNames.every((n) => outputs.has(newPositionsOutput(n)));
-    this.kvOutputNames = this.newPositionsOnly
-      ? this.presentNames.map(newPositionsOutput)
-      : this.presentNames;
-    const missingOut = ['logits', ...this.kvOutputNames].filter((n) => !outputs.has(n));
-    if (missingIn.length > 0 || missingOut.length > 0) {
-      throw new Error(
-        `model ${options.modelName}: not a KV-cache decoder in the optimum signature; ` +
-          `missing ${[...missingIn.map((n) => `input '${n}'`), ...missingOut.map((n) => `output '${n}'`)].join(', ')}`,
-      );
-    }
   }
 
   stats(): GenerationStats {
@@ -179,8 +145,7 @@ export class GenerationEngine {
   }
 
   cacheStats(): CacheStats {
-    const { copiedBytes, writtenBytes, relayouts } = this.cache;
-    return { copiedBytes, writtenBytes, relayouts, newPositionsOnly: this.newPositionsOnly };
+    return { ...this.cache, newPositionsOnly: this.decoder.newPositionsOnly };
   }
 
   /**
@@ -290,8 +255,9 @@ export class GenerationEngine {
         // rather than spin on it; waiting sequences get a fresh start.
         const inFlight = [...this.running, ...this.joining].filter((s) => s.state !== 'done');
         this.running = [];
-        this.cache.clear();
         this.joining = [];
+        this.prefillsHeld = false;
+        void this.decoder.clear().catch(() => undefined);
         this.fail(inFlight, error, 'scheduling');
       })
       .finally(() => {
@@ -302,13 +268,14 @@ export class GenerationEngine {
 
   private async schedule(): Promise<void> {
     while (this.waiting.length > 0 || this.running.length > 0) {
-      this.retire();
-      const { admitted, joined } = await this.admit();
-      this.join(joined);
+      await this.retire();
+      await this.join(await this.admit());
       this.updateGauges();
       if (this.running.length > 0) await this.step();
-      else if (admitted === 0 && this.waiting.length > 0) {
+      else if (this.waiting.length > 0 && this.waiting[0]!.reserved > this.g.maxCachedTokens) {
         // Cannot happen while generate() refuses what the budget can never hold; never spin on it.
+        // (Any other sequence waiting with nothing running is admitted at the next turn: it may
+        // have arrived while this one awaited the decoder.)
         const seq = this.waiting.shift()!;
         this.release(seq);
         seq.reject(resourceExhausted(`model ${this.labels.model}: sequence does not fit the cache budget`));
@@ -320,7 +287,7 @@ export class GenerationEngine {
    * Ends the running sequences that finished or were cancelled. The batch's
    * last rows move into their places (the cache moves the same rows).
    */
-  private retire(): void {
+  private async retire(): Promise<void> {
     const leaving: number[] = [];
     this.running.forEach((seq, row) => {
       if (seq.request.signal.aborted) seq.finish ??= 'cancelled';
@@ -329,19 +296,20 @@ export class GenerationEngine {
     if (leaving.length === 0) return;
     const ended = leaving.map((row) => this.running[row]!);
     const started = performance.now();
-    for (const { from, to } of this.cache.remove(leaving)) this.running[to] = this.running[from]!;
-    this.running.length = this.cache.rows;
-    this.cacheChanged(started);
+    const { moves, cache } = await this.decoder.leave(leaving);
+    for (const { from, to } of moves) this.running[to] = this.running[from]!;
+    this.running.length -= leaving.length;
+    this.cacheChanged(started, cache);
     for (const seq of ended) this.end(seq, seq.finish!);
+    this.updateGauges();
   }
 
   /**
    * Admits waiting sequences in arrival order while the limits allow (no
    * overtaking: a long request at the head is not starved by short ones),
-   * prefills them, and returns how many were admitted and those that go on
-   * to join the batch.
+   * prefills them, and returns those that go on to join the batch.
    */
-  private async admit(): Promise<{ admitted: number; joined: Sequence[] }> {
+  private async admit(): Promise<Sequence[]> {
     while (this.waiting.length > 0) {
       const seq = this.waiting[0]!;
       if (this.running.length + this.joining.length >= this.g.maxConcurrentSequences) break;
@@ -353,7 +321,7 @@ export class GenerationEngine {
       this.options.metrics.queueSeconds.observe(this.labels, (seq.admittedAt - seq.arrivedAt) / 1000);
       this.joining.push(seq);
     }
-    if (this.joining.length === 0) return { admitted: 0, joined: [] };
+    if (this.joining.length === 0) return [];
     this.updateGauges();
     // Similar lengths together waste less on padding.
     const admitted = [...this.joining].sort(
@@ -378,7 +346,7 @@ export class GenerationEngine {
       else joined.push(seq);
     }
     this.joining = [];
-    return { admitted: admitted.length, joined };
+    return joined;
   }
 
   /** Prefills a group; when the group's run fails, each member alone, so one bad prompt fails only itself. */
@@ -411,83 +379,69 @@ export class GenerationEngine {
         positions[b * length + pad + i] = BigInt(i);
       }
     });
-    const feeds: Record<string, ort.Tensor> = {
-      input_ids: new ort.Tensor('int64', ids, [rows, length]),
-      attention_mask: new ort.Tensor('int64', mask, [rows, length]),
-      position_ids: new ort.Tensor('int64', positions, [rows, length]),
-    };
-    emptyPast(this.shape, rows).forEach((t, i) => (feeds[this.pastNames[i]!] = t));
     const started = performance.now();
-    const out = await this.options.session.run(feeds);
+    const { logits, group: run, cache } = await this.decoder.prefill({ ids, mask, positions, rows, length });
     this.options.metrics.prefillSeconds.observe(this.labels, (performance.now() - started) / 1000);
-    // Past of length 0: the new positions and `present` are the same.
-    const tensors = this.kvOutputNames.map((n) => out[n]!);
+    this.prefillsHeld = true;
+    this.updateCache(cache);
     const vocab = this.g.vocabSize;
-    const logits = out.logits!.data as Float32Array;
     group.forEach((seq, b) => {
-      const n = seq.request.promptIds.length;
-      seq.cached = n;
-      seq.prefilled = { tensors, row: b, start: length - n, count: n };
-      const last = (b * length + length - 1) * vocab;
-      this.accept(seq, logits.subarray(last, last + vocab));
+      seq.cached = seq.request.promptIds.length;
+      seq.prefilled = { group: run, row: b };
+      this.accept(seq, logits.subarray(b * vocab, (b + 1) * vocab));
     });
   }
 
-  /** Prefilled sequences join the batch: each one's prompt keys/values go into a new row. */
-  private join(joined: Sequence[]): void {
-    if (joined.length === 0) return;
+  /**
+   * Prefilled sequences join the batch: each one's prompt keys/values go into
+   * a new row. The decoder then drops every prefill it holds (also those of
+   * sequences that ended before joining), so it runs after every admission.
+   */
+  private async join(joined: Sequence[]): Promise<void> {
+    if (!this.prefillsHeld) return;
+    this.prefillsHeld = false;
     const started = performance.now();
+    const entries = joined.map((seq) => ({ ...seq.prefilled!, count: seq.cached }));
     for (const seq of joined) {
       seq.state = 'running';
-      this.cache.add(seq.prefilled!);
       seq.prefilled = undefined;
       this.running.push(seq);
     }
-    this.cacheChanged(started);
+    const cache = await this.decoder.join(entries);
+    if (joined.length > 0) this.cacheChanged(started, cache);
+    else this.updateCache(cache);
   }
 
   /** After sequences joined or left the batch cache. */
-  private cacheChanged(started: number): void {
-    const m = this.options.metrics;
-    m.repackSeconds.observe(this.labels, (performance.now() - started) / 1000);
-    this.reportCopies();
+  private cacheChanged(started: number, cache: CacheCounters): void {
+    this.options.metrics.repackSeconds.observe(this.labels, (performance.now() - started) / 1000);
+    this.updateCache(cache);
   }
 
-  private reportCopies(): void {
-    const copied = this.cache.copiedBytes;
-    if (copied > this.copiedReported)
-      this.options.metrics.cacheCopiedBytes.inc(this.labels, copied - this.copiedReported);
-    this.copiedReported = copied;
+  private updateCache(cache: CacheCounters): void {
+    this.cache = cache;
+    if (cache.copiedBytes > this.copiedReported)
+      this.options.metrics.cacheCopiedBytes.inc(this.labels, cache.copiedBytes - this.copiedReported);
+    this.copiedReported = cache.copiedBytes;
   }
 
   /** One decode step: every running sequence feeds its last token and gets the next. */
   private async step(): Promise<void> {
     const members = this.running;
     const rows = members.length;
-    const length = this.cache.capacity;
-    const total = length + 1;
-    const mask = this.cache.mask();
-    const feeds: Record<string, ort.Tensor> = {
-      input_ids: new ort.Tensor(
-        'int64',
-        BigInt64Array.from(members, (s) => BigInt(s.next)),
-        [rows, 1],
-      ),
-      attention_mask: new ort.Tensor('int64', mask, [rows, total]),
-      position_ids: new ort.Tensor(
-        'int64',
-        BigInt64Array.from(members, (s) => BigInt(s.cached)),
-        [rows, 1],
-      ),
-    };
-    this.cache.past().forEach((t, i) => (feeds[this.pastNames[i]!] = t));
+    // The capacity this step attends over (the cache grows only after a step).
+    const capacity = this.cache.capacity;
     const started = performance.now();
-    let out: Record<string, ort.OnnxValue>;
+    let out;
     try {
-      out = await this.options.session.run(feeds);
+      out = await this.decoder.step({
+        ids: BigInt64Array.from(members, (s) => BigInt(s.next)),
+        positions: BigInt64Array.from(members, (s) => BigInt(s.cached)),
+      });
     } catch (error) {
       this.running = [];
-      this.cache.clear();
+      this.prefillsHeld = false;
+      await this.decoder.clear().catch(() => undefined);
       this.fail(members, error, 'decode step');
       return;
     }
@@ -496,18 +450,12 @@ export class GenerationEngine {
     // Positions a row carries beyond its own (up to the capacity): masked but still computed.
     let real = 0;
     for (const seq of members) real += seq.cached;
-    this.options.metrics.stepPadding.observe(this.labels, 1 - real / (rows * length || 1));
-    // The new position: the only one of the new-positions outputs, the last of `present`.
-    this.cache.append(
-      this.kvOutputNames.map((n) => out[n]!),
-      this.newPositionsOnly ? 0 : length,
-    );
-    this.reportCopies();
+    this.options.metrics.stepPadding.observe(this.labels, 1 - real / (rows * capacity || 1));
+    this.updateCache(out.cache);
     const vocab = this.g.vocabSize;
-    const logits = out.logits!.data as Float32Array;
     members.forEach((seq, b) => {
       seq.cached++;
-      this.accept(seq, logits.subarray(b * vocab, (b + 1) * vocab));
+      this.accept(seq, out.logits.subarray(b * vocab, (b + 1) * vocab));
     });
   }
 

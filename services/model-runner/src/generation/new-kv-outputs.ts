@@ -227,27 +227,27 @@ export function decoderForEngine(
     : { model: edit.model, edited: true };
 }
 
+/** The warning for a decoder whose graph could not be edited. */
+export function warnUnedited(logger: Logger, modelName: string, reason: string): void {
+  logger.warn(
+    { model: modelName, reason },
+    'decoder returns the whole cache as present every step; the engine reads its new positions from it',
+  );
+}
+
 /**
- * Opens a decoder for the engine (edited as decoderForEngine says), logging
- * why when the graph cannot be edited. `open` creates the session (in this
- * thread by default: the engine feeds views of its cache buffers, and
- * onnxruntime-node refuses tensors over memory shared with a worker).
+ * Opens a decoder in this thread for a SessionDecoder (edited as
+ * decoderForEngine says), logging why when the graph cannot be edited. The
+ * runner opens its decoders in a worker instead (WorkerDecoder).
  */
-export async function openDecoderSession<S = ort.InferenceSession>(
+export async function openDecoderSession(
   model: string | Uint8Array,
   g: Generation,
   options: ort.InferenceSession.SessionOptions,
   logger?: Logger,
   modelName = '',
-  open: (model: Uint8Array, options: ort.InferenceSession.SessionOptions) => Promise<S> = (m, o) =>
-    ort.InferenceSession.create(m, o) as Promise<S>,
-): Promise<S> {
+): Promise<ort.InferenceSession> {
   const decoder = decoderForEngine(typeof model === 'string' ? readFileSync(model) : model, g);
-  if (!decoder.edited) {
-    logger?.warn(
-      { model: modelName, reason: decoder.reason },
-      'decoder returns the whole cache as present every step; the engine reads its new positions from it',
-    );
-  }
-  return open(decoder.model, options);
+  if (!decoder.edited && logger) warnUnedited(logger, modelName, decoder.reason);
+  return ort.InferenceSession.create(decoder.model, options);
 }

@@ -6,7 +6,7 @@
  */
 import * as ort from 'onnxruntime-node';
 import type { ModelConfig } from '@maas/shared';
-import type { DecoderSession } from './engine.js';
+import type { DecoderSession } from './batch-decoder.js';
 import { emptyPast } from './slot-cache.js';
 import { argmax } from './sampling.js';
 

@@ -1,0 +1,184 @@
+/**
+ * A decoder session together with the running batch's KV cache: what the
+ * engine's scheduler drives. The scheduler decides (who is admitted, joins,
+ * leaves, what token each row feeds); a BatchDecoder runs the model and keeps
+ * the cache, so that the cache never has to cross a thread boundary.
+ *
+ * SessionDecoder does it in the calling thread; WorkerDecoder
+ * (worker-decoder.ts) runs a SessionDecoder in a worker thread, so that
+ * decode steps leave the runner's event loop free.
+ */
+import * as ort from 'onnxruntime-node';
+import type { ModelConfig } from '@maas/shared';
+import { cacheTensorNames, newPositionsOutput } from './new-kv-outputs.js';
+import { emptyPast, SlotCache, type KvSource } from './slot-cache.js';
+
+type Generation = NonNullable<ModelConfig['generation']>;
+
+/** What a decoder needs of an onnxruntime session. */
+export interface DecoderSession {
+  readonly inputNames: readonly string[];
+  readonly outputNames: readonly string[];
+  run(feeds: Record<string, ort.Tensor>): Promise<Record<string, ort.OnnxValue>>;
+}
+
+/** A prefill run over left-padded prompts: [rows, length] each. */
+export interface PrefillInput {
+  ids: BigInt64Array;
+  mask: BigInt64Array;
+  positions: BigInt64Array;
+  rows: number;
+  length: number;
+}
+
+/** A decode step over rows 0..rows-1 of the batch: each row's input token and position. */
+export interface StepInput {
+  ids: BigInt64Array;
+  positions: BigInt64Array;
+}
+
+/** A prefilled prompt to add to the batch: row `row` of prefill `group`, its last `count` positions. */
+export interface JoinEntry {
+  group: number;
+  row: number;
+  count: number;
+}
+
+/** What the batch cache has cost and holds. */
+export interface CacheCounters {
+  /** Bytes of existing keys/values moved (re-layouts, rows filling a leaver's place). */
+  copiedBytes: number;
+  /** Bytes of new keys/values written (prompts and generated tokens). */
+  writtenBytes: number;
+  relayouts: number;
+  /** Positions per row that a step attends over (masked beyond each row's own). */
+  capacity: number;
+}
+
+export interface DecoderOutput {
+  /** Per row, the logits of its last position: [rows × vocab]. */
+  logits: Float32Array;
+  cache: CacheCounters;
+}
+
+export interface BatchDecoder {
+  /** True when the graph returns only each step's new keys/values (new-kv-outputs.ts), not the whole `present`. */
+  readonly newPositionsOnly: boolean;
+  /** Runs a prefill; its keys/values are held as `group` until the next join(). */
+  prefill(input: PrefillInput): Promise<DecoderOutput & { group: number }>;
+  /** Adds prefilled prompts to the batch, in order (rows rows..rows+n-1), and drops every held prefill. */
+  join(entries: JoinEntry[]): Promise<CacheCounters>;
+  /** Removes rows from the batch; the last rows move into their places (returned, as the cache moved them). */
+  leave(rows: number[]): Promise<{ moves: { from: number; to: number }[]; cache: CacheCounters }>;
+  /** One decode step over the whole batch; the new keys/values are appended to each row. */
+  step(input: StepInput): Promise<DecoderOutput>;
+  /** Drops the batch and held prefills (after a failed run). */
+  clear(): Promise<void>;
+}
+
+export class SessionDecoder implements BatchDecoder {
+  readonly newPositionsOnly: boolean;
+  private readonly cache: SlotCache;
+  private readonly pastNames: string[];
+  /** The outputs that carry new keys/values, per layer key then value. */
+  private readonly kvOutputNames: string[];
+  private readonly prefills = new Map<number, ort.Tensor[]>();
+  private nextGroup = 0;
+
+  constructor(
+    private readonly session: DecoderSession,
+    private readonly g: Generation,
+    modelName: string,
+  ) {
+    const { past, present } = cacheTensorNames(g);
+    this.pastNames = past;
+    const inputs = new Set(session.inputNames);
+    const outputs = new Set(session.outputNames);
+    this.newPositionsOnly = present.every((n) => outputs.has(newPositionsOutput(n)));
+    this.kvOutputNames = this.newPositionsOnly ? present.map(newPositionsOutput) : present;
+    const missingIn = ['input_ids', 'attention_mask', 'position_ids', ...past].filter((n) => !inputs.has(n));
+    const missingOut = ['logits', ...this.kvOutputNames].filter((n) => !outputs.has(n));
+    if (missingIn.length > 0 || missingOut.length > 0) {
+      throw new Error(
+        `model ${modelName}: not a KV-cache decoder in the optimum signature; ` +
+          `missing ${[...missingIn.map((n) => `input '${n}'`), ...missingOut.map((n) => `output '${n}'`)].join(', ')}`,
+      );
+    }
+    this.cache = new SlotCache(
+      { numLayers: g.numLayers, numHeads: g.numHeads, headDim: g.headDim },
+      g.maxConcurrentSequences,
+    );
+  }
+
+  async prefill({ ids, mask, positions, rows, length }: PrefillInput) {
+    const feeds: Record<string, ort.Tensor> = {
+      input_ids: new ort.Tensor('int64', ids, [rows, length]),
+      attention_mask: new ort.Tensor('int64', mask, [rows, length]),
+      position_ids: new ort.Tensor('int64', positions, [rows, length]),
+    };
+    emptyPast(this.g, rows).forEach((t, i) => (feeds[this.pastNames[i]!] = t));
+    const out = await this.session.run(feeds);
+    // Past of length 0: the new positions and `present` are the same.
+    const group = this.nextGroup++;
+    this.prefills.set(
+      group,
+      this.kvOutputNames.map((n) => out[n] as ort.Tensor),
+    );
+    const vocab = this.g.vocabSize;
+    const all = out.logits!.data as Float32Array;
+    const logits = new Float32Array(rows * vocab);
+    for (let b = 0; b < rows; b++) {
+      const last = (b * length + length - 1) * vocab;
+      logits.set(all.subarray(last, last + vocab), b * vocab);
+    }
+    return { logits, group, cache: this.counters() };
+  }
+
+  async join(entries: JoinEntry[]): Promise<CacheCounters> {
+    try {
+      for (const { group, row, count } of entries) {
+        const tensors = this.prefills.get(group);
+        if (!tensors) throw new Error(`no prefill ${group} is held`);
+        // Left-padded: the prompt is the last `count` positions of its row.
+        const source: KvSource = { tensors, row, start: tensors[0]!.dims[2]! - count, count };
+        this.cache.add(source);
+      }
+    } finally {
+      this.prefills.clear();
+    }
+    return this.counters();
+  }
+
+  async leave(rows: number[]) {
+    const moves = this.cache.remove(rows);
+    return { moves, cache: this.counters() };
+  }
+
+  async step({ ids, positions }: StepInput): Promise<DecoderOutput> {
+    const rows = this.cache.rows;
+    const capacity = this.cache.capacity;
+    const feeds: Record<string, ort.Tensor> = {
+      input_ids: new ort.Tensor('int64', ids, [rows, 1]),
+      attention_mask: new ort.Tensor('int64', this.cache.mask(), [rows, capacity + 1]),
+      position_ids: new ort.Tensor('int64', positions, [rows, 1]),
+    };
+    this.cache.past().forEach((t, i) => (feeds[this.pastNames[i]!] = t));
+    const out = await this.session.run(feeds);
+    // The new position: the only one of the new-positions outputs, the last of `present`.
+    this.cache.append(
+      this.kvOutputNames.map((n) => out[n] as ort.Tensor),
+      this.newPositionsOnly ? 0 : capacity,
+    );
+    return { logits: out.logits!.data as Float32Array, cache: this.counters() };
+  }
+
+  async clear(): Promise<void> {
+    this.cache.clear();
+    this.prefills.clear();
+  }
+
+  private counters(): CacheCounters {
+    const { copiedBytes, writtenBytes, relayouts, capacity } = this.cache;
+    return { copiedBytes, writtenBytes, relayouts, capacity };
+  }
+}
