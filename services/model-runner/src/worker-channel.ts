@@ -53,3 +53,7 @@ export class WorkerChannel {
     await this.worker.terminate();
   }
 }
+
+/** Whether a typed array spans its whole buffer: only then can it move to a worker without moving more. */
+export const spansWholeBuffer = (view: ArrayBufferView): boolean =>
+  view.byteOffset === 0 && view.byteLength === view.buffer.byteLength;

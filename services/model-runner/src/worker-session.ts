@@ -9,7 +9,7 @@
  * by copy otherwise.
  */
 import * as ort from 'onnxruntime-node';
-import { WorkerChannel } from './worker-channel.js';
+import { spansWholeBuffer, WorkerChannel } from './worker-channel.js';
 
 /** What the runner needs of a session; onnxruntime's InferenceSession and WorkerSession both have it. */
 export interface RunnableSession {
@@ -124,8 +124,7 @@ export class WorkerSession implements RunnableSession {
       let data = tensor.data;
       if (ArrayBuffer.isView(data)) {
         // A view of a larger buffer (a gRPC message, say) would clone the whole buffer: copy the view.
-        const exact = data.byteOffset === 0 && data.byteLength === data.buffer.byteLength;
-        if (!exact || !options.transferFeeds) data = data.slice() as typeof data;
+        if (!spansWholeBuffer(data) || !options.transferFeeds) data = data.slice() as typeof data;
         transfer.add((data as ArrayBufferView).buffer as ArrayBuffer);
       }
       wire[name] = { type: tensor.type, data, dims: tensor.dims };

@@ -4,10 +4,12 @@
  * session and batch cache — on the main thread's requests, one at a time in
  * arrival order. Logits go back by transfer; the cache never leaves.
  */
+import { readFileSync } from 'node:fs';
 import { parentPort } from 'node:worker_threads';
 import * as ort from 'onnxruntime-node';
 import { SessionDecoder, type BatchDecoder } from './batch-decoder.js';
 import { decoderForEngine } from './new-kv-outputs.js';
+import { spansWholeBuffer } from '../worker-channel.js';
 import type { DecoderReply, DecoderRequest } from './worker-decoder.js';
 
 const port = parentPort!;
@@ -16,7 +18,10 @@ let decoder: BatchDecoder | undefined;
 
 async function handle(m: DecoderRequest): Promise<{ ok: unknown; transfer?: ArrayBuffer[] }> {
   if (m.kind === 'create') {
-    const edit = decoderForEngine(m.model, m.generation);
+    const edit = decoderForEngine(
+      typeof m.model === 'string' ? readFileSync(m.model) : m.model,
+      m.generation,
+    );
     session = await ort.InferenceSession.create(edit.model, m.options);
     decoder = new SessionDecoder(session, m.generation, m.modelName);
     return {
@@ -45,8 +50,7 @@ async function handle(m: DecoderRequest): Promise<{ ok: unknown; transfer?: Arra
     case 'step': {
       const out = await decoder.step(m.input);
       // onnxruntime's output, read here no more: moved, unless it is a view of a larger buffer.
-      const whole = out.logits.byteOffset === 0 && out.logits.byteLength === out.logits.buffer.byteLength;
-      const logits = whole ? out.logits : out.logits.slice();
+      const logits = spansWholeBuffer(out.logits) ? out.logits : out.logits.slice();
       return { ok: { ...out, logits }, transfer: [logits.buffer as ArrayBuffer] };
     }
     case 'join':

@@ -1,5 +1,5 @@
 /**
- * The running batch's KV cache, owned by the engine: per layer a key and a
+ * The running batch's KV cache, owned by its decoder (batch-decoder.ts): per layer a key and a
  * value buffer laid out as the graph's `past` inputs, [rows, heads,
  * capacity, headDim]. Sequence i of the batch lives in row i; its cached
  * tokens fill positions 0..cached-1 of its row and `attention_mask` marks
@@ -55,7 +55,6 @@ export interface KvSource {
 export class SlotCache {
   /** Per layer key then value. */
   private buffers: Float32Array[] = [];
-  private rowCapacity = 0;
   /** Positions per row in the buffers: the past length a step feeds. */
   capacity = 0;
   /** Tokens cached per row (rows 0..rows-1 are in use). */
@@ -143,7 +142,6 @@ export class SlotCache {
   clear(): void {
     this.cached.length = 0;
     this.buffers = [];
-    this.rowCapacity = 0;
     this.capacity = 0;
   }
 
@@ -190,13 +188,13 @@ export class SlotCache {
       positions > this.capacity || this.capacity - wanted >= 2 * CAPACITY_CHUNK ? wanted : this.capacity;
     // Rows for every sequence the batch may hold, from the start: growing
     // them would re-lay the whole cache out while the batch fills.
-    const rowCapacity = this.maxRows;
-    if (rows > rowCapacity) throw new Error(`the batch cache holds at most ${this.maxRows} rows`);
-    if (capacity === this.capacity && rowCapacity === this.rowCapacity) return;
+    if (rows > this.maxRows) throw new Error(`the batch cache holds at most ${this.maxRows} rows`);
+    // After clear() the capacity is 0, below any wanted one: the buffers are allocated again.
+    if (capacity === this.capacity) return;
     const { numHeads, headDim } = this.shape;
     const buffers = Array.from(
       { length: 2 * this.shape.numLayers },
-      () => new Float32Array(rowCapacity * numHeads * capacity * headDim),
+      () => new Float32Array(this.maxRows * numHeads * capacity * headDim),
     );
     let copied = 0;
     for (let t = 0; t < buffers.length && this.buffers.length > 0; t++) {
@@ -213,6 +211,5 @@ export class SlotCache {
     this.copiedBytes += copied;
     this.buffers = buffers;
     this.capacity = capacity;
-    this.rowCapacity = rowCapacity;
   }
 }

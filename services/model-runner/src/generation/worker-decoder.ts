@@ -7,7 +7,7 @@
  * worker (onnxruntime-node refuses tensors over shared memory, so it could
  * not be shared with this thread anyway).
  */
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import type * as ort from 'onnxruntime-node';
 import type { Logger, ModelConfig } from '@maas/shared';
@@ -27,7 +27,8 @@ type Generation = NonNullable<ModelConfig['generation']>;
 export type DecoderRequest =
   | {
       kind: 'create';
-      model: Uint8Array;
+      /** A path is read by the worker: the model's bytes need not pass through this thread. */
+      model: string | Uint8Array;
       generation: Generation;
       options: ort.InferenceSession.SessionOptions;
       modelName: string;
@@ -92,8 +93,7 @@ export class WorkerDecoder implements BatchDecoder {
   ): Promise<WorkerDecoder> {
     const decoder = new WorkerDecoder();
     try {
-      const bytes = typeof model === 'string' ? readFileSync(model) : model;
-      const request: DecoderRequest = { kind: 'create', model: bytes, generation: g, options, modelName };
+      const request: DecoderRequest = { kind: 'create', model, generation: g, options, modelName };
       const opened = (await decoder.channel.call(request)) as Opened;
       const { uneditedReason, ...info } = opened;
       Object.assign(decoder, info);
