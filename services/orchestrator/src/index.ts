@@ -161,7 +161,37 @@ export async function startOrchestrator(
   const quotas = new QuotaEnforcer();
   const audit = logger.child({ component: 'audit' });
   const meter = new UsageMeter(createUsageMetrics(metricsRegistry), audit, config.AUDIT_LOG_TEXT);
-  const host = new GrpcServiceHost({ name: 'orchestrator', config, logger, registry: metricsRegistry });
+  // gRPC unary calls are admitted a first time on their HTTP/2 stream, before grpc-js builds a call:
+  // there a refusal costs a fraction of serving one, so under overload refusing the excess leaves
+  // the admitted calls their CPU (the core's limit above still bounds every transport's calls).
+  const gatedPaths = new Set<string>(
+    Object.values(MaasServiceService)
+      .filter((method) => !method.responseStream)
+      .map((method) => method.path),
+  );
+  const grpcAdmission = new InFlightLimit(
+    config.MAX_IN_FLIGHT_REQUESTS,
+    (reason) => {
+      refusedInFlight.inc({ reason });
+      gateRefusals++;
+    },
+    config.MAX_EVENT_LOOP_LAG_MS,
+  );
+  // Refused calls are not authenticated (that costs what the gate saves), so no per-key audit line;
+  // operators get the count at most every 10 s.
+  let gateRefusals = 0;
+  const gateReport = setInterval(() => {
+    if (gateRefusals === 0) return;
+    logger.warn({ refused: gateRefusals }, 'overloaded: calls refused before any work in the last 10 s');
+    gateRefusals = 0;
+  }, 10_000).unref();
+  const host = new GrpcServiceHost({
+    name: 'orchestrator',
+    config,
+    logger,
+    registry: metricsRegistry,
+    streamGate: (path) => (gatedPaths.has(path) ? grpcAdmission.tryAcquire() : undefined),
+  });
   const core = createMaasCore({
     settings: config,
     auth: access.auth,
@@ -205,6 +235,8 @@ export async function startOrchestrator(
       await Promise.all([host.stop(), http?.stop(config.SHUTDOWN_DRAIN_MS)]);
       catalogue.close();
       inFlight.close();
+      grpcAdmission.close();
+      clearInterval(gateReport);
       access.close();
       downstream.close();
     },

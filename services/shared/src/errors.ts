@@ -69,7 +69,7 @@ export function resourceExhausted(what: string, retryAfterMs?: number): StatusEr
   if (retryAfterMs !== undefined) {
     const ms = Math.max(0, Math.ceil(retryAfterMs));
     metadata.set('retry-after-ms', String(ms));
-    metadata.set('grpc-status-details-bin', retryInfoStatus(what, ms));
+    metadata.set('grpc-status-details-bin', retryInfoDetails(what, ms));
   }
   return new StatusError(status.RESOURCE_EXHAUSTED, what, metadata);
 }
@@ -80,7 +80,7 @@ export function resourceExhausted(what: string, retryAfterMs?: number): StatusEr
  * may vary.
  */
 const encodedRetryInfo = new Map<string, Buffer>();
-function retryInfoStatus(what: string, ms: number): Buffer {
+export function retryInfoDetails(what: string, ms: number): Buffer {
   const key = `${ms}|${what}`;
   let encoded = encodedRetryInfo.get(key);
   if (!encoded) {

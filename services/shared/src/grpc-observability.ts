@@ -78,6 +78,8 @@ export interface ServerObservability {
   interceptor: ServerInterceptor;
   handled: Counter<'grpc_service' | 'grpc_method' | 'grpc_type' | 'grpc_code'>;
   handlingSeconds: Histogram<'grpc_service' | 'grpc_method' | 'grpc_type'>;
+  /** Counts a call refused before grpc-js built it (the stream gate) as started and handled. */
+  countRefused(path: string, requestStream: boolean, responseStream: boolean): void;
 }
 
 /**
@@ -164,7 +166,17 @@ export function createServerObservability(registry: Registry): ServerObservabili
       .build();
     return new ServerInterceptingCall(call, responder);
   };
-  return { interceptor, handled, handlingSeconds };
+  const countRefused = (path: string, requestStream: boolean, responseStream: boolean) => {
+    const { service, method } = splitPath(path);
+    const labels = {
+      grpc_service: service,
+      grpc_method: method,
+      grpc_type: grpcType(requestStream, responseStream),
+    };
+    started.inc(labels);
+    handled.inc({ ...labels, grpc_code: codeName(status.RESOURCE_EXHAUSTED) });
+  };
+  return { interceptor, handled, handlingSeconds, countRefused };
 }
 
 /**

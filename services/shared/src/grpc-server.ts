@@ -22,6 +22,7 @@ import { StatusError, isServiceError } from './errors.js';
 import { undecodableRequestInterceptor, withStrictDeserializers } from './request-decoding.js';
 import { contextOfCall, createServerObservability } from './grpc-observability.js';
 import { type MetricsEndpoint, startMetricsServer } from './metrics.js';
+import { GatedServer, type StreamGate } from './stream-gate.js';
 
 type ServerSettings = Pick<
   BaseConfig,
@@ -44,6 +45,8 @@ export interface ServiceHostOptions {
   registry: Registry;
   /** Extra grpc-js server options (tests tune keepalive, for example). */
   channelOptions?: ChannelOptions;
+  /** Admission on each call's path before grpc-js builds the call (see stream-gate.ts). */
+  streamGate?: StreamGate;
 }
 
 export interface ListeningAddresses {
@@ -63,11 +66,13 @@ export class GrpcServiceHost {
   private metricsEndpoint: MetricsEndpoint | undefined;
   private ready = false;
   private readonly descriptors = loadApiDescriptors();
+  /** Each added method's streaming shape by path, for the metrics of calls the stream gate refuses. */
+  private readonly methods = new Map<string, { requestStream: boolean; responseStream: boolean }>();
 
   constructor(private readonly options: ServiceHostOptions) {
     const { config } = options;
     const observability = createServerObservability(options.registry);
-    this.server = new Server({
+    const serverOptions = {
       'grpc.max_receive_message_length': config.GRPC_MAX_RECEIVE_MESSAGE_BYTES,
       'grpc.max_send_message_length': config.GRPC_MAX_SEND_MESSAGE_BYTES,
       'grpc.keepalive_time_ms': config.GRPC_KEEPALIVE_TIME_MS,
@@ -80,7 +85,13 @@ export class GrpcServiceHost {
       ...options.channelOptions,
       // Observability first, so undecodable requests are counted and traced like any other call.
       interceptors: [observability.interceptor, undecodableRequestInterceptor],
-    });
+    };
+    this.server = options.streamGate
+      ? new GatedServer(serverOptions, options.streamGate, (path) => {
+          const method = this.methods.get(path);
+          observability.countRefused(path, method?.requestStream ?? false, method?.responseStream ?? false);
+        })
+      : new Server(serverOptions);
     this.health.addToServer(this.server);
   }
 
@@ -106,6 +117,7 @@ export class GrpcServiceHost {
     this.serviceNames.push(serviceName);
     this.health.setStatus(serviceName, this.ready ? 'SERVING' : 'NOT_SERVING');
     const wrapped: UntypedServiceImplementation = {};
+    for (const method of Object.values(definition)) this.methods.set(method.path, method);
     for (const [name, handler] of Object.entries(implementation)) {
       const method = definition[name] ?? definition[name.charAt(0).toLowerCase() + name.slice(1)];
       const streaming = method?.responseStream ?? false;

@@ -10,3 +10,4 @@ export * from './telemetry.js';
 export * from './model-repository.js';
 export * from './paths.js';
 export * from './http-server.js';
+export * from './stream-gate.js';

@@ -7,7 +7,7 @@
  * beyond this bound costs a fraction of serving them, so the admitted ones
  * keep being served in time.
  */
-import { resourceExhausted } from '@maas/shared';
+import { type Refusal, resourceExhausted } from '@maas/shared';
 import { ServiceTimeEstimate } from '../pipelines/micro-batcher.js';
 
 /** How often the event loop's lateness is sampled. */
@@ -48,21 +48,31 @@ export class InFlightLimit {
 
   /** Takes a slot or throws RESOURCE_EXHAUSTED; the returned function gives it back (once). */
   acquire(): () => void {
+    const taken = this.tryAcquire();
+    if (typeof taken === 'function') return taken;
+    throw resourceExhausted(taken.message, taken.retryAfterMs);
+  }
+
+  /**
+   * Takes a slot, returning the function that gives it back (once), or says why not without
+   * building an error: the gRPC stream gate refuses with this before grpc-js has built a call,
+   * and under overload that path runs thousands of times a second.
+   */
+  tryAcquire(): (() => void) | Refusal {
     if (this.maxLagMs > 0 && this.lagMs > this.maxLagMs) {
       this.onRefused?.('event_loop_lag');
-      throw resourceExhausted(
-        `the orchestrator is overloaded: its event loop runs ${Math.round(this.lagMs)} ms late`,
-        Math.ceil(this.lagMs),
-      );
+      return {
+        message: `the orchestrator is overloaded: its event loop runs ${Math.round(this.lagMs)} ms late`,
+        retryAfterMs: Math.ceil(this.lagMs),
+      };
     }
     if (this.limit > 0 && this.inFlight >= this.limit) {
       this.onRefused?.('in_flight');
       // A slot frees when a call ends: about the mean call duration divided by the calls at once.
-      const retryMs = Math.max(1, Math.ceil((this.duration.ms || 50) / Math.max(1, this.limit / 8)));
-      throw resourceExhausted(
-        `the orchestrator is overloaded: ${this.inFlight} calls in flight (limit ${this.limit})`,
-        retryMs,
-      );
+      return {
+        message: `the orchestrator is overloaded: ${this.inFlight} calls in flight (limit ${this.limit})`,
+        retryAfterMs: Math.max(1, Math.ceil((this.duration.ms || 50) / Math.max(1, this.limit / 8))),
+      };
     }
     this.inFlight++;
     const started = performance.now();
