@@ -169,6 +169,9 @@ export async function startOrchestrator(
       .filter((method) => !method.responseStream)
       .map((method) => method.path),
   );
+  // Refused calls are not authenticated (that costs what the gate saves), so no per-key audit line;
+  // operators get the count at most every 10 s.
+  let gateRefusals = 0;
   const grpcAdmission = new InFlightLimit(
     config.MAX_IN_FLIGHT_REQUESTS,
     (reason) => {
@@ -177,9 +180,6 @@ export async function startOrchestrator(
     },
     config.MAX_EVENT_LOOP_LAG_MS,
   );
-  // Refused calls are not authenticated (that costs what the gate saves), so no per-key audit line;
-  // operators get the count at most every 10 s.
-  let gateRefusals = 0;
   const gateReport = setInterval(() => {
     if (gateRefusals === 0) return;
     logger.warn({ refused: gateRefusals }, 'overloaded: calls refused before any work in the last 10 s');

@@ -65,13 +65,20 @@ export const unavailable = (what: string) => new StatusError(status.UNAVAILABLE,
  * and as plain `retry-after-ms` metadata for simple clients.
  */
 export function resourceExhausted(what: string, retryAfterMs?: number): StatusError {
+  return new StatusError(
+    status.RESOURCE_EXHAUSTED,
+    what,
+    retryAfterMs === undefined ? new Metadata() : retryMetadata(what, retryAfterMs),
+  );
+}
+
+/** The trailing metadata of a RESOURCE_EXHAUSTED refusal: RetryInfo details and `retry-after-ms`. */
+export function retryMetadata(what: string, retryAfterMs: number): Metadata {
+  const ms = Math.max(0, Math.ceil(retryAfterMs));
   const metadata = new Metadata();
-  if (retryAfterMs !== undefined) {
-    const ms = Math.max(0, Math.ceil(retryAfterMs));
-    metadata.set('retry-after-ms', String(ms));
-    metadata.set('grpc-status-details-bin', retryInfoDetails(what, ms));
-  }
-  return new StatusError(status.RESOURCE_EXHAUSTED, what, metadata);
+  metadata.set('retry-after-ms', String(ms));
+  metadata.set('grpc-status-details-bin', retryInfoDetails(what, ms));
+  return metadata;
 }
 
 /**
@@ -80,7 +87,7 @@ export function resourceExhausted(what: string, retryAfterMs?: number): StatusEr
  * may vary.
  */
 const encodedRetryInfo = new Map<string, Buffer>();
-export function retryInfoDetails(what: string, ms: number): Buffer {
+function retryInfoDetails(what: string, ms: number): Buffer {
   const key = `${ms}|${what}`;
   let encoded = encodedRetryInfo.get(key);
   if (!encoded) {

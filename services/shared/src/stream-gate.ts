@@ -13,7 +13,7 @@
  */
 import { Server, type ServerOptions, status } from '@grpc/grpc-js';
 import type { Http2Server, IncomingHttpHeaders, ServerHttp2Stream } from 'node:http2';
-import { retryInfoDetails } from './errors.js';
+import { retryMetadata } from './errors.js';
 
 /** Why a call is not admitted: its message and when a retry may succeed. */
 export interface Refusal {
@@ -31,11 +31,6 @@ export type StreamGate = (path: string) => (() => void) | Refusal | undefined;
 export type RefusalObserver = (path: string) => void;
 
 type StreamListener = (stream: ServerHttp2Stream, headers: IncomingHttpHeaders, ...rest: unknown[]) => void;
-
-/** gRPC's grpc-message is percent-encoded outside printable ASCII (and '%' itself). */
-function percentEncode(message: string): string {
-  return message.replace(/[^\x20-\x24\x26-\x7e]/gu, (c) => encodeURIComponent(c));
-}
 
 export class GatedServer extends Server {
   constructor(
@@ -78,17 +73,15 @@ export class GatedServer extends Server {
 
   private refuse(stream: ServerHttp2Stream, path: string, refusal: Refusal): void {
     stream.on('error', () => {});
-    const ms = Math.max(0, Math.ceil(refusal.retryAfterMs));
     try {
-      // Trailers-only, as grpc-js answers a call it refuses itself; the details carry RetryInfo.
+      // Trailers-only, encoded as grpc-js answers a call it refuses itself; the details carry RetryInfo.
       stream.respond(
         {
           ':status': 200,
           'content-type': 'application/grpc+proto',
           'grpc-status': String(status.RESOURCE_EXHAUSTED),
-          'grpc-message': percentEncode(refusal.message),
-          'retry-after-ms': String(ms),
-          'grpc-status-details-bin': retryInfoDetails(refusal.message, ms).toString('base64'),
+          'grpc-message': encodeURI(refusal.message),
+          ...retryMetadata(refusal.message, refusal.retryAfterMs).toHttp2Headers(),
         },
         { endStream: true },
       );
