@@ -15,8 +15,9 @@ import { DynamicBatcher } from './batcher.js';
 import { checkAgainstGraph, checkConfig } from './graph-check.js';
 import { GenerationEngine, WorkerDecoder, type GenerationMetrics } from './generation/index.js';
 import { MODEL_STATES, type ModelState, type RunnerMetrics } from './metrics.js';
-import { type CreatedSession, createSession, type ThreadDefaults } from './session.js';
+import { type CreatedSession, createSession, type SessionOpener, type ThreadDefaults } from './session.js';
 import { sampleInputs } from './warmup.js';
+import { InThreadSession } from './in-thread-session.js';
 import { WorkerSession, type RunnableSession } from './worker-session.js';
 
 export type { ModelState } from './metrics.js';
@@ -28,7 +29,7 @@ export interface ModelVersion {
   /** Why the version is in its state (when READY: empty, or why it runs on a less preferred provider). */
   reason: string;
   config: ModelConfig;
-  /** Batched models: their sessions, each in a worker thread. */
+  /** Batched models: their sessions, each in a worker thread or on the event loop (sessionThread). */
   sessions: RunnableSession[];
   /** Generation models: the engine's decoder (session and KV cache), in a worker thread. */
   decoder?: WorkerDecoder;
@@ -356,7 +357,9 @@ export class ModelRepository {
             config,
             this.deps.threads,
             logger,
-            WorkerSession.create,
+            config.sessionThread === 'main'
+              ? (InThreadSession.create as SessionOpener<InThreadSession | WorkerSession>)
+              : WorkerSession.create,
           );
           mv.sessions.push(created.session);
           created.session.onFailure = failed;

@@ -20,6 +20,8 @@ beforeAll(async () => {
   const root = testRepository(['bert-classifier', 'sentence-encoder'], { maxQueueDelayMicroseconds: 20_000 });
   writeDoubler(root, 'doubler', { maxQueueDelayMicroseconds: 50_000 });
   writeSlowModel(root, 'slow', 256, 96);
+  writeSlowModel(root, 'slow-inline', 256, 96);
+  editConfig(root, 'slow-inline', (c) => ({ ...c, sessionThread: 'main' }));
   // Two sessions: batches go to whichever is idle.
   editConfig(root, 'sentence-encoder', (c) => ({ ...c, instanceCount: 2 }));
   // Without its declared vocabulary an out-of-vocabulary id reaches onnxruntime: a model failure to isolate.
@@ -132,14 +134,15 @@ describe('dynamic batching', () => {
     for (const r of results) expectClose(logits(r), logits(alone));
   });
 
-  it('keeps serving while a model computes (sessions run in worker threads)', async () => {
+  /** Starts a 4-row run of a slow model, then times a health call and a small inference made during it. */
+  async function callsDuringSlowRun(modelName: string) {
     const n = 256;
     let inferenceDone = 0;
     const slow = call<ModelInferResponse>(
       t.inference,
       'modelInfer',
       inferRequest({
-        modelName: 'slow',
+        modelName,
         inputs: [{ name: 'x', datatype: 'FP32', shape: [4, n, n] }],
         rawInputContents: [Buffer.from(new Float32Array(4 * n * n).fill(0.01).buffer)],
       }),
@@ -150,9 +153,20 @@ describe('dynamic batching', () => {
     await infer('bert-classifier', [SHORT]);
     const answered = performance.now();
     await slow;
+    return { asked, answered, inferenceDone };
+  }
+
+  it('keeps serving while a model computes (sessions run in worker threads)', async () => {
+    const { asked, answered, inferenceDone } = await callsDuringSlowRun('slow');
     // On the main thread the computation would hold both calls until it ends.
     expect(answered).toBeLessThan(inferenceDone);
     expect(answered - asked).toBeLessThan((inferenceDone - asked) / 2);
+  });
+
+  it('runs a model with sessionThread "main" on the event loop, which its computation stops', async () => {
+    const { answered, inferenceDone } = await callsDuringSlowRun('slow-inline');
+    // The small inference's answer leaves after the slow run's; the 1 ms allows for timer rounding.
+    expect(answered).toBeGreaterThan(inferenceDone - 1);
   });
 
   it('a request that makes the model fail fails alone; the requests batched with it succeed', async () => {

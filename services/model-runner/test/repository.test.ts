@@ -522,6 +522,19 @@ describe('execution providers', () => {
     ).toEqual([{ name: 'cuda', deviceId: 2 }, { name: 'cpu' }]);
   });
 
+  it('refuses sessionThread "main" with more than one instance, naming the field', async () => {
+    const root = testRepository(['bert-classifier']);
+    editConfig(root, 'bert-classifier', (c) => ({ ...c, sessionThread: 'main', instanceCount: 2 }));
+    const r = await startTestRunner(root);
+    try {
+      const entry = (await index(r)).get('bert-classifier/');
+      expect(entry?.state).toBe('UNAVAILABLE');
+      expect(entry?.reason).toMatch(/instanceCount: must be 1 with sessionThread "main"/);
+    } finally {
+      await r.close();
+    }
+  });
+
   it('refuses a config naming an execution provider it does not know', async () => {
     const r = await startTestRunner(repositoryWith([{ name: 'tensorrt' }]));
     try {

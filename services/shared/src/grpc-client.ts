@@ -40,6 +40,10 @@ export function createClient<C extends Client>(
     'grpc.max_receive_message_length': maxBytes,
     'grpc.max_send_message_length': maxBytes,
     'grpc.dns_min_time_between_resolutions_ms': 5_000,
+    // HTTP/2's default window (64 KiB per stream and per connection) is smaller than one batch's
+    // answer (64 embeddings of 300 floats are 77 KB): the server would stop mid-response and wait a
+    // round trip for the window to open again, and concurrent answers would queue for it.
+    'grpc-node.flow_control_window': 4 * 1024 * 1024,
     ...options.channelOptions,
     interceptors: [clientTracingInterceptor, ...(options.interceptors ?? [])],
   });
