@@ -24,7 +24,7 @@
  */
 import { execFileSync } from 'node:child_process';
 import { Agent, request as httpRequest } from 'node:http';
-import { cpSync, existsSync, writeFileSync } from 'node:fs';
+import { copyFileSync, cpSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import {
   credentials,
@@ -141,8 +141,9 @@ function prepareRepository(): { root: string; generationModel: string } {
   writeFixtureRepository(root, {
     models: ['bert-classifier'],
     tokenizers: 'pretrained',
-    // Beyond 16 rows of ~64 tokens, items/s of this model stop growing on a 2-core machine (see the raw
-    // figures), so its config stops there, as an operator would set it.
+    // Up to 16 rows of ~64 tokens. In process its items/s do not grow with the batch on 2 cores (texts
+    // pad to the longest of a batch), but served with maxBatchSize 1 it did no better (147/s at c=32
+    // against 160/s) and the orchestrator then spent 3.6× the CPU per request: one hop per text.
     maxBatchSize: 16,
     maxQueueDelayMicroseconds: 500,
   });
@@ -612,7 +613,9 @@ async function passThroughMode([role, portText, tokenizerAddress, runnerAddress,
   } else {
     const tokenizer = new TokenizerServiceClient(tokenizerAddress!, credentials.createInsecure());
     const runner = new GRPCInferenceServiceClient(runnerAddress!, credentials.createInsecure());
-    const pass = (texts: string[], respond: (error: ServiceError | null) => void) =>
+    // The echo answers the same Classify/Embed messages at once, calling nothing: the bare grpc-js server.
+    const echo = (_texts: string[], respond: (error: ServiceError | null) => void) => respond(null);
+    const front = (texts: string[], respond: (error: ServiceError | null) => void) =>
       tokenizer.encode(
         {
           tokenizer: model!,
@@ -654,6 +657,7 @@ async function passThroughMode([role, portText, tokenizerAddress, runnerAddress,
           );
         },
       );
+    const pass = role === 'echo' ? echo : front;
     server.addService(MaasServiceService, {
       classify: (
         call: { request: ClassifyRequest },
@@ -694,8 +698,11 @@ async function passThroughMode([role, portText, tokenizerAddress, runnerAddress,
   );
 }
 
-async function passThroughChain(model: BenchModel): Promise<Record<number, Stats>> {
-  const [front, tok, run] = [await freePort(), await freePort(), await freePort()];
+/** The bare stack beside the orchestrator: the pass-through chain, and an echo of the same messages. */
+async function passThroughChain(
+  model: BenchModel,
+): Promise<{ chain: Record<number, Stats>; echo: Record<number, Stats> }> {
+  const [front, tok, run, echo] = [await freePort(), await freePort(), await freePort(), await freePort()];
   const tokAddress = `127.0.0.1:${tok}`;
   const runAddress = `127.0.0.1:${run}`;
   const chain = [
@@ -706,8 +713,9 @@ async function passThroughChain(model: BenchModel): Promise<Record<number, Stats
     ),
     startProcess(__filename, ['--pass-through', 'tokenizer', String(tok), '-', '-', model.name], {}),
     startProcess(__filename, ['--pass-through', 'runner', String(run), '-', '-', model.name], {}),
+    startProcess(__filename, ['--pass-through', 'echo', String(echo), '-', '-', model.name], {}),
   ];
-  await Promise.all([front, tok, run].map(waitServing));
+  await Promise.all([front, tok, run, echo].map(waitServing));
   const mode = model.task === 'classification' ? 'classify' : 'embed';
   const stats = client<Record<number, Stats>>([
     mode,
@@ -715,13 +723,78 @@ async function passThroughChain(model: BenchModel): Promise<Record<number, Stats
     model.name,
     String(model.words),
     '1,64',
-    chain.map((c) => c.pid).join(','),
+    chain
+      .slice(0, 3)
+      .map((c) => c.pid)
+      .join(','),
+  ]);
+  const echoStats = client<Record<number, Stats>>([
+    mode,
+    `127.0.0.1:${echo}`,
+    model.name,
+    String(model.words),
+    '1,64',
+    String(chain[3]!.pid),
   ]);
   for (const child of chain) {
     process.kill(-child.pid!, 'SIGKILL');
     children.splice(children.indexOf(child), 1);
   }
-  return stats;
+  return { chain: stats, echo: echoStats };
+}
+
+// ---------------------------------------------------------------- peer: transformers.js in process
+
+/**
+ * The same BERT-style model laid out as transformers.js reads a local model (config.json with the
+ * labels, the tokenizer files, onnx/model.onnx), under `<root>/peer/<name>`.
+ */
+function preparePeer(root: string, name: string): string {
+  const peerRoot = join(root, 'peer');
+  const dir = join(peerRoot, name);
+  mkdirSync(join(dir, 'onnx'), { recursive: true });
+  copyFileSync(join(root, name, '1', 'model.onnx'), join(dir, 'onnx', 'model.onnx'));
+  for (const file of ['tokenizer.json', 'tokenizer_config.json'])
+    copyFileSync(join(root, name, '1', file), join(dir, file));
+  const declared = readModelConfig(join(root, name), name).labels ?? [];
+  const labels = Array.isArray(declared)
+    ? declared
+    : readFileSync(join(root, name, '1', declared), 'utf8')
+        .trim()
+        .split('\n');
+  writeFileSync(
+    join(dir, 'config.json'),
+    JSON.stringify({
+      model_type: 'bert',
+      architectures: ['BertForSequenceClassification'],
+      id2label: Object.fromEntries(labels.map((l, i) => [i, l])),
+      label2id: Object.fromEntries(labels.map((l, i) => [l, i])),
+    }),
+  );
+  return peerRoot;
+}
+
+/** What a Node.js user would write instead of maas: one transformers.js pipeline call per request. */
+async function peerMode([peerRoot, model, wordsText, concurrencyList, threads]: string[]): Promise<void> {
+  const { pipeline, env } = await import('@huggingface/transformers');
+  env.allowRemoteModels = false;
+  env.localModelPath = peerRoot!;
+  const classify = await pipeline('text-classification', model!, {
+    dtype: 'fp32',
+    device: 'cpu',
+    // 'default': onnxruntime's own choice (one intra-op thread per core), what a user gets.
+    ...(threads === 'default' ? {} : { session_options: { intraOpNumThreads: Number(threads) } }),
+  });
+  const texts = sentences(512, Number(wordsText));
+  let next = 0;
+  const one = async () => {
+    await classify(texts[next++ % texts.length]!);
+    return 1;
+  };
+  for (let i = 0; i < 20; i++) await one();
+  const result: Record<number, Stats> = {};
+  for (const c of concurrencyList!.split(',').map(Number)) result[c] = await measure(c, one);
+  console.log(JSON.stringify(result));
 }
 
 // ---------------------------------------------------------------- report
@@ -795,15 +868,38 @@ async function main(): Promise<void> {
     );
     if (model.passThrough) {
       // Measured right after, with the (idle) stack still up, so both see the same machine.
-      const chain = await passThroughChain(model);
+      const { chain, echo } = await passThroughChain(model);
       const ours = stats[64]!.rps;
+      const cpuGrowth = (x: Stats[]) => x[0]!.cpuUs![0]! / x[1]!.cpuUs![0]!;
+      const ourGrowth = cpuGrowth([stats[1]!, stats[64]!]);
       console.log(
         `    pass-through chain (client → front → tokenizer stub + runner stub, minimal grpc-js): ` +
           `c=1 p50 ${f2(chain[1]!.p50)} ms (the hops alone; orchestrator p50 is ${f2(stats[1]!.p50 - chain[1]!.p50)} ms above it), ` +
           `c=64 ${f0(chain[64]!.rps)}/s, p50 ${f2(chain[64]!.p50)} ms | ${cpu(chain[64]!, ['front', 'tokenizer stub', 'runner stub'])}\n` +
-          `    → orchestrator ${f0(ours)}/s at c=64 is ${pct(ours, chain[64]!.rps)} of the chain (target ≥ 50%: ${ours >= 0.5 * chain[64]!.rps ? 'met' : 'NOT met'})`,
+          `    → orchestrator ${f0(ours)}/s at c=64 is ${pct(ours, chain[64]!.rps)} of the chain (target ≥ 50%: ${ours >= 0.5 * chain[64]!.rps ? 'met' : 'NOT met'})\n` +
+          `    bare grpc-js echo of the same messages: c=1 p50 ${f2(echo[1]!.p50)} ms, c=64 ${f0(echo[64]!.rps)}/s | cpu/request c=1 ${f0(echo[1]!.cpuUs![0]!)} µs, c=64 ${f0(echo[64]!.cpuUs![0]!)} µs\n` +
+          `    → orchestrator at c=64 is ${pct(ours, echo[64]!.rps)} of the echo (target ≥ 70%: ${ours >= 0.7 * echo[64]!.rps ? 'met' : 'NOT met'}); ` +
+          `p50 at c=1 ${f2(stats[1]!.p50 - chain[1]!.p50)} ms above the chain's (target ≤ 1.0 ms: ${stats[1]!.p50 - chain[1]!.p50 <= 1 ? 'met' : 'NOT met'}); ` +
+          `orchestrator CPU per request at c=1 is ${ourGrowth.toFixed(1)}× that at c=64 (target ≤ 2.5×: ${ourGrowth <= 2.5 ? 'met' : 'NOT met'}; ` +
+          `the chain's front ${cpuGrowth([chain[1]!, chain[64]!]).toFixed(1)}×, the echo ${cpuGrowth([echo[1]!, echo[64]!]).toFixed(1)}×)`,
       );
     }
+  }
+
+  const big = served.get(BIG);
+  if (big) {
+    // After the stack's section, so the two never share the cores.
+    const peerRoot = preparePeer(root, BIG);
+    const peer = client<Record<number, Stats>>(['--peer', peerRoot, BIG, '48', '1,32', 'default']);
+    // The runner's sessions use one intra-op thread (the other core serves the hops): the same here.
+    const peerOne = client<Record<number, Stats>>(['--peer', peerRoot, BIG, '48', '32', '1']);
+    console.log(
+      `  ${BIG} in transformers.js (@huggingface/transformers, in process, one pipeline call per request): ` +
+        `onnxruntime's default threads c=1 ${f0(peer[1]!.rps)}/s p50 ${f2(peer[1]!.p50)} ms, c=32 ${f0(peer[32]!.rps)}/s p50 ${f2(peer[32]!.p50)} ms; ` +
+        `1 intra-op thread c=32 ${f0(peerOne[32]!.rps)}/s\n` +
+        `    → maas at c=32 (${f0(big[32]!.rps)}/s) is ${(big[32]!.rps / peer[32]!.rps).toFixed(2)}× transformers.js (target ≥ 1.2×: ${big[32]!.rps >= 1.2 * peer[32]!.rps ? 'met' : 'NOT met'}); ` +
+        `${(big[32]!.rps / peerOne[32]!.rps).toFixed(2)}× transformers.js on one thread`,
+    );
   }
 
   if (process.env.BENCH_GENERATION === '0') {
@@ -905,6 +1001,11 @@ if (flag === '--transport') {
   });
 } else if (flag === '--client') {
   clientMode(rest).catch((error: unknown) => {
+    console.error(error);
+    process.exit(1);
+  });
+} else if (flag === '--peer') {
+  peerMode(rest).catch((error: unknown) => {
     console.error(error);
     process.exit(1);
   });

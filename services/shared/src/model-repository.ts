@@ -179,7 +179,8 @@ export const modelConfigSchema = z
       ctx.addIssue({
         code: 'custom',
         path: ['sessionThread'],
-        message: 'a generation model always runs in its own worker (its decode loop would stop the event loop)',
+        message:
+          'a generation model always runs in its own worker (its decode loop would stop the event loop)',
       });
     }
     if (config.sessionThread === 'main' && config.instanceCount > 1) {
