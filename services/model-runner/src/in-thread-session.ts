@@ -1,7 +1,7 @@
 /**
  * An onnxruntime session on the event loop itself (a model's `sessionThread: "main"`). For a model
  * whose largest batch computes in a fraction of a millisecond, the hop to a worker thread and back
- * costs more than the computation: two thread wake-ups and two message copies, ~0.4 ms a run
+ * costs more than the computation: two messages, each waking an idle thread, ~0.4 ms a run
  * measured on a 2-core VM, against 0.02–0.2 ms of compute for lang-id at batch 1–64. The price is
  * that the event loop stops while the model runs (onnxruntime-node's `run` is a blocking native
  * call), so it suits only models that small.

@@ -352,15 +352,9 @@ export class ModelRepository {
         opened(created);
       } else {
         for (let i = 0; i < config.instanceCount; i++) {
-          const created = await open(
-            files.modelPath,
-            config,
-            this.deps.threads,
-            logger,
-            config.sessionThread === 'main'
-              ? (InThreadSession.create as SessionOpener<InThreadSession | WorkerSession>)
-              : WorkerSession.create,
-          );
+          const opener: SessionOpener<InThreadSession | WorkerSession> =
+            config.sessionThread === 'main' ? InThreadSession.create : WorkerSession.create;
+          const created = await open(files.modelPath, config, this.deps.threads, logger, opener);
           mv.sessions.push(created.session);
           created.session.onFailure = failed;
           opened(created);

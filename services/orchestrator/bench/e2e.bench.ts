@@ -713,34 +713,30 @@ async function passThroughChain(
     ),
     startProcess(__filename, ['--pass-through', 'tokenizer', String(tok), '-', '-', model.name], {}),
     startProcess(__filename, ['--pass-through', 'runner', String(run), '-', '-', model.name], {}),
-    startProcess(__filename, ['--pass-through', 'echo', String(echo), '-', '-', model.name], {}),
   ];
+  const echoServer = startProcess(
+    __filename,
+    ['--pass-through', 'echo', String(echo), '-', '-', model.name],
+    {},
+  );
   await Promise.all([front, tok, run, echo].map(waitServing));
   const mode = model.task === 'classification' ? 'classify' : 'embed';
-  const stats = client<Record<number, Stats>>([
-    mode,
-    `127.0.0.1:${front}`,
-    model.name,
-    String(model.words),
-    '1,64',
-    chain
-      .slice(0, 3)
-      .map((c) => c.pid)
-      .join(','),
-  ]);
-  const echoStats = client<Record<number, Stats>>([
-    mode,
-    `127.0.0.1:${echo}`,
-    model.name,
-    String(model.words),
-    '1,64',
-    String(chain[3]!.pid),
-  ]);
-  for (const child of chain) {
+  /** The same client load on `port`, with the CPU per request of `servers`. */
+  const load = (port: number, servers: typeof chain) =>
+    client<Record<number, Stats>>([
+      mode,
+      `127.0.0.1:${port}`,
+      model.name,
+      String(model.words),
+      '1,64',
+      servers.map((c) => c.pid).join(','),
+    ]);
+  const result = { chain: load(front, chain), echo: load(echo, [echoServer]) };
+  for (const child of [...chain, echoServer]) {
     process.kill(-child.pid!, 'SIGKILL');
     children.splice(children.indexOf(child), 1);
   }
-  return { chain: stats, echo: echoStats };
+  return result;
 }
 
 // ---------------------------------------------------------------- peer: transformers.js in process
@@ -870,8 +866,9 @@ async function main(): Promise<void> {
       // Measured right after, with the (idle) stack still up, so both see the same machine.
       const { chain, echo } = await passThroughChain(model);
       const ours = stats[64]!.rps;
-      const cpuGrowth = (x: Stats[]) => x[0]!.cpuUs![0]! / x[1]!.cpuUs![0]!;
-      const ourGrowth = cpuGrowth([stats[1]!, stats[64]!]);
+      /** CPU per request of the first process at c=1 over that at c=64. */
+      const cpuGrowth = (points: Record<number, Stats>) => points[1]!.cpuUs![0]! / points[64]!.cpuUs![0]!;
+      const ourGrowth = cpuGrowth(stats);
       console.log(
         `    pass-through chain (client → front → tokenizer stub + runner stub, minimal grpc-js): ` +
           `c=1 p50 ${f2(chain[1]!.p50)} ms (the hops alone; orchestrator p50 is ${f2(stats[1]!.p50 - chain[1]!.p50)} ms above it), ` +
@@ -881,7 +878,7 @@ async function main(): Promise<void> {
           `    → orchestrator at c=64 is ${pct(ours, echo[64]!.rps)} of the echo (target ≥ 70%: ${ours >= 0.7 * echo[64]!.rps ? 'met' : 'NOT met'}); ` +
           `p50 at c=1 ${f2(stats[1]!.p50 - chain[1]!.p50)} ms above the chain's (target ≤ 1.0 ms: ${stats[1]!.p50 - chain[1]!.p50 <= 1 ? 'met' : 'NOT met'}); ` +
           `orchestrator CPU per request at c=1 is ${ourGrowth.toFixed(1)}× that at c=64 (target ≤ 2.5×: ${ourGrowth <= 2.5 ? 'met' : 'NOT met'}; ` +
-          `the chain's front ${cpuGrowth([chain[1]!, chain[64]!]).toFixed(1)}×, the echo ${cpuGrowth([echo[1]!, echo[64]!]).toFixed(1)}×)`,
+          `the chain's front ${cpuGrowth(chain).toFixed(1)}×, the echo ${cpuGrowth(echo).toFixed(1)}×)`,
       );
     }
   }
