@@ -4,10 +4,34 @@
  * labels and limits), rescanned periodically. Readiness is the runner's to
  * say and is asked of it when models are listed.
  */
-import { type Logger, type ModelConfig, readLabels, scanRepository } from '@maas/shared';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import {
+  IMAGE_TASKS,
+  type ImagePreprocess,
+  type ImageTask,
+  type Logger,
+  type ModelConfig,
+  readLabels,
+  scanRepository,
+} from '@maas/shared';
 import { ChatTemplate } from './pipelines/chat-template.js';
 
-export type ModelTask = 'classification' | 'embedding' | 'generation';
+export type ModelTask = 'classification' | 'embedding' | 'generation' | ImageTask;
+
+export const isImageTask = (task: ModelTask): task is ImageTask =>
+  (IMAGE_TASKS as readonly string[]).includes(task);
+
+/** How an image model is fed and read (image tasks only). */
+export interface VisionSpec {
+  preprocess: ImagePreprocess;
+  /** The input the image tensor fills. */
+  input: string;
+  /** The outputs the task's post-processing reads. */
+  outputs: string[];
+  /** A text recognizer's characters: output class i + 1 is charset[i] (class 0 is CTC's blank). */
+  charset?: string[];
+}
 
 export interface ModelLimits {
   maxBatchSize: number;
@@ -38,6 +62,8 @@ export interface CatalogueModel {
   inputs: { name: EncodingInput; datatype: 'INT64' | 'INT32' }[];
   /** Generation models that declare one: renders chat messages into a prompt. */
   chatTemplate?: ChatTemplate;
+  /** Image models. */
+  vision?: VisionSpec;
 }
 
 export interface CatalogueOptions {
@@ -75,6 +101,7 @@ export function toCatalogueModel(
     output: '',
     inputs: [] as CatalogueModel['inputs'],
   };
+  if (isImageTask(task)) return toVisionModel(base, config, versionDirs);
   if (task === 'generation') {
     const g = config.generation!;
     const maxInputTokens = Math.min(tokenizerMax, g.maxContextLength - 1);
@@ -140,6 +167,82 @@ export function toCatalogueModel(
     }
   }
   return { ...base, limits, dimensions, labelsByVersion, output: outputName, inputs };
+}
+
+/** The catalogue entry of an image model, or why it cannot be served. */
+function toVisionModel(
+  base: Omit<CatalogueModel, 'limits'>,
+  config: ModelConfig,
+  versionDirs: { version: number; dir: string }[],
+): CatalogueModel | string {
+  const { name, task } = base;
+  const preprocess = config.image!;
+  const inputName = preprocess.input ?? config.inputs[0]!.name;
+  const input = config.inputs.find((i) => i.name === inputName);
+  if (!input) return `${name}: image.input '${inputName}' is not among the model's inputs`;
+  if (input.datatype !== preprocess.datatype) {
+    return `${name}: input '${inputName}' is ${input.datatype}, image.datatype says ${preprocess.datatype}`;
+  }
+  const dims = config.maxBatchSize > 0 ? input.dims : input.dims.slice(1);
+  if (dims.length !== 3) {
+    return `${name}: input '${inputName}' needs 3 dims besides the batch (channels, height, width), has [${input.dims.join(', ')}]`;
+  }
+  const channels = preprocess.layout === 'nchw' ? dims[0] : dims[2];
+  if (channels !== 3 && channels !== -1) return `${name}: input '${inputName}' must have 3 channels`;
+  const outputOf = (field: string, chosen: string | undefined) => {
+    const outputName = chosen ?? config.outputs[0]!.name;
+    const spec = config.outputs.find((o) => o.name === outputName);
+    if (!spec) throw new Error(`${field} '${outputName}' is not among the model's outputs`);
+    if (spec.datatype !== 'FP32') throw new Error(`${field} '${outputName}' must be FP32`);
+    return outputName;
+  };
+  const labelsByVersion = new Map<string, string[]>();
+  let outputs: string[];
+  let charset: string[] | undefined;
+  try {
+    if (task === 'object_detection') {
+      const d = config.objectDetection!;
+      outputs =
+        d.format === 'yolov8'
+          ? [outputOf('objectDetection.output', d.output)]
+          : [
+              outputOf('objectDetection.boxesOutput', d.boxesOutput),
+              outputOf('objectDetection.scoresOutput', d.scoresOutput ?? config.outputs[1]?.name),
+            ];
+    } else if (task === 'image_classification') {
+      outputs = [outputOf('classification.output', config.classification?.output)];
+    } else {
+      outputs = [outputOf('outputs', undefined)];
+    }
+    if (task === 'image_classification' || task === 'object_detection') {
+      for (const v of versionDirs) {
+        const labels = readLabels(config, v.dir);
+        if (labels) labelsByVersion.set(String(v.version), labels);
+      }
+    }
+    if (task === 'text_recognition') {
+      // The newest version's: a recognizer's characters are its output classes.
+      const dir = versionDirs[0]?.dir;
+      if (dir) {
+        const lines = readFileSync(join(dir, config.textRecognition!.charset), 'utf8').split('\n');
+        if (lines.at(-1) === '') lines.pop();
+        charset = config.textRecognition!.appendSpace ? [...lines, ' '] : lines;
+      }
+    }
+  } catch (error) {
+    return `${name}: ${(error as Error).message}`;
+  }
+  return {
+    ...base,
+    labelsByVersion,
+    limits: {
+      maxBatchSize: Math.max(1, config.maxBatchSize),
+      maxInputTokens: 0,
+      maxInputCharacters: 0,
+      maxNewTokens: 0,
+    },
+    vision: { preprocess, input: inputName, outputs, charset },
+  };
 }
 
 /** Everything an entry is made of, so a rescan can tell an unchanged model from a changed one. */

@@ -44,6 +44,15 @@ export const orchestratorConfigSchema = baseConfigSchema
     CATALOGUE_REFRESH_MS: envInt(10_000, 0),
     /** Characters per input text (a model's own limit is in tokens). */
     MAX_INPUT_CHARACTERS: envInt(20_000, 1),
+    /**
+     * Image calls (ClassifyImage, DetectObjects, ReadText): images per call, bytes of one encoded
+     * image, its pixels (width × height) and the longer of its sides. An image beyond any of them is
+     * refused with INVALID_ARGUMENT naming it, before it is decoded.
+     */
+    MAX_IMAGES_PER_CALL: envInt(16, 1, 1024),
+    MAX_IMAGE_BYTES: envInt(12 * 1024 * 1024, 1024),
+    MAX_IMAGE_PIXELS: envInt(25_000_000, 1),
+    MAX_IMAGE_SIDE: envInt(10_000, 1),
     /** Stop strings per Generate call, and characters per stop string. */
     MAX_STOP_STRINGS: envInt(8, 0, 64),
     MAX_STOP_STRING_CHARACTERS: envInt(64, 1, 1024),

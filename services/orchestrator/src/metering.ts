@@ -5,7 +5,16 @@
 import { codeName, type Logger } from '@maas/shared';
 import { Counter, type Registry } from 'prom-client';
 
-export type Task = 'classification' | 'embedding' | 'generation' | 'tokenize' | 'count_tokens' | 'models';
+export type Task =
+  | 'classification'
+  | 'embedding'
+  | 'generation'
+  | 'tokenize'
+  | 'count_tokens'
+  | 'models'
+  | 'image_classification'
+  | 'object_detection'
+  | 'read_text';
 
 export interface UsageRecord {
   keyId: string;
@@ -15,6 +24,9 @@ export interface UsageRecord {
   promptTokens: number;
   generatedTokens: number;
   durationMs: number;
+  /** Image calls: images and their pixels (width × height). */
+  images?: number;
+  pixels?: number;
   /** Logged only with AUDIT_LOG_TEXT=true. */
   texts?: readonly string[];
   /** Short reason for a failure (never a stack). */
@@ -53,6 +65,18 @@ export function createUsageMetrics(registry: Registry) {
       labelNames: ['key_id', 'model', 'task'] as const,
       registers: [registry],
     }),
+    images: new Counter({
+      name: 'maas_usage_images_total',
+      help: 'Images by key, model and task.',
+      labelNames: ['key_id', 'model', 'task'] as const,
+      registers: [registry],
+    }),
+    pixels: new Counter({
+      name: 'maas_usage_image_pixels_total',
+      help: 'Image pixels (width × height) by key, model and task.',
+      labelNames: ['key_id', 'model', 'task'] as const,
+      registers: [registry],
+    }),
   };
 }
 export type UsageMetrics = ReturnType<typeof createUsageMetrics>;
@@ -70,6 +94,8 @@ export class UsageMeter {
     this.metrics.requests.inc({ ...labels, code });
     if (usage.promptTokens > 0) this.metrics.promptTokens.inc(labels, usage.promptTokens);
     if (usage.generatedTokens > 0) this.metrics.generatedTokens.inc(labels, usage.generatedTokens);
+    if (usage.images) this.metrics.images.inc(labels, usage.images);
+    if (usage.pixels) this.metrics.pixels.inc(labels, usage.pixels);
     this.audit.info(
       {
         audit: true,
@@ -79,6 +105,7 @@ export class UsageMeter {
         code,
         prompt_tokens: usage.promptTokens,
         generated_tokens: usage.generatedTokens,
+        ...(usage.images ? { images: usage.images, pixels: usage.pixels } : {}),
         duration_ms: Math.round(usage.durationMs * 1000) / 1000,
         ...(usage.error ? { error: bounded(usage.error, AUDIT_LIMITS.errorCharacters) } : {}),
         ...(this.logText && usage.texts ? { texts: boundedTexts(usage.texts) } : {}),

@@ -5,6 +5,9 @@ import { join } from 'node:path';
 import { type CallOptions, Metadata, type ServiceError } from '@grpc/grpc-js';
 import { createClient, createLogger, type Logger } from '@maas/shared';
 import {
+  ClassifyImageRequest,
+  DetectObjectsRequest,
+  ReadTextRequest,
   ClassifyRequest,
   CountTokensRequest,
   EmbedRequest,
@@ -165,6 +168,9 @@ const REQUEST_TYPES = {
   countTokens: CountTokensRequest,
   listModels: ListModelsRequest,
   getModel: GetModelRequest,
+  classifyImage: ClassifyImageRequest,
+  detectObjects: DetectObjectsRequest,
+  readText: ReadTextRequest,
 };
 
 /** One unary call of the public API; the request is completed with the message's defaults (ts-proto needs them). */

@@ -8,6 +8,7 @@ export * from './metrics.js';
 export * from './shutdown.js';
 export * from './telemetry.js';
 export * from './model-repository.js';
+export * from './image-config.js';
 export * from './paths.js';
 export * from './http-server.js';
 export * from './stream-gate.js';

@@ -2,6 +2,13 @@ import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
+import {
+  IMAGE_TASKS,
+  imagePreprocessSchema,
+  objectDetectionSchema,
+  textDetectionSchema,
+  textRecognitionSchema,
+} from './image-config.js';
 import { packageRoot } from './paths.js';
 
 /**
@@ -65,7 +72,7 @@ export const modelConfigSchema = z
       .string()
       .regex(/^[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}$/)
       .optional(),
-    task: z.enum(['classification', 'embedding', 'generation', 'raw']),
+    task: z.enum(['classification', 'embedding', 'generation', 'raw', ...IMAGE_TASKS]),
     description: z.string().default(''),
     platform: z.literal('onnxruntime_onnx').default('onnxruntime_onnx'),
     /** 0 disables batching: the inputs' dims are then the full shapes. */
@@ -167,8 +174,26 @@ export const modelConfigSchema = z
         eosToken: z.string().default(''),
       })
       .optional(),
+    /** Image models: how an image becomes the input tensor. */
+    image: imagePreprocessSchema.optional(),
+    objectDetection: objectDetectionSchema.optional(),
+    textDetection: textDetectionSchema.optional(),
+    textRecognition: textRecognitionSchema.optional(),
   })
   .superRefine((config, ctx) => {
+    if ((IMAGE_TASKS as readonly string[]).includes(config.task) && !config.image) {
+      ctx.addIssue({ code: 'custom', path: ['image'], message: `required for task "${config.task}"` });
+    }
+    const sections = {
+      object_detection: 'objectDetection',
+      text_detection: 'textDetection',
+      text_recognition: 'textRecognition',
+    } as const;
+    for (const [task, section] of Object.entries(sections)) {
+      if (config.task === task && !config[section]) {
+        ctx.addIssue({ code: 'custom', path: [section], message: `required for task "${task}"` });
+      }
+    }
     if (config.task === 'generation' && !config.generation) {
       ctx.addIssue({ code: 'custom', path: ['generation'], message: 'required for task "generation"' });
     }

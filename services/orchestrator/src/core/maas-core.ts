@@ -19,8 +19,12 @@ import {
   StatusError,
 } from '@maas/shared';
 import {
+  type ClassifyImageRequest,
+  type ClassifyImageResponse,
   type ClassifyRequest,
   type ClassifyResponse,
+  type DetectObjectsRequest,
+  type DetectObjectsResponse,
   type CountTokensRequest,
   type CountTokensResponse,
   type EmbedRequest,
@@ -30,8 +34,11 @@ import {
   type GenerateResponse,
   type GetModelRequest,
   type GetModelResponse,
+  type Image,
   type ListModelsResponse,
   type Model,
+  type ReadTextRequest,
+  type ReadTextResponse,
   Task as ProtoTask,
   type TokenizeRequest,
   type TokenizeResponse,
@@ -48,6 +55,8 @@ import { runGeneration } from '../pipelines/generation.js';
 import { classifyRows, embedRows } from '../pipelines/tasks.js';
 import type { ChatMessage } from '../pipelines/chat-template.js';
 import { checkGenerate, checkTexts } from '../validation.js';
+import { decodeImages, type RgbImage } from '../vision/image-input.js';
+import { classifyImages, detectObjects, readText } from '../vision/pipelines.js';
 import { type Caller, deadlinePassed } from './caller.js';
 import type { InFlightLimit } from './in-flight-limit.js';
 
@@ -55,6 +64,10 @@ export interface MaasSettings {
   DOWNSTREAM_TIMEOUT_MS: number;
   MAX_STOP_STRINGS: number;
   MAX_STOP_STRING_CHARACTERS: number;
+  MAX_IMAGES_PER_CALL: number;
+  MAX_IMAGE_BYTES: number;
+  MAX_IMAGE_PIXELS: number;
+  MAX_IMAGE_SIDE: number;
 }
 
 export interface MaasDeps {
@@ -86,11 +99,19 @@ const RPC_OF_TASK: Record<ModelTask, string> = {
   classification: 'Classify',
   embedding: 'Embed',
   generation: 'Generate',
+  image_classification: 'ClassifyImage',
+  object_detection: 'DetectObjects',
+  text_detection: 'ReadText',
+  text_recognition: 'ReadText with a text detection model that names it',
 };
 const PROTO_TASK: Record<ModelTask, ProtoTask> = {
   classification: ProtoTask.TASK_CLASSIFICATION,
   embedding: ProtoTask.TASK_EMBEDDING,
   generation: ProtoTask.TASK_GENERATION,
+  image_classification: ProtoTask.TASK_IMAGE_CLASSIFICATION,
+  object_detection: ProtoTask.TASK_OBJECT_DETECTION,
+  text_detection: ProtoTask.TASK_TEXT_DETECTION,
+  text_recognition: ProtoTask.TASK_TEXT_RECOGNITION,
 };
 
 interface RequestContext {
@@ -100,7 +121,7 @@ interface RequestContext {
   deadline: Date;
   signal: AbortSignal;
   startedAt: number;
-  usage: { promptTokens: number; generatedTokens: number };
+  usage: { promptTokens: number; generatedTokens: number; images: number; pixels: number };
   /** Tokens charged to the key's tokens-per-minute budget (Tokenize/CountTokens are not). */
   chargeTokens: boolean;
   /** The status to meter when the call ends without an error (a generation the caller cancelled). */
@@ -139,6 +160,9 @@ export interface MaasCore {
   countTokens(request: CountTokensRequest, caller: Caller): Promise<CountTokensResponse>;
   listModels(caller: Caller): Promise<ListModelsResponse>;
   getModel(request: GetModelRequest, caller: Caller): Promise<GetModelResponse>;
+  classifyImage(request: ClassifyImageRequest, caller: Caller): Promise<ClassifyImageResponse>;
+  detectObjects(request: DetectObjectsRequest, caller: Caller): Promise<DetectObjectsResponse>;
+  readText(request: ReadTextRequest, caller: Caller): Promise<ReadTextResponse>;
 }
 
 export function createMaasCore(deps: MaasDeps): MaasCore {
@@ -188,7 +212,7 @@ export function createMaasCore(deps: MaasDeps): MaasCore {
     work: (ctx: RequestContext) => Promise<T>,
   ): Promise<T> {
     const startedAt = performance.now();
-    const usage = { promptTokens: 0, generatedTokens: 0 };
+    const usage = { promptTokens: 0, generatedTokens: 0, images: 0, pixels: 0 };
     let ctx: RequestContext | undefined;
     let principal: Principal | undefined;
     let code = status.OK;
@@ -235,6 +259,8 @@ export function createMaasCore(deps: MaasDeps): MaasCore {
         code,
         promptTokens: usage.promptTokens,
         generatedTokens: usage.generatedTokens,
+        images: usage.images,
+        pixels: usage.pixels,
         durationMs: performance.now() - startedAt,
         texts: options.texts,
         error,
@@ -270,7 +296,17 @@ export function createMaasCore(deps: MaasDeps): MaasCore {
     description: model.description,
     versions: model.versions,
     ready: (ready?.get(model.name)?.size ?? 0) > 0,
-    limits: model.limits,
+    limits: {
+      ...model.limits,
+      ...(model.vision
+        ? {
+            maxImages: settings.MAX_IMAGES_PER_CALL,
+            maxImageBytes: settings.MAX_IMAGE_BYTES,
+            maxImagePixels: settings.MAX_IMAGE_PIXELS,
+            maxImageSide: settings.MAX_IMAGE_SIDE,
+          }
+        : { maxImages: 0, maxImageBytes: 0, maxImagePixels: 0, maxImageSide: 0 }),
+    },
     labels: model.versions.map((v) => model.labelsByVersion.get(v)).find(Boolean) ?? [],
     dimensions: model.dimensions,
   });
@@ -324,7 +360,151 @@ export function createMaasCore(deps: MaasDeps): MaasCore {
     }
   }
 
+  const imageLimits = {
+    maxBytes: settings.MAX_IMAGE_BYTES,
+    maxPixels: settings.MAX_IMAGE_PIXELS,
+    maxSide: settings.MAX_IMAGE_SIDE,
+  };
+
+  /** The call's images, decoded and metered (an image counts as much as a text: one row of the call). */
+  async function imagesOf(ctx: RequestContext, images: Image[]): Promise<RgbImage[]> {
+    if (images.length === 0) throw invalidArgument('images', 'must not be empty');
+    if (images.length > settings.MAX_IMAGES_PER_CALL) {
+      throw invalidArgument(
+        'images',
+        `${images.length} images exceed the limit of ${settings.MAX_IMAGES_PER_CALL}`,
+      );
+    }
+    const decoded = await decodeImages(images, imageLimits);
+    ctx.usage.images = decoded.length;
+    ctx.usage.pixels = sum(decoded.map((i) => i.width * i.height));
+    return decoded;
+  }
+
+  const imageUsage = (ctx: RequestContext) => ({ images: ctx.usage.images, pixels: ctx.usage.pixels });
+
+  /** A model ReadText's detector names: resolved by name, its task checked (the key's scope is the detector's). */
+  const componentOf = (detector: CatalogueModel, name: string, field: string, task: ModelTask) => {
+    const model = catalogue.get(name);
+    if (!model || model.task !== task) {
+      throw failedPrecondition(
+        `model '${detector.name}' names ${field} '${name}', which is ${model ? `a ${model.task} model` : (catalogue.problem(name) ?? 'not in the repository')}`,
+      );
+    }
+    return model;
+  };
+
   return {
+    classifyImage: (request, caller) =>
+      serve(
+        caller,
+        {
+          task: 'image_classification',
+          model: { name: request.model, field: 'model', task: 'image_classification' },
+          capDeadline: true,
+        },
+        async (ctx) => {
+          const images = await imagesOf(ctx, request.images);
+          const { modelVersion, results } = await classifyImages(
+            downstream.inference,
+            ctx.model!,
+            images,
+            request.topK || 1,
+            ctx,
+          );
+          return { results: results.map((labels) => ({ labels })), modelVersion, usage: imageUsage(ctx) };
+        },
+      ),
+
+    detectObjects: (request, caller) =>
+      serve(
+        caller,
+        {
+          task: 'object_detection',
+          model: { name: request.model, field: 'model', task: 'object_detection' },
+          capDeadline: true,
+        },
+        async (ctx) => {
+          const config = ctx.model!.config.objectDetection!;
+          const unit = (field: string, value: number | undefined, fallback: number) => {
+            if (value === undefined) return fallback;
+            if (!(value >= 0 && value <= 1))
+              throw invalidArgument(field, `is ${value}; it must be in [0, 1]`);
+            return value;
+          };
+          const parameters = {
+            scoreThreshold: unit('score_threshold', request.scoreThreshold, config.scoreThreshold),
+            iouThreshold: unit('iou_threshold', request.iouThreshold, config.iouThreshold),
+            maxDetections: Math.min(request.maxDetections || config.maxDetections, 1000),
+          };
+          const images = await imagesOf(ctx, request.images);
+          const { modelVersion, results } = await detectObjects(
+            downstream.inference,
+            ctx.model!,
+            images,
+            parameters,
+            ctx,
+          );
+          return {
+            results: results.map((boxes) => ({
+              detections: boxes.map((b) => ({
+                label: b.label,
+                index: b.classIndex,
+                score: b.score,
+                box: { xMin: b.xMin, yMin: b.yMin, xMax: b.xMax, yMax: b.yMax },
+              })),
+            })),
+            modelVersion,
+            usage: imageUsage(ctx),
+          };
+        },
+      ),
+
+    readText: (request, caller) =>
+      serve(
+        caller,
+        {
+          task: 'read_text',
+          model: { name: request.model, field: 'model', task: 'text_detection' },
+          capDeadline: true,
+        },
+        async (ctx) => {
+          const detector = ctx.model!;
+          const config = detector.config.textDetection!;
+          const recognizer = componentOf(detector, config.recognizer, 'recognizer', 'text_recognition');
+          const directionClassifier = config.directionClassifier
+            ? componentOf(detector, config.directionClassifier, 'directionClassifier', 'image_classification')
+            : undefined;
+          if (request.classifyDirection && !directionClassifier) {
+            throw invalidArgument(
+              'classify_direction',
+              `model '${detector.name}' names no direction classifier`,
+            );
+          }
+          const images = await imagesOf(ctx, request.images);
+          const { modelVersions, results } = await readText(
+            downstream.inference,
+            { detector, recognizer, directionClassifier },
+            images,
+            request.classifyDirection ?? directionClassifier !== undefined,
+            ctx,
+          );
+          return {
+            results: results.map((rows) => ({
+              lines: rows.flat().map((l) => ({
+                text: l.text,
+                confidence: l.confidence,
+                box: l.quad.map(([x, y]) => ({ x, y })),
+                rotated180: l.rotated180,
+              })),
+              text: rows.map((row) => row.map((l) => l.text).join(' ')).join('\n'),
+            })),
+            modelVersions,
+            usage: imageUsage(ctx),
+          };
+        },
+      ),
+
     classify: (request, caller) =>
       serve(
         caller,

@@ -45,5 +45,8 @@ export function createMaasGrpcService(core: MaasCore): MaasServiceServer {
     countTokens: unary((request, call) => core.countTokens(request, callerOf(call))),
     listModels: unary((_request, call) => core.listModels(callerOf(call))),
     getModel: unary((request, call) => core.getModel(request, callerOf(call))),
+    classifyImage: unary((request, call) => core.classifyImage(request, callerOf(call))),
+    detectObjects: unary((request, call) => core.detectObjects(request, callerOf(call))),
+    readText: unary((request, call) => core.readText(request, callerOf(call))),
   };
 }

@@ -461,6 +461,10 @@ const TASK_NAME: Record<Task, string> = {
   [Task.TASK_CLASSIFICATION]: 'classification',
   [Task.TASK_EMBEDDING]: 'embedding',
   [Task.TASK_GENERATION]: 'generation',
+  [Task.TASK_IMAGE_CLASSIFICATION]: 'image_classification',
+  [Task.TASK_OBJECT_DETECTION]: 'object_detection',
+  [Task.TASK_TEXT_DETECTION]: 'text_detection',
+  [Task.TASK_TEXT_RECOGNITION]: 'text_recognition',
   [Task.UNRECOGNIZED]: 'unspecified',
 };
 

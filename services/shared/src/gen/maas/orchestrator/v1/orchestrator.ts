@@ -92,6 +92,14 @@ export enum Task {
   TASK_EMBEDDING = 2,
   /** TASK_GENERATION - Text generation. */
   TASK_GENERATION = 3,
+  /** TASK_IMAGE_CLASSIFICATION - Image classification. */
+  TASK_IMAGE_CLASSIFICATION = 4,
+  /** TASK_OBJECT_DETECTION - Object detection. */
+  TASK_OBJECT_DETECTION = 5,
+  /** TASK_TEXT_DETECTION - Text detection in images, the first stage of ReadText. */
+  TASK_TEXT_DETECTION = 6,
+  /** TASK_TEXT_RECOGNITION - Text recognition of line images, the second stage of ReadText. */
+  TASK_TEXT_RECOGNITION = 7,
   UNRECOGNIZED = -1,
 }
 
@@ -109,6 +117,18 @@ export function taskFromJSON(object: any): Task {
     case 3:
     case "TASK_GENERATION":
       return Task.TASK_GENERATION;
+    case 4:
+    case "TASK_IMAGE_CLASSIFICATION":
+      return Task.TASK_IMAGE_CLASSIFICATION;
+    case 5:
+    case "TASK_OBJECT_DETECTION":
+      return Task.TASK_OBJECT_DETECTION;
+    case 6:
+    case "TASK_TEXT_DETECTION":
+      return Task.TASK_TEXT_DETECTION;
+    case 7:
+    case "TASK_TEXT_RECOGNITION":
+      return Task.TASK_TEXT_RECOGNITION;
     case -1:
     case "UNRECOGNIZED":
     default:
@@ -126,6 +146,14 @@ export function taskToJSON(object: Task): string {
       return "TASK_EMBEDDING";
     case Task.TASK_GENERATION:
       return "TASK_GENERATION";
+    case Task.TASK_IMAGE_CLASSIFICATION:
+      return "TASK_IMAGE_CLASSIFICATION";
+    case Task.TASK_OBJECT_DETECTION:
+      return "TASK_OBJECT_DETECTION";
+    case Task.TASK_TEXT_DETECTION:
+      return "TASK_TEXT_DETECTION";
+    case Task.TASK_TEXT_RECOGNITION:
+      return "TASK_TEXT_RECOGNITION";
     case Task.UNRECOGNIZED:
     default:
       return "UNRECOGNIZED";
@@ -315,6 +343,14 @@ export interface ModelLimits {
   maxInputCharacters: number;
   /** Tokens generated per call (generation models). */
   maxNewTokens: number;
+  /** Images per call (image models). */
+  maxImages: number;
+  /** Bytes of one encoded image (image models). */
+  maxImageBytes: number;
+  /** Pixels (width × height) of one image (image models). */
+  maxImagePixels: number;
+  /** Width or height of one image, in pixels (image models). */
+  maxImageSide: number;
 }
 
 /** A model users can call. */
@@ -355,6 +391,177 @@ export interface GetModelRequest {
 export interface GetModelResponse {
   /** The model. */
   model: Model | undefined;
+}
+
+/** An image: encoded bytes or decoded pixels. */
+export interface Image {
+  source:
+    | //
+    /** A PNG, JPEG or WebP file's bytes. */
+    { $case: "data"; value: Buffer }
+    | //
+    /** Decoded 8-bit pixels. */
+    { $case: "tensor"; value: ImageTensor }
+    | undefined;
+}
+
+/**
+ * Decoded 8-bit pixels, row by row, channels interleaved (height × width ×
+ * channels bytes).
+ */
+export interface ImageTensor {
+  /** Width in pixels. */
+  width: number;
+  /** Height in pixels. */
+  height: number;
+  /** 1 (grey), 3 (RGB) or 4 (RGBA). */
+  channels: number;
+  /** The pixels. */
+  pixels: Buffer;
+}
+
+/** What an image call consumed, as metered. */
+export interface ImageUsage {
+  /** Images in the call. */
+  images: number;
+  /** Their pixels (width × height), summed. */
+  pixels: number;
+}
+
+export interface ClassifyImageRequest {
+  /** The model's name. */
+  model: string;
+  /** The images; at most the model's max_images. */
+  images: Image[];
+  /** How many labels per image, best first; 0 means 1. */
+  topK: number;
+}
+
+export interface ClassifyImageResponse {
+  /** One result per image, in order. */
+  results: Classification[];
+  /** The model version used. */
+  modelVersion: string;
+  /** What the call consumed. */
+  usage: ImageUsage | undefined;
+}
+
+export interface DetectObjectsRequest {
+  /** The model's name. */
+  model: string;
+  /** The images; at most the model's max_images. */
+  images: Image[];
+  /** Detections scoring below this are dropped; unset means the model's default. */
+  scoreThreshold?:
+    | number
+    | undefined;
+  /**
+   * Boxes of one class overlapping more than this (intersection over union)
+   * are suppressed but the best; unset means the model's default.
+   */
+  iouThreshold?:
+    | number
+    | undefined;
+  /** Detections per image, best first; 0 means the model's default. */
+  maxDetections: number;
+}
+
+/**
+ * An axis-aligned box in pixels of the original image; (0, 0) is the
+ * top-left corner.
+ */
+export interface BoundingBox {
+  /** Left edge. */
+  xMin: number;
+  /** Top edge. */
+  yMin: number;
+  /** Right edge. */
+  xMax: number;
+  /** Bottom edge. */
+  yMax: number;
+}
+
+/** One detected object. */
+export interface Detection {
+  /** Its class's label. */
+  label: string;
+  /** Its class's index in the model's label list. */
+  index: number;
+  /** Its score. */
+  score: number;
+  /** Where it is. */
+  box: BoundingBox | undefined;
+}
+
+/** The objects found in one image. */
+export interface ImageDetections {
+  /** Best first. */
+  detections: Detection[];
+}
+
+export interface DetectObjectsResponse {
+  /** One result per image, in order. */
+  results: ImageDetections[];
+  /** The model version used. */
+  modelVersion: string;
+  /** What the call consumed. */
+  usage: ImageUsage | undefined;
+}
+
+export interface ReadTextRequest {
+  /** The text detection model's name (its config names the recognizer). */
+  model: string;
+  /** The images; at most the model's max_images. */
+  images: Image[];
+  /**
+   * Classify each line's direction and turn upside-down lines before
+   * reading them; unset means the model's default (on when it names a
+   * direction classifier).
+   */
+  classifyDirection?: boolean | undefined;
+}
+
+/** A point in pixels of the original image. */
+export interface Point {
+  /** Horizontal, from the left edge. */
+  x: number;
+  /** Vertical, from the top edge. */
+  y: number;
+}
+
+/** One line of text. */
+export interface TextLine {
+  /** The text read. */
+  text: string;
+  /** The recognizer's mean per-character confidence, in [0, 1]. */
+  confidence: number;
+  /**
+   * The line's quadrilateral: top-left, top-right, bottom-right, bottom-left
+   * as the text reads.
+   */
+  box: Point[];
+  /** Set when the direction classifier found the line upside down. */
+  rotated180: boolean;
+}
+
+/** The text of one image. */
+export interface ImageText {
+  /** Lines in reading order: top to bottom, left to right within a row. */
+  lines: TextLine[];
+  /**
+   * The lines' texts, rows joined by newlines and lines within a row by
+   * spaces.
+   */
+  text: string;
+}
+
+export interface ReadTextResponse {
+  /** One result per image, in order. */
+  results: ImageText[];
+  /** The versions used, as model:version, detection first. */
+  modelVersions: string[];
+  /** What the call consumed. */
+  usage: ImageUsage | undefined;
 }
 
 function createBaseUsage(): Usage {
@@ -2169,7 +2376,16 @@ export const CountTokensResponse: MessageFns<CountTokensResponse> = {
 };
 
 function createBaseModelLimits(): ModelLimits {
-  return { maxBatchSize: 0, maxInputTokens: 0, maxInputCharacters: 0, maxNewTokens: 0 };
+  return {
+    maxBatchSize: 0,
+    maxInputTokens: 0,
+    maxInputCharacters: 0,
+    maxNewTokens: 0,
+    maxImages: 0,
+    maxImageBytes: 0,
+    maxImagePixels: 0,
+    maxImageSide: 0,
+  };
 }
 
 export const ModelLimits: MessageFns<ModelLimits> = {
@@ -2185,6 +2401,18 @@ export const ModelLimits: MessageFns<ModelLimits> = {
     }
     if (message.maxNewTokens !== 0) {
       writer.uint32(32).uint32(message.maxNewTokens);
+    }
+    if (message.maxImages !== 0) {
+      writer.uint32(40).uint32(message.maxImages);
+    }
+    if (message.maxImageBytes !== 0) {
+      writer.uint32(48).uint64(message.maxImageBytes);
+    }
+    if (message.maxImagePixels !== 0) {
+      writer.uint32(56).uint64(message.maxImagePixels);
+    }
+    if (message.maxImageSide !== 0) {
+      writer.uint32(64).uint32(message.maxImageSide);
     }
     return writer;
   },
@@ -2234,6 +2462,38 @@ export const ModelLimits: MessageFns<ModelLimits> = {
             message.maxNewTokens = reader.uint32();
             continue;
           }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.maxImages = reader.uint32();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.maxImageBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.maxImagePixels = longToNumber(reader.uint64());
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.maxImageSide = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2268,6 +2528,26 @@ export const ModelLimits: MessageFns<ModelLimits> = {
         : isSet(object.max_new_tokens)
         ? globalThis.Number(object.max_new_tokens)
         : 0,
+      maxImages: isSet(object.maxImages)
+        ? globalThis.Number(object.maxImages)
+        : isSet(object.max_images)
+        ? globalThis.Number(object.max_images)
+        : 0,
+      maxImageBytes: isSet(object.maxImageBytes)
+        ? globalThis.Number(object.maxImageBytes)
+        : isSet(object.max_image_bytes)
+        ? globalThis.Number(object.max_image_bytes)
+        : 0,
+      maxImagePixels: isSet(object.maxImagePixels)
+        ? globalThis.Number(object.maxImagePixels)
+        : isSet(object.max_image_pixels)
+        ? globalThis.Number(object.max_image_pixels)
+        : 0,
+      maxImageSide: isSet(object.maxImageSide)
+        ? globalThis.Number(object.maxImageSide)
+        : isSet(object.max_image_side)
+        ? globalThis.Number(object.max_image_side)
+        : 0,
     };
   },
 
@@ -2285,6 +2565,18 @@ export const ModelLimits: MessageFns<ModelLimits> = {
     if (message.maxNewTokens !== 0) {
       obj.maxNewTokens = Math.round(message.maxNewTokens);
     }
+    if (message.maxImages !== 0) {
+      obj.maxImages = Math.round(message.maxImages);
+    }
+    if (message.maxImageBytes !== 0) {
+      obj.maxImageBytes = Math.round(message.maxImageBytes);
+    }
+    if (message.maxImagePixels !== 0) {
+      obj.maxImagePixels = Math.round(message.maxImagePixels);
+    }
+    if (message.maxImageSide !== 0) {
+      obj.maxImageSide = Math.round(message.maxImageSide);
+    }
     return obj;
   },
 
@@ -2297,6 +2589,10 @@ export const ModelLimits: MessageFns<ModelLimits> = {
     message.maxInputTokens = object.maxInputTokens ?? 0;
     message.maxInputCharacters = object.maxInputCharacters ?? 0;
     message.maxNewTokens = object.maxNewTokens ?? 0;
+    message.maxImages = object.maxImages ?? 0;
+    message.maxImageBytes = object.maxImageBytes ?? 0;
+    message.maxImagePixels = object.maxImagePixels ?? 0;
+    message.maxImageSide = object.maxImageSide ?? 0;
     return message;
   },
 };
@@ -2746,6 +3042,1601 @@ export const GetModelResponse: MessageFns<GetModelResponse> = {
   },
 };
 
+function createBaseImage(): Image {
+  return { source: undefined };
+}
+
+export const Image: MessageFns<Image> = {
+  encode(message: Image, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    switch (message.source?.$case) {
+      case "data":
+        writer.uint32(10).bytes(message.source.value);
+        break;
+      case "tensor":
+        ImageTensor.encode(message.source.value, writer.uint32(18).fork()).join();
+        break;
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): Image {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseImage();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.source = { $case: "data", value: Buffer.from(reader.bytes()) };
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.source = { $case: "tensor", value: ImageTensor.decode(reader, reader.uint32()) };
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): Image {
+    return {
+      source: isSet(object.data)
+        ? { $case: "data", value: Buffer.from(bytesFromBase64(object.data)) }
+        : isSet(object.tensor)
+        ? { $case: "tensor", value: ImageTensor.fromJSON(object.tensor) }
+        : undefined,
+    };
+  },
+
+  toJSON(message: Image): unknown {
+    const obj: any = {};
+    if (message.source?.$case === "data") {
+      obj.data = base64FromBytes(message.source.value);
+    } else if (message.source?.$case === "tensor") {
+      obj.tensor = ImageTensor.toJSON(message.source.value);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<Image>): Image {
+    return Image.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<Image>): Image {
+    const message = createBaseImage();
+    switch (object.source?.$case) {
+      case "data": {
+        if (object.source?.value !== undefined && object.source?.value !== null) {
+          message.source = { $case: "data", value: object.source.value };
+        }
+        break;
+      }
+      case "tensor": {
+        if (object.source?.value !== undefined && object.source?.value !== null) {
+          message.source = { $case: "tensor", value: ImageTensor.fromPartial(object.source.value) };
+        }
+        break;
+      }
+    }
+    return message;
+  },
+};
+
+function createBaseImageTensor(): ImageTensor {
+  return { width: 0, height: 0, channels: 0, pixels: Buffer.alloc(0) };
+}
+
+export const ImageTensor: MessageFns<ImageTensor> = {
+  encode(message: ImageTensor, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.width !== 0) {
+      writer.uint32(8).uint32(message.width);
+    }
+    if (message.height !== 0) {
+      writer.uint32(16).uint32(message.height);
+    }
+    if (message.channels !== 0) {
+      writer.uint32(24).uint32(message.channels);
+    }
+    if (message.pixels.length !== 0) {
+      writer.uint32(34).bytes(message.pixels);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ImageTensor {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseImageTensor();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.width = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.height = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.channels = reader.uint32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.pixels = Buffer.from(reader.bytes());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ImageTensor {
+    return {
+      width: isSet(object.width) ? globalThis.Number(object.width) : 0,
+      height: isSet(object.height) ? globalThis.Number(object.height) : 0,
+      channels: isSet(object.channels) ? globalThis.Number(object.channels) : 0,
+      pixels: isSet(object.pixels) ? Buffer.from(bytesFromBase64(object.pixels)) : Buffer.alloc(0),
+    };
+  },
+
+  toJSON(message: ImageTensor): unknown {
+    const obj: any = {};
+    if (message.width !== 0) {
+      obj.width = Math.round(message.width);
+    }
+    if (message.height !== 0) {
+      obj.height = Math.round(message.height);
+    }
+    if (message.channels !== 0) {
+      obj.channels = Math.round(message.channels);
+    }
+    if (message.pixels.length !== 0) {
+      obj.pixels = base64FromBytes(message.pixels);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ImageTensor>): ImageTensor {
+    return ImageTensor.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ImageTensor>): ImageTensor {
+    const message = createBaseImageTensor();
+    message.width = object.width ?? 0;
+    message.height = object.height ?? 0;
+    message.channels = object.channels ?? 0;
+    message.pixels = object.pixels ?? Buffer.alloc(0);
+    return message;
+  },
+};
+
+function createBaseImageUsage(): ImageUsage {
+  return { images: 0, pixels: 0 };
+}
+
+export const ImageUsage: MessageFns<ImageUsage> = {
+  encode(message: ImageUsage, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.images !== 0) {
+      writer.uint32(8).uint32(message.images);
+    }
+    if (message.pixels !== 0) {
+      writer.uint32(16).uint64(message.pixels);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ImageUsage {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseImageUsage();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.images = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.pixels = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ImageUsage {
+    return {
+      images: isSet(object.images) ? globalThis.Number(object.images) : 0,
+      pixels: isSet(object.pixels) ? globalThis.Number(object.pixels) : 0,
+    };
+  },
+
+  toJSON(message: ImageUsage): unknown {
+    const obj: any = {};
+    if (message.images !== 0) {
+      obj.images = Math.round(message.images);
+    }
+    if (message.pixels !== 0) {
+      obj.pixels = Math.round(message.pixels);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ImageUsage>): ImageUsage {
+    return ImageUsage.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ImageUsage>): ImageUsage {
+    const message = createBaseImageUsage();
+    message.images = object.images ?? 0;
+    message.pixels = object.pixels ?? 0;
+    return message;
+  },
+};
+
+function createBaseClassifyImageRequest(): ClassifyImageRequest {
+  return { model: "", images: [], topK: 0 };
+}
+
+export const ClassifyImageRequest: MessageFns<ClassifyImageRequest> = {
+  encode(message: ClassifyImageRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.model !== "") {
+      writer.uint32(10).string(message.model);
+    }
+    for (const v of message.images) {
+      Image.encode(v!, writer.uint32(18).fork()).join();
+    }
+    if (message.topK !== 0) {
+      writer.uint32(24).uint32(message.topK);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ClassifyImageRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseClassifyImageRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.model = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.images.push(Image.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.topK = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ClassifyImageRequest {
+    return {
+      model: isSet(object.model) ? globalThis.String(object.model) : "",
+      images: globalThis.Array.isArray(object?.images) ? object.images.map((e: any) => Image.fromJSON(e)) : [],
+      topK: isSet(object.topK)
+        ? globalThis.Number(object.topK)
+        : isSet(object.top_k)
+        ? globalThis.Number(object.top_k)
+        : 0,
+    };
+  },
+
+  toJSON(message: ClassifyImageRequest): unknown {
+    const obj: any = {};
+    if (message.model !== "") {
+      obj.model = message.model;
+    }
+    if (message.images?.length) {
+      obj.images = message.images.map((e) => Image.toJSON(e));
+    }
+    if (message.topK !== 0) {
+      obj.topK = Math.round(message.topK);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ClassifyImageRequest>): ClassifyImageRequest {
+    return ClassifyImageRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ClassifyImageRequest>): ClassifyImageRequest {
+    const message = createBaseClassifyImageRequest();
+    message.model = object.model ?? "";
+    message.images = object.images?.map((e) => Image.fromPartial(e)) || [];
+    message.topK = object.topK ?? 0;
+    return message;
+  },
+};
+
+function createBaseClassifyImageResponse(): ClassifyImageResponse {
+  return { results: [], modelVersion: "", usage: undefined };
+}
+
+export const ClassifyImageResponse: MessageFns<ClassifyImageResponse> = {
+  encode(message: ClassifyImageResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.results) {
+      Classification.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.modelVersion !== "") {
+      writer.uint32(18).string(message.modelVersion);
+    }
+    if (message.usage !== undefined) {
+      ImageUsage.encode(message.usage, writer.uint32(26).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ClassifyImageResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseClassifyImageResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.results.push(Classification.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.modelVersion = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.usage = ImageUsage.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ClassifyImageResponse {
+    return {
+      results: globalThis.Array.isArray(object?.results)
+        ? object.results.map((e: any) => Classification.fromJSON(e))
+        : [],
+      modelVersion: isSet(object.modelVersion)
+        ? globalThis.String(object.modelVersion)
+        : isSet(object.model_version)
+        ? globalThis.String(object.model_version)
+        : "",
+      usage: isSet(object.usage) ? ImageUsage.fromJSON(object.usage) : undefined,
+    };
+  },
+
+  toJSON(message: ClassifyImageResponse): unknown {
+    const obj: any = {};
+    if (message.results?.length) {
+      obj.results = message.results.map((e) => Classification.toJSON(e));
+    }
+    if (message.modelVersion !== "") {
+      obj.modelVersion = message.modelVersion;
+    }
+    if (message.usage !== undefined) {
+      obj.usage = ImageUsage.toJSON(message.usage);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ClassifyImageResponse>): ClassifyImageResponse {
+    return ClassifyImageResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ClassifyImageResponse>): ClassifyImageResponse {
+    const message = createBaseClassifyImageResponse();
+    message.results = object.results?.map((e) => Classification.fromPartial(e)) || [];
+    message.modelVersion = object.modelVersion ?? "";
+    message.usage = (object.usage !== undefined && object.usage !== null)
+      ? ImageUsage.fromPartial(object.usage)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseDetectObjectsRequest(): DetectObjectsRequest {
+  return { model: "", images: [], scoreThreshold: undefined, iouThreshold: undefined, maxDetections: 0 };
+}
+
+export const DetectObjectsRequest: MessageFns<DetectObjectsRequest> = {
+  encode(message: DetectObjectsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.model !== "") {
+      writer.uint32(10).string(message.model);
+    }
+    for (const v of message.images) {
+      Image.encode(v!, writer.uint32(18).fork()).join();
+    }
+    if (message.scoreThreshold !== undefined) {
+      writer.uint32(29).float(message.scoreThreshold);
+    }
+    if (message.iouThreshold !== undefined) {
+      writer.uint32(37).float(message.iouThreshold);
+    }
+    if (message.maxDetections !== 0) {
+      writer.uint32(40).uint32(message.maxDetections);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DetectObjectsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDetectObjectsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.model = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.images.push(Image.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 3: {
+            if (tag !== 29) {
+              break;
+            }
+
+            message.scoreThreshold = reader.float();
+            continue;
+          }
+          case 4: {
+            if (tag !== 37) {
+              break;
+            }
+
+            message.iouThreshold = reader.float();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.maxDetections = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DetectObjectsRequest {
+    return {
+      model: isSet(object.model) ? globalThis.String(object.model) : "",
+      images: globalThis.Array.isArray(object?.images) ? object.images.map((e: any) => Image.fromJSON(e)) : [],
+      scoreThreshold: isSet(object.scoreThreshold)
+        ? globalThis.Number(object.scoreThreshold)
+        : isSet(object.score_threshold)
+        ? globalThis.Number(object.score_threshold)
+        : undefined,
+      iouThreshold: isSet(object.iouThreshold)
+        ? globalThis.Number(object.iouThreshold)
+        : isSet(object.iou_threshold)
+        ? globalThis.Number(object.iou_threshold)
+        : undefined,
+      maxDetections: isSet(object.maxDetections)
+        ? globalThis.Number(object.maxDetections)
+        : isSet(object.max_detections)
+        ? globalThis.Number(object.max_detections)
+        : 0,
+    };
+  },
+
+  toJSON(message: DetectObjectsRequest): unknown {
+    const obj: any = {};
+    if (message.model !== "") {
+      obj.model = message.model;
+    }
+    if (message.images?.length) {
+      obj.images = message.images.map((e) => Image.toJSON(e));
+    }
+    if (message.scoreThreshold !== undefined) {
+      obj.scoreThreshold = floatToJson(message.scoreThreshold);
+    }
+    if (message.iouThreshold !== undefined) {
+      obj.iouThreshold = floatToJson(message.iouThreshold);
+    }
+    if (message.maxDetections !== 0) {
+      obj.maxDetections = Math.round(message.maxDetections);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<DetectObjectsRequest>): DetectObjectsRequest {
+    return DetectObjectsRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<DetectObjectsRequest>): DetectObjectsRequest {
+    const message = createBaseDetectObjectsRequest();
+    message.model = object.model ?? "";
+    message.images = object.images?.map((e) => Image.fromPartial(e)) || [];
+    message.scoreThreshold = object.scoreThreshold ?? undefined;
+    message.iouThreshold = object.iouThreshold ?? undefined;
+    message.maxDetections = object.maxDetections ?? 0;
+    return message;
+  },
+};
+
+function createBaseBoundingBox(): BoundingBox {
+  return { xMin: 0, yMin: 0, xMax: 0, yMax: 0 };
+}
+
+export const BoundingBox: MessageFns<BoundingBox> = {
+  encode(message: BoundingBox, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.xMin !== 0) {
+      writer.uint32(13).float(message.xMin);
+    }
+    if (message.yMin !== 0) {
+      writer.uint32(21).float(message.yMin);
+    }
+    if (message.xMax !== 0) {
+      writer.uint32(29).float(message.xMax);
+    }
+    if (message.yMax !== 0) {
+      writer.uint32(37).float(message.yMax);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): BoundingBox {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseBoundingBox();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 13) {
+              break;
+            }
+
+            message.xMin = reader.float();
+            continue;
+          }
+          case 2: {
+            if (tag !== 21) {
+              break;
+            }
+
+            message.yMin = reader.float();
+            continue;
+          }
+          case 3: {
+            if (tag !== 29) {
+              break;
+            }
+
+            message.xMax = reader.float();
+            continue;
+          }
+          case 4: {
+            if (tag !== 37) {
+              break;
+            }
+
+            message.yMax = reader.float();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): BoundingBox {
+    return {
+      xMin: isSet(object.xMin)
+        ? globalThis.Number(object.xMin)
+        : isSet(object.x_min)
+        ? globalThis.Number(object.x_min)
+        : 0,
+      yMin: isSet(object.yMin)
+        ? globalThis.Number(object.yMin)
+        : isSet(object.y_min)
+        ? globalThis.Number(object.y_min)
+        : 0,
+      xMax: isSet(object.xMax)
+        ? globalThis.Number(object.xMax)
+        : isSet(object.x_max)
+        ? globalThis.Number(object.x_max)
+        : 0,
+      yMax: isSet(object.yMax)
+        ? globalThis.Number(object.yMax)
+        : isSet(object.y_max)
+        ? globalThis.Number(object.y_max)
+        : 0,
+    };
+  },
+
+  toJSON(message: BoundingBox): unknown {
+    const obj: any = {};
+    if (message.xMin !== 0) {
+      obj.xMin = floatToJson(message.xMin);
+    }
+    if (message.yMin !== 0) {
+      obj.yMin = floatToJson(message.yMin);
+    }
+    if (message.xMax !== 0) {
+      obj.xMax = floatToJson(message.xMax);
+    }
+    if (message.yMax !== 0) {
+      obj.yMax = floatToJson(message.yMax);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<BoundingBox>): BoundingBox {
+    return BoundingBox.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<BoundingBox>): BoundingBox {
+    const message = createBaseBoundingBox();
+    message.xMin = object.xMin ?? 0;
+    message.yMin = object.yMin ?? 0;
+    message.xMax = object.xMax ?? 0;
+    message.yMax = object.yMax ?? 0;
+    return message;
+  },
+};
+
+function createBaseDetection(): Detection {
+  return { label: "", index: 0, score: 0, box: undefined };
+}
+
+export const Detection: MessageFns<Detection> = {
+  encode(message: Detection, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.label !== "") {
+      writer.uint32(10).string(message.label);
+    }
+    if (message.index !== 0) {
+      writer.uint32(16).uint32(message.index);
+    }
+    if (message.score !== 0) {
+      writer.uint32(29).float(message.score);
+    }
+    if (message.box !== undefined) {
+      BoundingBox.encode(message.box, writer.uint32(34).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): Detection {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDetection();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.label = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.index = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 29) {
+              break;
+            }
+
+            message.score = reader.float();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.box = BoundingBox.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): Detection {
+    return {
+      label: isSet(object.label) ? globalThis.String(object.label) : "",
+      index: isSet(object.index) ? globalThis.Number(object.index) : 0,
+      score: isSet(object.score) ? globalThis.Number(object.score) : 0,
+      box: isSet(object.box) ? BoundingBox.fromJSON(object.box) : undefined,
+    };
+  },
+
+  toJSON(message: Detection): unknown {
+    const obj: any = {};
+    if (message.label !== "") {
+      obj.label = message.label;
+    }
+    if (message.index !== 0) {
+      obj.index = Math.round(message.index);
+    }
+    if (message.score !== 0) {
+      obj.score = floatToJson(message.score);
+    }
+    if (message.box !== undefined) {
+      obj.box = BoundingBox.toJSON(message.box);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<Detection>): Detection {
+    return Detection.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<Detection>): Detection {
+    const message = createBaseDetection();
+    message.label = object.label ?? "";
+    message.index = object.index ?? 0;
+    message.score = object.score ?? 0;
+    message.box = (object.box !== undefined && object.box !== null) ? BoundingBox.fromPartial(object.box) : undefined;
+    return message;
+  },
+};
+
+function createBaseImageDetections(): ImageDetections {
+  return { detections: [] };
+}
+
+export const ImageDetections: MessageFns<ImageDetections> = {
+  encode(message: ImageDetections, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.detections) {
+      Detection.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ImageDetections {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseImageDetections();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.detections.push(Detection.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ImageDetections {
+    return {
+      detections: globalThis.Array.isArray(object?.detections)
+        ? object.detections.map((e: any) => Detection.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: ImageDetections): unknown {
+    const obj: any = {};
+    if (message.detections?.length) {
+      obj.detections = message.detections.map((e) => Detection.toJSON(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ImageDetections>): ImageDetections {
+    return ImageDetections.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ImageDetections>): ImageDetections {
+    const message = createBaseImageDetections();
+    message.detections = object.detections?.map((e) => Detection.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseDetectObjectsResponse(): DetectObjectsResponse {
+  return { results: [], modelVersion: "", usage: undefined };
+}
+
+export const DetectObjectsResponse: MessageFns<DetectObjectsResponse> = {
+  encode(message: DetectObjectsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.results) {
+      ImageDetections.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.modelVersion !== "") {
+      writer.uint32(18).string(message.modelVersion);
+    }
+    if (message.usage !== undefined) {
+      ImageUsage.encode(message.usage, writer.uint32(26).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DetectObjectsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDetectObjectsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.results.push(ImageDetections.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.modelVersion = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.usage = ImageUsage.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DetectObjectsResponse {
+    return {
+      results: globalThis.Array.isArray(object?.results)
+        ? object.results.map((e: any) => ImageDetections.fromJSON(e))
+        : [],
+      modelVersion: isSet(object.modelVersion)
+        ? globalThis.String(object.modelVersion)
+        : isSet(object.model_version)
+        ? globalThis.String(object.model_version)
+        : "",
+      usage: isSet(object.usage) ? ImageUsage.fromJSON(object.usage) : undefined,
+    };
+  },
+
+  toJSON(message: DetectObjectsResponse): unknown {
+    const obj: any = {};
+    if (message.results?.length) {
+      obj.results = message.results.map((e) => ImageDetections.toJSON(e));
+    }
+    if (message.modelVersion !== "") {
+      obj.modelVersion = message.modelVersion;
+    }
+    if (message.usage !== undefined) {
+      obj.usage = ImageUsage.toJSON(message.usage);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<DetectObjectsResponse>): DetectObjectsResponse {
+    return DetectObjectsResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<DetectObjectsResponse>): DetectObjectsResponse {
+    const message = createBaseDetectObjectsResponse();
+    message.results = object.results?.map((e) => ImageDetections.fromPartial(e)) || [];
+    message.modelVersion = object.modelVersion ?? "";
+    message.usage = (object.usage !== undefined && object.usage !== null)
+      ? ImageUsage.fromPartial(object.usage)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseReadTextRequest(): ReadTextRequest {
+  return { model: "", images: [], classifyDirection: undefined };
+}
+
+export const ReadTextRequest: MessageFns<ReadTextRequest> = {
+  encode(message: ReadTextRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.model !== "") {
+      writer.uint32(10).string(message.model);
+    }
+    for (const v of message.images) {
+      Image.encode(v!, writer.uint32(18).fork()).join();
+    }
+    if (message.classifyDirection !== undefined) {
+      writer.uint32(24).bool(message.classifyDirection);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ReadTextRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseReadTextRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.model = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.images.push(Image.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.classifyDirection = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ReadTextRequest {
+    return {
+      model: isSet(object.model) ? globalThis.String(object.model) : "",
+      images: globalThis.Array.isArray(object?.images) ? object.images.map((e: any) => Image.fromJSON(e)) : [],
+      classifyDirection: isSet(object.classifyDirection)
+        ? globalThis.Boolean(object.classifyDirection)
+        : isSet(object.classify_direction)
+        ? globalThis.Boolean(object.classify_direction)
+        : undefined,
+    };
+  },
+
+  toJSON(message: ReadTextRequest): unknown {
+    const obj: any = {};
+    if (message.model !== "") {
+      obj.model = message.model;
+    }
+    if (message.images?.length) {
+      obj.images = message.images.map((e) => Image.toJSON(e));
+    }
+    if (message.classifyDirection !== undefined) {
+      obj.classifyDirection = message.classifyDirection;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ReadTextRequest>): ReadTextRequest {
+    return ReadTextRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ReadTextRequest>): ReadTextRequest {
+    const message = createBaseReadTextRequest();
+    message.model = object.model ?? "";
+    message.images = object.images?.map((e) => Image.fromPartial(e)) || [];
+    message.classifyDirection = object.classifyDirection ?? undefined;
+    return message;
+  },
+};
+
+function createBasePoint(): Point {
+  return { x: 0, y: 0 };
+}
+
+export const Point: MessageFns<Point> = {
+  encode(message: Point, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.x !== 0) {
+      writer.uint32(13).float(message.x);
+    }
+    if (message.y !== 0) {
+      writer.uint32(21).float(message.y);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): Point {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePoint();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 13) {
+              break;
+            }
+
+            message.x = reader.float();
+            continue;
+          }
+          case 2: {
+            if (tag !== 21) {
+              break;
+            }
+
+            message.y = reader.float();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): Point {
+    return {
+      x: isSet(object.x) ? globalThis.Number(object.x) : 0,
+      y: isSet(object.y) ? globalThis.Number(object.y) : 0,
+    };
+  },
+
+  toJSON(message: Point): unknown {
+    const obj: any = {};
+    if (message.x !== 0) {
+      obj.x = floatToJson(message.x);
+    }
+    if (message.y !== 0) {
+      obj.y = floatToJson(message.y);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<Point>): Point {
+    return Point.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<Point>): Point {
+    const message = createBasePoint();
+    message.x = object.x ?? 0;
+    message.y = object.y ?? 0;
+    return message;
+  },
+};
+
+function createBaseTextLine(): TextLine {
+  return { text: "", confidence: 0, box: [], rotated180: false };
+}
+
+export const TextLine: MessageFns<TextLine> = {
+  encode(message: TextLine, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.text !== "") {
+      writer.uint32(10).string(message.text);
+    }
+    if (message.confidence !== 0) {
+      writer.uint32(21).float(message.confidence);
+    }
+    for (const v of message.box) {
+      Point.encode(v!, writer.uint32(26).fork()).join();
+    }
+    if (message.rotated180 !== false) {
+      writer.uint32(32).bool(message.rotated180);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TextLine {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTextLine();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.text = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 21) {
+              break;
+            }
+
+            message.confidence = reader.float();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.box.push(Point.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.rotated180 = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): TextLine {
+    return {
+      text: isSet(object.text) ? globalThis.String(object.text) : "",
+      confidence: isSet(object.confidence) ? globalThis.Number(object.confidence) : 0,
+      box: globalThis.Array.isArray(object?.box) ? object.box.map((e: any) => Point.fromJSON(e)) : [],
+      rotated180: isSet(object.rotated180)
+        ? globalThis.Boolean(object.rotated180)
+        : isSet(object.rotated_180)
+        ? globalThis.Boolean(object.rotated_180)
+        : false,
+    };
+  },
+
+  toJSON(message: TextLine): unknown {
+    const obj: any = {};
+    if (message.text !== "") {
+      obj.text = message.text;
+    }
+    if (message.confidence !== 0) {
+      obj.confidence = floatToJson(message.confidence);
+    }
+    if (message.box?.length) {
+      obj.box = message.box.map((e) => Point.toJSON(e));
+    }
+    if (message.rotated180 !== false) {
+      obj.rotated180 = message.rotated180;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<TextLine>): TextLine {
+    return TextLine.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<TextLine>): TextLine {
+    const message = createBaseTextLine();
+    message.text = object.text ?? "";
+    message.confidence = object.confidence ?? 0;
+    message.box = object.box?.map((e) => Point.fromPartial(e)) || [];
+    message.rotated180 = object.rotated180 ?? false;
+    return message;
+  },
+};
+
+function createBaseImageText(): ImageText {
+  return { lines: [], text: "" };
+}
+
+export const ImageText: MessageFns<ImageText> = {
+  encode(message: ImageText, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.lines) {
+      TextLine.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.text !== "") {
+      writer.uint32(18).string(message.text);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ImageText {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseImageText();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.lines.push(TextLine.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.text = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ImageText {
+    return {
+      lines: globalThis.Array.isArray(object?.lines) ? object.lines.map((e: any) => TextLine.fromJSON(e)) : [],
+      text: isSet(object.text) ? globalThis.String(object.text) : "",
+    };
+  },
+
+  toJSON(message: ImageText): unknown {
+    const obj: any = {};
+    if (message.lines?.length) {
+      obj.lines = message.lines.map((e) => TextLine.toJSON(e));
+    }
+    if (message.text !== "") {
+      obj.text = message.text;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ImageText>): ImageText {
+    return ImageText.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ImageText>): ImageText {
+    const message = createBaseImageText();
+    message.lines = object.lines?.map((e) => TextLine.fromPartial(e)) || [];
+    message.text = object.text ?? "";
+    return message;
+  },
+};
+
+function createBaseReadTextResponse(): ReadTextResponse {
+  return { results: [], modelVersions: [], usage: undefined };
+}
+
+export const ReadTextResponse: MessageFns<ReadTextResponse> = {
+  encode(message: ReadTextResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.results) {
+      ImageText.encode(v!, writer.uint32(10).fork()).join();
+    }
+    for (const v of message.modelVersions) {
+      writer.uint32(18).string(v!);
+    }
+    if (message.usage !== undefined) {
+      ImageUsage.encode(message.usage, writer.uint32(26).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ReadTextResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseReadTextResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.results.push(ImageText.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.modelVersions.push(reader.string());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.usage = ImageUsage.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ReadTextResponse {
+    return {
+      results: globalThis.Array.isArray(object?.results) ? object.results.map((e: any) => ImageText.fromJSON(e)) : [],
+      modelVersions: globalThis.Array.isArray(object?.modelVersions)
+        ? object.modelVersions.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.model_versions)
+        ? object.model_versions.map((e: any) => globalThis.String(e))
+        : [],
+      usage: isSet(object.usage) ? ImageUsage.fromJSON(object.usage) : undefined,
+    };
+  },
+
+  toJSON(message: ReadTextResponse): unknown {
+    const obj: any = {};
+    if (message.results?.length) {
+      obj.results = message.results.map((e) => ImageText.toJSON(e));
+    }
+    if (message.modelVersions?.length) {
+      obj.modelVersions = message.modelVersions;
+    }
+    if (message.usage !== undefined) {
+      obj.usage = ImageUsage.toJSON(message.usage);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ReadTextResponse>): ReadTextResponse {
+    return ReadTextResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ReadTextResponse>): ReadTextResponse {
+    const message = createBaseReadTextResponse();
+    message.results = object.results?.map((e) => ImageText.fromPartial(e)) || [];
+    message.modelVersions = object.modelVersions?.map((e) => e) || [];
+    message.usage = (object.usage !== undefined && object.usage !== null)
+      ? ImageUsage.fromPartial(object.usage)
+      : undefined;
+    return message;
+  },
+};
+
 /**
  * The public API of maas. Every call except health and reflection needs an
  * API key in the `authorization: Bearer <key>` metadata.
@@ -2825,6 +4716,41 @@ export const MaasServiceService = {
     responseSerialize: (value: GetModelResponse): Buffer => Buffer.from(GetModelResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): GetModelResponse => GetModelResponse.decode(value),
   },
+  /** Classify images with an image classification model. */
+  classifyImage: {
+    path: "/maas.orchestrator.v1.MaasService/ClassifyImage" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ClassifyImageRequest): Buffer => Buffer.from(ClassifyImageRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ClassifyImageRequest => ClassifyImageRequest.decode(value),
+    responseSerialize: (value: ClassifyImageResponse): Buffer =>
+      Buffer.from(ClassifyImageResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ClassifyImageResponse => ClassifyImageResponse.decode(value),
+  },
+  /** Detect objects in images with an object detection model. */
+  detectObjects: {
+    path: "/maas.orchestrator.v1.MaasService/DetectObjects" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: DetectObjectsRequest): Buffer => Buffer.from(DetectObjectsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): DetectObjectsRequest => DetectObjectsRequest.decode(value),
+    responseSerialize: (value: DetectObjectsResponse): Buffer =>
+      Buffer.from(DetectObjectsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): DetectObjectsResponse => DetectObjectsResponse.decode(value),
+  },
+  /**
+   * Read the text in images (OCR) with a text detection model and the
+   * recognition model its config names.
+   */
+  readText: {
+    path: "/maas.orchestrator.v1.MaasService/ReadText" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ReadTextRequest): Buffer => Buffer.from(ReadTextRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ReadTextRequest => ReadTextRequest.decode(value),
+    responseSerialize: (value: ReadTextResponse): Buffer => Buffer.from(ReadTextResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ReadTextResponse => ReadTextResponse.decode(value),
+  },
 } as const;
 
 export interface MaasServiceServer extends UntypedServiceImplementation {
@@ -2845,6 +4771,15 @@ export interface MaasServiceServer extends UntypedServiceImplementation {
   listModels: handleUnaryCall<ListModelsRequest, ListModelsResponse>;
   /** Describe one model. */
   getModel: handleUnaryCall<GetModelRequest, GetModelResponse>;
+  /** Classify images with an image classification model. */
+  classifyImage: handleUnaryCall<ClassifyImageRequest, ClassifyImageResponse>;
+  /** Detect objects in images with an object detection model. */
+  detectObjects: handleUnaryCall<DetectObjectsRequest, DetectObjectsResponse>;
+  /**
+   * Read the text in images (OCR) with a text detection model and the
+   * recognition model its config names.
+   */
+  readText: handleUnaryCall<ReadTextRequest, ReadTextResponse>;
 }
 
 export interface MaasServiceClient extends Client {
@@ -2954,6 +4889,57 @@ export interface MaasServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: GetModelResponse) => void,
   ): ClientUnaryCall;
+  /** Classify images with an image classification model. */
+  classifyImage(
+    request: ClassifyImageRequest,
+    callback: (error: ServiceError | null, response: ClassifyImageResponse) => void,
+  ): ClientUnaryCall;
+  classifyImage(
+    request: ClassifyImageRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ClassifyImageResponse) => void,
+  ): ClientUnaryCall;
+  classifyImage(
+    request: ClassifyImageRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ClassifyImageResponse) => void,
+  ): ClientUnaryCall;
+  /** Detect objects in images with an object detection model. */
+  detectObjects(
+    request: DetectObjectsRequest,
+    callback: (error: ServiceError | null, response: DetectObjectsResponse) => void,
+  ): ClientUnaryCall;
+  detectObjects(
+    request: DetectObjectsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: DetectObjectsResponse) => void,
+  ): ClientUnaryCall;
+  detectObjects(
+    request: DetectObjectsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: DetectObjectsResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Read the text in images (OCR) with a text detection model and the
+   * recognition model its config names.
+   */
+  readText(
+    request: ReadTextRequest,
+    callback: (error: ServiceError | null, response: ReadTextResponse) => void,
+  ): ClientUnaryCall;
+  readText(
+    request: ReadTextRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ReadTextResponse) => void,
+  ): ClientUnaryCall;
+  readText(
+    request: ReadTextRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ReadTextResponse) => void,
+  ): ClientUnaryCall;
 }
 
 export const MaasServiceClient = makeGenericClientConstructor(
@@ -2964,6 +4950,14 @@ export const MaasServiceClient = makeGenericClientConstructor(
   service: typeof MaasServiceService;
   serviceName: string;
 };
+
+function bytesFromBase64(b64: string): Uint8Array {
+  return Uint8Array.from(globalThis.Buffer.from(b64, "base64"));
+}
+
+function base64FromBytes(arr: Uint8Array): string {
+  return globalThis.Buffer.from(arr).toString("base64");
+}
 
 function floatToJson(value: number | null | undefined): number | string | null | undefined {
   return typeof value === "number" && !globalThis.Number.isFinite(value) ? globalThis.String(value) : value;
@@ -2977,6 +4971,17 @@ export type DeepPartial<T> = T extends Builtin ? T
   : T extends { $case: string; value: unknown } ? { $case: T["$case"]; value?: DeepPartial<T["value"]> }
   : T extends {} ? { [K in keyof T]?: DeepPartial<T[K]> }
   : Partial<T>;
+
+function longToNumber(int64: { toString(): string }): number {
+  const num = globalThis.Number(int64.toString());
+  if (num > globalThis.Number.MAX_SAFE_INTEGER) {
+    throw new globalThis.Error("Value is larger than Number.MAX_SAFE_INTEGER");
+  }
+  if (num < globalThis.Number.MIN_SAFE_INTEGER) {
+    throw new globalThis.Error("Value is smaller than Number.MIN_SAFE_INTEGER");
+  }
+  return num;
+}
 
 function isSet(value: any): boolean {
   return value !== null && value !== undefined;
