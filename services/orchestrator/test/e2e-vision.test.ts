@@ -198,3 +198,37 @@ describe('bad images are refused with INVALID_ARGUMENT naming the field', () => 
     expect(response.results[0]!.text.replace(/\s/g, '')).toBe('HelloWorld2024');
   }, 30_000);
 });
+
+describe('over HTTP (JSON routes in the protobuf JSON mapping; bytes as base64)', () => {
+  const post = (path: string, body: unknown) =>
+    fetch(`${stack.http}${path}`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify(body),
+    });
+
+  it('POST /v1/read_text reads the line', async () => {
+    const response = await post('/v1/read_text', {
+      model: 'ocr-det',
+      images: [{ data: image('line').toString('base64') }],
+    });
+    expect(response.status).toBe(200);
+    const body = (await response.json()) as {
+      results: { text: string; lines: { box: { x: number }[] }[] }[];
+      usage: { images: number };
+    };
+    expect(body.results[0]!.text.replace(/\s/g, '')).toBe('HelloWorld2024');
+    expect(body.results[0]!.lines[0]!.box).toHaveLength(4);
+    expect(body.usage.images).toBe(1);
+  }, 30_000);
+
+  it('POST /v1/classify_image with a bad image is a 400 naming it', async () => {
+    const response = await post('/v1/classify_image', {
+      model: 'ocr-cls',
+      images: [{ data: Buffer.from('not an image').toString('base64') }],
+    });
+    expect(response.status).toBe(400);
+    const body = (await response.json()) as { error: { message: string } };
+    expect(body.error.message).toMatch(/images\[0\]\.data: is not a PNG, JPEG or WebP/);
+  });
+});

@@ -21,14 +21,20 @@ import type { BinaryReader, BinaryWriter } from '@bufbuild/protobuf/wire';
 import { FileDescriptorSetSchema } from '@bufbuild/protobuf/wkt';
 import { readApiDescriptorSet } from '@maas/shared/descriptors';
 import {
+  ClassifyImageRequest,
+  ClassifyImageResponse,
   ClassifyRequest,
   ClassifyResponse,
   CountTokensRequest,
   CountTokensResponse,
+  DetectObjectsRequest,
+  DetectObjectsResponse,
   EmbedRequest,
   EmbedResponse,
   GenerateRequest,
   GenerateResponse,
+  ReadTextRequest,
+  ReadTextResponse,
   TokenizeRequest,
   TokenizeResponse,
 } from '@maas/shared/gen/maas/orchestrator/v1/orchestrator';
@@ -113,6 +119,19 @@ const COUNT_TOKENS = new ProtoJson(
   'CountTokensResponse',
   CountTokensResponse,
 );
+const CLASSIFY_IMAGE = new ProtoJson(
+  'ClassifyImageRequest',
+  ClassifyImageRequest,
+  'ClassifyImageResponse',
+  ClassifyImageResponse,
+);
+const DETECT_OBJECTS = new ProtoJson(
+  'DetectObjectsRequest',
+  DetectObjectsRequest,
+  'DetectObjectsResponse',
+  DetectObjectsResponse,
+);
+const READ_TEXT = new ProtoJson('ReadTextRequest', ReadTextRequest, 'ReadTextResponse', ReadTextResponse);
 const GENERATE = new ProtoJson('GenerateRequest', GenerateRequest, 'GenerateResponse', GenerateResponse);
 
 function unaryRoute<Req, Res>(
@@ -137,6 +156,10 @@ export function protoJsonRoutes(core: MaasCore): HttpRoute[] {
     unaryRoute('/v1/embed', EMBED, core.embed),
     unaryRoute('/v1/tokenize', TOKENIZE, core.tokenize),
     unaryRoute('/v1/count_tokens', COUNT_TOKENS, core.countTokens),
+    // Images travel as base64 in `data` (the JSON mapping of bytes), or as a pixel `tensor`.
+    unaryRoute('/v1/classify_image', CLASSIFY_IMAGE, core.classifyImage),
+    unaryRoute('/v1/detect_objects', DETECT_OBJECTS, core.detectObjects),
+    unaryRoute('/v1/read_text', READ_TEXT, core.readText),
     {
       method: 'POST',
       path: '/v1/generate',
