@@ -32,8 +32,8 @@ interface Point {
 const summarize = (latencies: number[], seconds: number): Point => {
   const sorted = [...latencies].sort((a, b) => a - b);
   return {
-    p50: percentile(sorted, 0.5),
-    p99: percentile(sorted, 0.99),
+    p50: percentile(sorted, 50),
+    p99: percentile(sorted, 99),
     imagesPerSecond: latencies.length / seconds,
   };
 };
