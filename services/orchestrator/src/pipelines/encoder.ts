@@ -17,7 +17,7 @@ import {
 import type { CatalogueModel } from '../catalogue.js';
 import { unaryCall } from '../downstream/clients.js';
 import type { BatchContext } from './micro-batcher.js';
-import { float32FromBytes, integerTensorBytes } from './postprocess.js';
+import { inferOutput, integerTensorBytes } from './postprocess.js';
 
 export interface EncoderInput {
   texts: string[];
@@ -155,14 +155,9 @@ export async function runEncoderBatch(
     request,
     batch,
   );
-  const at = response.outputs.findIndex((o) => o.name === model.output);
-  const tensor = response.outputs[at];
-  const raw = response.rawOutputContents[at];
-  if (!tensor || !raw) throw new Error(`model-runner returned no output '${model.output}' for ${model.name}`);
-  const shape = tensor.shape.map(Number);
+  const { shape, values } = inferOutput(response, model.output, model.name);
   const rowShape = shape.slice(1);
   const rowSize = rowShape.reduce((a, b) => a * b, 1);
-  const values = float32FromBytes(raw);
   if (shape[0] !== keptRows || values.length !== keptRows * rowSize) {
     throw new Error(`model-runner returned shape [${shape.join(', ')}] for ${keptRows} rows`);
   }

@@ -1,4 +1,5 @@
 /** Numeric post-processing of model outputs: activations, top-k, pooling, normalisation. */
+import type { ModelInferResponse } from '@maas/shared/gen/inference/grpc_service';
 
 export type Activation = 'softmax' | 'sigmoid' | 'none';
 export type Pooling = 'none' | 'mean' | 'cls';
@@ -97,4 +98,17 @@ export function float32FromBytes(bytes: Uint8Array): Float32Array {
   const out = new Float32Array(bytes.byteLength >>> 2);
   new Uint8Array(out.buffer).set(bytes.subarray(0, out.byteLength));
   return out;
+}
+
+/** An FP32 output of a ModelInfer response by name, with its shape; a missing one is the runner's fault. */
+export function inferOutput(
+  response: ModelInferResponse,
+  name: string,
+  model: string,
+): { shape: number[]; values: Float32Array } {
+  const at = response.outputs.findIndex((o) => o.name === name);
+  const tensor = response.outputs[at];
+  const raw = response.rawOutputContents[at];
+  if (!tensor || !raw) throw new Error(`model-runner returned no output '${name}' for ${model}`);
+  return { shape: tensor.shape.map(Number), values: float32FromBytes(raw) };
 }

@@ -9,20 +9,31 @@ export interface LabelScore {
   index: number;
 }
 
+/** A version's labels; a version without its own file uses the first version's that has one. */
+export const labelsOf = (model: CatalogueModel, version: string): string[] | undefined =>
+  model.labelsByVersion.get(version) ?? [...model.labelsByVersion.values()][0];
+
+/** One output row of a classifier (text or image) as its k best labels, after the model's activation. */
+export function labelScores(
+  model: CatalogueModel,
+  labels: string[] | undefined,
+  logits: Float32Array,
+  k: number,
+): LabelScore[] {
+  const scores = activate(logits, model.config.classification?.activation ?? 'softmax');
+  return topK(scores, k).map((index) => ({
+    label: labels?.[index] ?? String(index),
+    score: scores[index]!,
+    index,
+  }));
+}
+
 export function classifyRows(model: CatalogueModel, rows: EncoderRows, k: number): LabelScore[][] {
   const classes = rows.rowShape.reduce((a, b) => a * b, 1);
-  const labels = model.labelsByVersion.get(rows.modelVersion) ?? [...model.labelsByVersion.values()][0];
-  const activation = model.config.classification?.activation ?? 'softmax';
+  const labels = labelsOf(model, rows.modelVersion);
   const results: LabelScore[][] = [];
   for (let r = 0; r < rows.rows; r++) {
-    const scores = activate(rows.values.subarray(r * classes, (r + 1) * classes), activation);
-    results.push(
-      topK(scores, k).map((index) => ({
-        label: labels?.[index] ?? String(index),
-        score: scores[index]!,
-        index,
-      })),
-    );
+    results.push(labelScores(model, labels, rows.values.subarray(r * classes, (r + 1) * classes), k));
   }
   return results;
 }

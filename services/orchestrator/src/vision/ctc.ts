@@ -7,46 +7,40 @@ export interface DecodedLine {
 }
 
 /**
- * `probs` is [rows, steps, classes]; class 0 is the blank and class i + 1 is
- * charset[i]. Only the first `steps[r]` steps of row r are read (a line padded
- * to the batch's widest has fewer real steps).
+ * One line from `probs` [steps, classes]; class 0 is the blank and class
+ * i + 1 is charset[i]. Only the first `realSteps` steps are read (a line
+ * padded to the batch's widest has fewer real steps).
  */
 export function decodeCtc(
   probs: Float32Array,
-  rows: number,
   steps: number,
   classes: number,
   charset: string[],
-  realSteps?: number[],
-): DecodedLine[] {
-  const lines: DecodedLine[] = [];
-  for (let r = 0; r < rows; r++) {
-    let text = '';
-    let sum = 0;
-    let kept = 0;
-    let previous = -1;
-    const limit = Math.min(steps, realSteps?.[r] ?? steps);
-    for (let t = 0; t < limit; t++) {
-      const base = (r * steps + t) * classes;
-      let best = 0;
-      let bestP = probs[base]!;
-      for (let c = 1; c < classes; c++) {
-        const p = probs[base + c]!;
-        if (p > bestP) {
-          bestP = p;
-          best = c;
-        }
+  realSteps = steps,
+): DecodedLine {
+  let text = '';
+  let sum = 0;
+  let kept = 0;
+  let previous = -1;
+  for (let t = 0; t < Math.min(steps, realSteps); t++) {
+    const base = t * classes;
+    let best = 0;
+    let bestP = probs[base]!;
+    for (let c = 1; c < classes; c++) {
+      const p = probs[base + c]!;
+      if (p > bestP) {
+        bestP = p;
+        best = c;
       }
-      if (best !== 0 && best !== previous) {
-        text += charset[best - 1] ?? '';
-        sum += bestP;
-        kept++;
-      }
-      previous = best;
     }
-    lines.push({ text, confidence: kept > 0 ? sum / kept : 0 });
+    if (best !== 0 && best !== previous) {
+      text += charset[best - 1] ?? '';
+      sum += bestP;
+      kept++;
+    }
+    previous = best;
   }
-  return lines;
+  return { text, confidence: kept > 0 ? sum / kept : 0 };
 }
 
 /** Steps of a line padded from `width` to `batchWidth`: those past its right edge (plus one) read only padding. */

@@ -11,7 +11,8 @@ import { trace } from '@opentelemetry/api';
 import type { GRPCInferenceServiceClient, ModelInferRequest } from '@maas/shared/gen/inference/grpc_service';
 import type { CatalogueModel } from '../catalogue.js';
 import { unaryCall } from '../downstream/clients.js';
-import { activate, float32FromBytes, topK } from '../pipelines/postprocess.js';
+import { inferOutput } from '../pipelines/postprocess.js';
+import { labelScores, labelsOf, type LabelScore } from '../pipelines/tasks.js';
 import { ctcSteps, decodeCtc } from './ctc.js';
 import {
   type Box,
@@ -66,26 +67,21 @@ async function infer(
     rawInputContents: [Buffer.from(data.buffer, data.byteOffset, data.byteLength)],
   };
   const response = await unaryCall('model-runner', inference.modelInfer.bind(inference), request, ctx);
-  const outputs = new Map<string, OutputTensor>();
-  response.outputs.forEach((o, i) => {
-    outputs.set(o.name, {
-      shape: o.shape.map(Number),
-      values: float32FromBytes(response.rawOutputContents[i]!),
-    });
-  });
-  for (const name of vision.outputs) {
-    if (!outputs.has(name)) throw new Error(`model-runner returned no output '${name}' for ${model.name}`);
-  }
+  const outputs = new Map(vision.outputs.map((name) => [name, inferOutput(response, name, model.name)]));
   return { modelVersion: response.modelVersion, outputs };
 }
 
-/** Rows of one output, one per image of the batch. */
-function rowsOf(output: OutputTensor, rows: number, model: string): Float32Array[] {
+/** One output split per image of the batch, each part shaped [1, ...] as if run alone. */
+function perImage(output: OutputTensor, rows: number, model: string): OutputTensor[] {
   const size = output.values.length / rows;
   if (output.shape[0] !== rows || !Number.isInteger(size)) {
     throw new Error(`${model} returned shape [${output.shape.join(', ')}] for ${rows} images`);
   }
-  return Array.from({ length: rows }, (_, r) => output.values.subarray(r * size, (r + 1) * size));
+  const shape = [1, ...output.shape.slice(1)];
+  return Array.from({ length: rows }, (_, r) => ({
+    shape,
+    values: output.values.subarray(r * size, (r + 1) * size),
+  }));
 }
 
 /** The tensor width a batch is padded to: the model's fixed width, or the widest image. */
@@ -101,7 +97,7 @@ function batchWidth(model: CatalogueModel, images: RgbImage[]): number {
 /**
  * Images run in batches of the model's maxBatchSize, each batch of one
  * tensor shape; `order` sorts them first (lines by width, so that a batch
- * pads little). Returns each image's output rows, in the input order.
+ * pads little). Returns each image's outputs, in the input order.
  */
 async function runBatches(
   inference: GRPCInferenceServiceClient,
@@ -111,8 +107,8 @@ async function runBatches(
   order?: (a: RgbImage, b: RgbImage) => number,
 ): Promise<{
   modelVersion: string;
-  rows: Map<string, Float32Array>[];
-  shapes: Map<string, number[]>[];
+  /** Each image's outputs, by name. */
+  outputs: Map<string, OutputTensor>[];
   /** The width of the batch each image ran in. */
   widths: number[];
 }> {
@@ -131,8 +127,7 @@ async function runBatches(
     if (fits) last.push(i);
     else groups.push([i]);
   }
-  const rows: Map<string, Float32Array>[] = new Array(images.length);
-  const shapes: Map<string, number[]>[] = new Array(images.length);
+  const outputs: Map<string, OutputTensor>[] = images.map(() => new Map());
   const widths: number[] = new Array(images.length);
   let modelVersion = '';
   await Promise.all(
@@ -143,27 +138,15 @@ async function runBatches(
       modelVersion = result.modelVersion;
       for (const i of group) widths[i] = width;
       for (const [name, output] of result.outputs) {
-        rowsOf(output, group.length, model.name).forEach((row, r) => {
-          (rows[group[r]!] ??= new Map()).set(name, row);
-          (shapes[group[r]!] ??= new Map()).set(name, output.shape.slice(1));
-        });
+        perImage(output, group.length, model.name).forEach((part, r) => outputs[group[r]!]!.set(name, part));
       }
     }),
   );
-  return { modelVersion, rows, shapes, widths };
+  return { modelVersion, outputs, widths };
 }
 
 const prepareAll = (images: RgbImage[], model: CatalogueModel) =>
   Promise.all(images.map((image) => prepareImage(image, model.vision!.preprocess)));
-
-const labelOf = (model: CatalogueModel, version: string, index: number) =>
-  (model.labelsByVersion.get(version) ?? [])[index] ?? String(index);
-
-export interface LabelScore {
-  label: string;
-  score: number;
-  index: number;
-}
 
 export async function classifyImages(
   inference: GRPCInferenceServiceClient,
@@ -173,25 +156,15 @@ export async function classifyImages(
   ctx: CallContext,
 ): Promise<{ modelVersion: string; results: LabelScore[][] }> {
   const prepared = await prepareAll(images, model);
-  const { modelVersion, rows } = await runBatches(
+  const { modelVersion, outputs } = await runBatches(
     inference,
     model,
     prepared.map((p) => p.resized),
     ctx,
   );
   const output = model.vision!.outputs[0]!;
-  const activation = model.config.classification?.activation ?? 'softmax';
-  return {
-    modelVersion,
-    results: rows.map((r) => {
-      const scores = activate(r.get(output)!, activation);
-      return topK(scores, k).map((index) => ({
-        label: labelOf(model, modelVersion, index),
-        score: scores[index]!,
-        index,
-      }));
-    }),
-  };
+  const labels = labelsOf(model, modelVersion);
+  return { modelVersion, results: outputs.map((o) => labelScores(model, labels, o.get(output)!.values, k)) };
 }
 
 export interface LabelledBox extends Box {
@@ -207,28 +180,24 @@ export async function detectObjects(
 ): Promise<{ modelVersion: string; results: LabelledBox[][] }> {
   const config = model.config.objectDetection!;
   const prepared = await prepareAll(images, model);
-  const { modelVersion, rows, shapes } = await runBatches(
+  const { modelVersion, outputs } = await runBatches(
     inference,
     model,
     prepared.map((p) => p.resized),
     ctx,
   );
-  const labels = model.labelsByVersion.get(modelVersion);
+  const labels = labelsOf(model, modelVersion);
   const [first, second] = model.vision!.outputs as [string, string | undefined];
   return {
     modelVersion,
-    results: rows.map((r, i) => {
+    results: outputs.map((o, i) => {
       const p = prepared[i]!;
-      const tensor = (name: string): OutputTensor => ({
-        shape: [1, ...shapes[i]!.get(name)!],
-        values: r.get(name)!,
-      });
       const candidates =
         config.format === 'yolov8'
-          ? yoloCandidates(tensor(first), labels?.length, parameters.scoreThreshold)
+          ? yoloCandidates(o.get(first)!, labels?.length, parameters.scoreThreshold)
           : ssdCandidates(
-              tensor(first),
-              tensor(second!),
+              o.get(first)!,
+              o.get(second!)!,
               config,
               p.resized.width,
               p.resized.height,
@@ -237,7 +206,7 @@ export async function detectObjects(
       return nonMaximumSuppression(candidates, parameters.iouThreshold, parameters.maxDetections).map(
         (box) => ({
           ...toOriginal(box, p, images[i]!.width, images[i]!.height),
-          label: labelOf(model, modelVersion, box.classIndex),
+          label: labels?.[box.classIndex] ?? String(box.classIndex),
         }),
       );
     }),
@@ -259,14 +228,13 @@ export interface ReadTextModels {
 
 /** Quads found in a detector's map, in the original image's pixels. */
 function linesOfMap(
-  map: Float32Array,
-  shape: number[],
+  map: OutputTensor,
   prepared: PreparedImage,
   image: RgbImage,
   detector: CatalogueModel,
 ): Quad[] {
-  const [mapHeight = 0, mapWidth = 0] = shape.slice(-2);
-  const regions = findTextRegions(map, mapWidth, mapHeight, detector.config.textDetection!);
+  const [mapHeight = 0, mapWidth = 0] = map.shape.slice(-2);
+  const regions = findTextRegions(map.values, mapWidth, mapHeight, detector.config.textDetection!);
   // The map is the tensor's size; tensor pixels map back by the resize's scale.
   const sx = prepared.resized.width / mapWidth / prepared.scaleX;
   const sy = prepared.resized.height / mapHeight / prepared.scaleY;
@@ -301,13 +269,7 @@ export async function readText(
   const output = detector.vision!.outputs[0]!;
   // Every line of every image, with the image it belongs to.
   const lines = images.flatMap((image, i) =>
-    linesOfMap(
-      detected.rows[i]!.get(output)!,
-      detected.shapes[i]!.get(output)!,
-      prepared[i]!,
-      image,
-      detector,
-    )
+    linesOfMap(detected.outputs[i]!.get(output)!, prepared[i]!, image, detector)
       .filter((quad) => {
         const w = Math.hypot(quad[1][0] - quad[0][0], quad[1][1] - quad[0][1]);
         const h = Math.hypot(quad[3][0] - quad[0][0], quad[3][1] - quad[0][1]);
@@ -346,17 +308,11 @@ export async function readText(
     const out = recognizer.vision!.outputs[0]!;
     const minConfidence = detector.config.textDetection!.minLineConfidence;
     lines.forEach((line, i) => {
-      const [steps = 0, classes = 0] = recognized.shapes[i]!.get(out)!;
+      const probs = recognized.outputs[i]!.get(out)!;
+      const [, steps = 0, classes = 0] = probs.shape;
       const realSteps = ctcSteps(steps, resized[i]!.width, recognized.widths[i]!);
-      const [decoded] = decodeCtc(
-        recognized.rows[i]!.get(out)!,
-        1,
-        steps,
-        classes,
-        recognizer.vision!.charset!,
-        [realSteps],
-      );
-      if (decoded && decoded.text.trim() && decoded.confidence >= minConfidence) {
+      const decoded = decodeCtc(probs.values, steps, classes, recognizer.vision!.charset!, realSteps);
+      if (decoded.text.trim() && decoded.confidence >= minConfidence) {
         read.push({
           image: line.image,
           text: decoded.text,
