@@ -13,6 +13,7 @@ import {
   type Logger,
   type ModelConfig,
   readLabels,
+  type TensorSpec,
   scanRepository,
 } from '@maas/shared';
 import { ChatTemplate } from './pipelines/chat-template.js';
@@ -134,12 +135,17 @@ export function toCatalogueModel(
     }
   }
   if (!inputs.some((i) => i.name === 'input_ids')) return `${name}: has no input_ids input`;
-  const outputName =
-    (task === 'classification' ? config.classification?.output : config.embedding?.output) ??
-    config.outputs[0]!.name;
-  const outputSpec = config.outputs.find((o) => o.name === outputName);
-  if (!outputSpec) return `${name}: output '${outputName}' is not among the model's outputs`;
-  if (outputSpec.datatype !== 'FP32') return `${name}: output '${outputName}' must be FP32`;
+  let outputSpec: TensorSpec;
+  try {
+    outputSpec = fp32Output(
+      config,
+      'output',
+      task === 'classification' ? config.classification?.output : config.embedding?.output,
+    );
+  } catch (error) {
+    return `${name}: ${(error as Error).message}`;
+  }
+  const outputName = outputSpec.name;
   const limits = {
     maxBatchSize: Math.max(1, config.maxBatchSize),
     maxInputTokens: tokenizerMax,
@@ -169,6 +175,15 @@ export function toCatalogueModel(
   return { ...base, limits, dimensions, labelsByVersion, output: outputName, inputs };
 }
 
+/** The output a task reads (`chosen`, else the model's first), which must exist and be FP32; throws naming `field`. */
+function fp32Output(config: ModelConfig, field: string, chosen: string | undefined): TensorSpec {
+  const outputName = chosen ?? config.outputs[0]!.name;
+  const spec = config.outputs.find((o) => o.name === outputName);
+  if (!spec) throw new Error(`${field} '${outputName}' is not among the model's outputs`);
+  if (spec.datatype !== 'FP32') throw new Error(`${field} '${outputName}' must be FP32`);
+  return spec;
+}
+
 /** The catalogue entry of an image model, or why it cannot be served. */
 function toVisionModel(
   base: Omit<CatalogueModel, 'limits'>,
@@ -189,13 +204,7 @@ function toVisionModel(
   }
   const channels = preprocess.layout === 'nchw' ? dims[0] : dims[2];
   if (channels !== 3 && channels !== -1) return `${name}: input '${inputName}' must have 3 channels`;
-  const outputOf = (field: string, chosen: string | undefined) => {
-    const outputName = chosen ?? config.outputs[0]!.name;
-    const spec = config.outputs.find((o) => o.name === outputName);
-    if (!spec) throw new Error(`${field} '${outputName}' is not among the model's outputs`);
-    if (spec.datatype !== 'FP32') throw new Error(`${field} '${outputName}' must be FP32`);
-    return outputName;
-  };
+  const outputOf = (field: string, chosen: string | undefined) => fp32Output(config, field, chosen).name;
   const labelsByVersion = new Map<string, string[]>();
   let outputs: string[];
   let charset: string[] | undefined;

@@ -1,6 +1,11 @@
 /** Request checks made before any downstream call, each naming the offending field. */
 import { invalidArgument, parseUint64Field } from '@maas/shared';
-import type { GenerateRequest } from '@maas/shared/gen/maas/orchestrator/v1/orchestrator';
+import type { ObjectDetectionConfig } from '@maas/shared';
+import type {
+  DetectObjectsRequest,
+  GenerateRequest,
+  Image,
+} from '@maas/shared/gen/maas/orchestrator/v1/orchestrator';
 import type { CatalogueModel, ModelLimits } from './catalogue.js';
 
 export function checkTexts(texts: string[], limits: ModelLimits, maxTexts = limits.maxBatchSize): void {
@@ -22,6 +27,31 @@ export function checkTexts(texts: string[], limits: ModelLimits, maxTexts = limi
 export interface StopLimits {
   maxStopStrings: number;
   maxStopStringCharacters: number;
+}
+
+/** How many images a call has; each image is checked as it is decoded (vision/image-input.ts). */
+export function checkImageCount(images: Image[], maxImages: number): void {
+  if (images.length === 0) throw invalidArgument('images', 'must not be empty');
+  if (images.length > maxImages) {
+    throw invalidArgument('images', `${images.length} images exceed the limit of ${maxImages}`);
+  }
+}
+
+/** A DetectObjects call's parameters, unset ones from the model's config. */
+export function checkDetection(
+  request: DetectObjectsRequest,
+  config: ObjectDetectionConfig,
+): { scoreThreshold: number; iouThreshold: number; maxDetections: number } {
+  const unit = (field: string, value: number | undefined, fallback: number) => {
+    if (value === undefined) return fallback;
+    if (!(value >= 0 && value <= 1)) throw invalidArgument(field, `is ${value}; it must be in [0, 1]`);
+    return value;
+  };
+  return {
+    scoreThreshold: unit('score_threshold', request.scoreThreshold, config.scoreThreshold),
+    iouThreshold: unit('iou_threshold', request.iouThreshold, config.iouThreshold),
+    maxDetections: Math.min(request.maxDetections || config.maxDetections, 1000),
+  };
 }
 
 export function checkGenerate(request: GenerateRequest, model: CatalogueModel, stopLimits: StopLimits): void {

@@ -54,7 +54,7 @@ import type { GenerationAdmission } from '../pipelines/generation-admission.js';
 import { runGeneration } from '../pipelines/generation.js';
 import { classifyRows, embedRows } from '../pipelines/tasks.js';
 import type { ChatMessage } from '../pipelines/chat-template.js';
-import { checkGenerate, checkTexts } from '../validation.js';
+import { checkDetection, checkGenerate, checkImageCount, checkTexts } from '../validation.js';
 import { decodeImages, type RgbImage } from '../vision/image-input.js';
 import { classifyImages, detectObjects, readText } from '../vision/pipelines.js';
 import { type Caller, deadlinePassed } from './caller.js';
@@ -368,13 +368,7 @@ export function createMaasCore(deps: MaasDeps): MaasCore {
 
   /** The call's images, decoded and metered (an image counts as much as a text: one row of the call). */
   async function imagesOf(ctx: RequestContext, images: Image[]): Promise<RgbImage[]> {
-    if (images.length === 0) throw invalidArgument('images', 'must not be empty');
-    if (images.length > settings.MAX_IMAGES_PER_CALL) {
-      throw invalidArgument(
-        'images',
-        `${images.length} images exceed the limit of ${settings.MAX_IMAGES_PER_CALL}`,
-      );
-    }
+    checkImageCount(images, settings.MAX_IMAGES_PER_CALL);
     const decoded = await decodeImages(images, imageLimits);
     ctx.usage.images = decoded.length;
     ctx.usage.pixels = sum(decoded.map((i) => i.width * i.height));
@@ -425,18 +419,7 @@ export function createMaasCore(deps: MaasDeps): MaasCore {
           capDeadline: true,
         },
         async (ctx) => {
-          const config = ctx.model!.config.objectDetection!;
-          const unit = (field: string, value: number | undefined, fallback: number) => {
-            if (value === undefined) return fallback;
-            if (!(value >= 0 && value <= 1))
-              throw invalidArgument(field, `is ${value}; it must be in [0, 1]`);
-            return value;
-          };
-          const parameters = {
-            scoreThreshold: unit('score_threshold', request.scoreThreshold, config.scoreThreshold),
-            iouThreshold: unit('iou_threshold', request.iouThreshold, config.iouThreshold),
-            maxDetections: Math.min(request.maxDetections || config.maxDetections, 1000),
-          };
+          const parameters = checkDetection(request, ctx.model!.config.objectDetection!);
           const images = await imagesOf(ctx, request.images);
           const { modelVersion, results } = await detectObjects(
             downstream.inference,
