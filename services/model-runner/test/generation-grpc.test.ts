@@ -74,12 +74,19 @@ describe('Generate', () => {
     const alone: number[][] = [];
     for (let i = 0; i < PROMPTS.length; i++)
       alone.push((await generate(t.generation, request(i)).done).tokens);
-    const before = await scrapeMetrics(t.runner.metricsPort!);
-    const together = await Promise.all(
+    const staggered = await Promise.all(
       PROMPTS.map(async (_, i) => {
         await new Promise((r) => setTimeout(r, i * 5)); // staggered arrivals join a running batch
         return (await generate(t.generation, request(i)).done).tokens;
       }),
+    );
+    expect(staggered).toEqual(alone);
+    // Whether a staggered stream still finds the others running depends on the
+    // machine's speed (a fast one finishes 12 tiny steps inside the 5 ms gap),
+    // so the batching itself is asserted on streams that arrive together.
+    const before = await scrapeMetrics(t.runner.metricsPort!);
+    const together = await Promise.all(
+      PROMPTS.map(async (_, i) => (await generate(t.generation, request(i)).done).tokens),
     );
     expect(together).toEqual(alone);
     const after = await scrapeMetrics(t.runner.metricsPort!);
@@ -92,7 +99,7 @@ describe('Generate', () => {
         model: 'tiny-gpt2',
         version: '1',
       }),
-    ).toBeGreaterThanOrEqual(2 * (12 + 13 + 14 + 15 + 16 + 17));
+    ).toBeGreaterThanOrEqual(3 * (12 + 13 + 14 + 15 + 16 + 17));
   });
 
   it('ends with STOP on a stop token id', async () => {
