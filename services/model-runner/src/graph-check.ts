@@ -7,6 +7,7 @@ import type * as ort from 'onnxruntime-node';
 import type { ModelConfig, TensorSpec } from '@maas/shared';
 import { datatypeOfOrt } from './tensors.js';
 import type { RunnableSession } from './worker-session.js';
+import { USE_CACHE_BRANCH } from './generation/decoder-signature.js';
 
 /** Problems of the config on its own (the schema checks the fields; these are relations between them). */
 export function checkConfig(config: ModelConfig): string[] {
@@ -111,11 +112,14 @@ export function checkAgainstGraph(config: ModelConfig, session: GraphInfo): stri
   return problems;
 }
 
-/** The KV-cache inputs of a generation model are the engine's business, not the config's inputs. */
+/**
+ * The KV-cache inputs of a generation model, and the merged decoder's branch
+ * switch, are the engine's business, not the config's inputs.
+ */
 function cacheInputMatcher(config: ModelConfig): (name: string) => boolean {
   const g = config.generation;
   if (!g) return () => false;
-  const names = new Set<string>();
+  const names = new Set<string>([USE_CACHE_BRANCH]);
   for (let layer = 0; layer < g.numLayers; layer++)
     for (const pattern of [g.pastKeyInput, g.pastValueInput])
       names.add(pattern.replace('{layer}', String(layer)));

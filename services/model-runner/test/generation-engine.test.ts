@@ -12,6 +12,7 @@ import {
   histogram,
   metric,
   startEngine,
+  TEST_PROMPTS,
   tinyDecoder,
   until,
   type Ask,
@@ -27,14 +28,7 @@ afterAll(async () => {
   await model?.session.release();
 });
 
-const PROMPTS = [
-  [464, 1068, 758, 218],
-  [1549],
-  [40, 1842, 428, 380, 11, 340, 99, 1001, 7],
-  [1858, 373],
-  [464, 1290, 318, 257, 1332, 286, 262, 5, 6, 7, 8, 9, 10],
-  [32, 33, 34],
-];
+const PROMPTS = TEST_PROMPTS;
 const seeded = (i: number) => ({ temperature: 0.9, topK: 50, topP: 0.95, seed: 1000 + i });
 const askFor = (i: number): Ask => ({
   promptIds: PROMPTS[i]!,

@@ -7,7 +7,14 @@ import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { Registry } from 'prom-client';
-import { buildTinyGpt2, decoderDefaults, makeTempDir } from '@maas/models';
+import {
+  buildTinyGpt2,
+  buildTinyLlama,
+  decoderDefaults,
+  llamaDefaults,
+  makeTempDir,
+  type LlamaOptions,
+} from '@maas/models';
 import {
   createLogger,
   defaultRepositoryPath,
@@ -49,6 +56,25 @@ let tinyBytes: Uint8Array | undefined;
 /** The fixture decoder as exported (built once per test file). */
 export const tinyModelBytes = () => (tinyBytes ??= buildTinyGpt2(tiny));
 
+/** The test decoders' scheduling limits: 8 sequences at once, room for each to fill the context. */
+const testLimits = (maxPositions: number, limits: GenerationLimits) => ({
+  defaultMaxNewTokens: 16,
+  maxConcurrentSequences: 8,
+  maxCachedTokens: 8 * maxPositions,
+  maxQueuedSequences: 32,
+  ...limits,
+});
+
+/** Prompts of different lengths (GPT-2 ids, below every test vocabulary). */
+export const TEST_PROMPTS = [
+  [464, 1068, 758, 218],
+  [1549],
+  [40, 1842, 428, 380, 11, 340, 99, 1001, 7],
+  [1858, 373],
+  [464, 1290, 318, 257, 1332, 286, 262, 5, 6, 7, 8, 9, 10],
+  [32, 33, 34],
+];
+
 /** The fixture decoder's config.json (as writeFixtureRepository writes it), with these limits. */
 function tinyConfigJson(limits: GenerationLimits = {}) {
   const d = tiny;
@@ -69,11 +95,7 @@ function tinyConfigJson(limits: GenerationLimits = {}) {
       vocabSize: d.vocab,
       maxContextLength: d.maxPositions,
       eosTokenId: d.vocab - 1,
-      defaultMaxNewTokens: 16,
-      maxConcurrentSequences: 8,
-      maxCachedTokens: 8 * d.maxPositions,
-      maxQueuedSequences: 32,
-      ...limits,
+      ...testLimits(d.maxPositions, limits),
     },
   };
 }
@@ -102,6 +124,53 @@ export async function tinyDecoder({ unedited = false } = {}): Promise<DecoderMod
     ? await ort.InferenceSession.create(tinyModelBytes(), options)
     : await openDecoderSession(tinyModelBytes(), config.generation!, options);
   return { name: 'tiny-gpt2', session, config };
+}
+
+/**
+ * A Llama-family fixture decoder's config.json, as a user would write it from
+ * the model's Hugging Face config (numKeyValueHeads = num_key_value_heads).
+ */
+export function llamaConfigJson(name: string, options: LlamaOptions, limits: GenerationLimits = {}) {
+  const o = llamaDefaults(options);
+  const fp16 = o.kvType === 'float16';
+  return {
+    name,
+    task: 'generation',
+    maxBatchSize: 16,
+    inputs: ['input_ids', 'attention_mask', ...(o.positionIds ? ['position_ids'] : [])].map((n) => ({
+      name: n,
+      datatype: 'INT64',
+      dims: [-1],
+    })),
+    outputs: [{ name: 'logits', datatype: fp16 ? 'FP16' : 'FP32', dims: [-1, o.vocab] }],
+    generation: {
+      numLayers: o.layers,
+      numHeads: o.heads,
+      ...(o.kvHeads !== o.heads ? { numKeyValueHeads: o.kvHeads } : {}),
+      headDim: o.hidden / o.heads,
+      vocabSize: o.vocab,
+      maxContextLength: o.maxPositions,
+      eosTokenId: o.vocab - 1,
+      ...testLimits(o.maxPositions, limits),
+    },
+  };
+}
+
+/** A Llama-family fixture decoder as the runner opens it (graph edited), and as exported. */
+export async function llamaDecoder(
+  name: string,
+  options: LlamaOptions,
+): Promise<DecoderModel & { unedited: ort.InferenceSession; bytes: Uint8Array }> {
+  const config = modelConfigSchema.parse(llamaConfigJson(name, options));
+  const bytes = buildTinyLlama(options);
+  const sessionOptions = { intraOpNumThreads: 1 };
+  return {
+    name,
+    config,
+    bytes,
+    session: await openDecoderSession(bytes, config.generation!, sessionOptions),
+    unedited: await ort.InferenceSession.create(bytes, sessionOptions),
+  };
 }
 
 export const austenDir = join(defaultRepositoryPath(), 'austen-gpt');

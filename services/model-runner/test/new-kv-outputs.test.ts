@@ -49,7 +49,7 @@ describe('exposeNewKeyValues', () => {
 
     // Prefill 5 tokens with the exported graph, then one decode step on both graphs.
     const prompt = [464, 1068, 758, 218, 11];
-    const prefill = await whole.session.run(feeds(g, prompt, emptyPast(g, 1), 0));
+    const prefill = await whole.session.run(feeds(g, prompt, emptyPast({ ...g, type: 'float32' }, 1), 0));
     const past = present.map((name) => prefill[name]!);
     const step = feeds(g, [99], past, prompt.length);
     const a = await whole.session.run(step);

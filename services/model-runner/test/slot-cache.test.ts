@@ -6,7 +6,7 @@
 import * as ort from 'onnxruntime-node';
 import { CAPACITY_CHUNK, SlotCache, type KvShape } from '../src/generation/slot-cache';
 
-const shape: KvShape = { numLayers: 1, numHeads: 2, headDim: 3 };
+const shape: KvShape = { numLayers: 1, numHeads: 2, headDim: 3, type: 'float32' };
 const TENSORS = 2 * shape.numLayers;
 
 /** A prefill output for one sequence: `count` positions whose values encode (tag, tensor, head, position, dim). */

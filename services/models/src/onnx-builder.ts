@@ -46,7 +46,14 @@ export interface Tensor {
 }
 
 export type AttributeValue =
-  { f: number } | { i: number } | { s: string } | { t: Tensor } | { floats: number[] } | { ints: number[] };
+  | { f: number }
+  | { i: number }
+  | { s: string }
+  | { t: Tensor }
+  | { floats: number[] }
+  | { ints: number[] }
+  /** A subgraph (If's then_branch / else_branch). */
+  | { g: GraphBuilder };
 
 /** Minimal protobuf writer: varints, length-delimited fields, fixed32 floats. */
 class ProtoWriter {
@@ -161,6 +168,7 @@ function writeAttribute(w: ProtoWriter, name: string, value: AttributeValue): vo
   else if ('s' in value) w.string(4, value.s).int(20, 3);
   else if ('t' in value) w.message(5, (t) => writeTensor(t, name, value.t)).int(20, 4);
   else if ('floats' in value) w.packedFloats(7, value.floats).int(20, 6);
+  else if ('g' in value) w.message(6, (graph) => value.g.writeGraph(graph)).int(20, 5);
   else w.packedInts(8, value.ints).int(20, 7);
 }
 
@@ -177,11 +185,23 @@ interface NodeSpec {
 export class GraphBuilder {
   private readonly nodes: NodeSpec[] = [];
   private readonly initializers: [string, Tensor][] = [];
+  private readonly initializerNames = new Set<string>();
   private readonly inputs: [string, ElemType, (number | string)[]][] = [];
   private readonly outputs: [string, ElemType, (number | string)[]][] = [];
   private counter = 0;
 
-  constructor(private readonly name: string) {}
+  /**
+   * `prefix` starts every generated name: a subgraph's names must not repeat its outer graph's
+   * (ONNX names are in one scope with the names a subgraph sees from outside).
+   */
+  constructor(
+    private readonly name: string,
+    private readonly prefix = '',
+  ) {}
+
+  hasInitializer(name: string): boolean {
+    return this.initializerNames.has(name);
+  }
 
   input(name: string, type: ElemType, shape: (number | string)[]): string {
     this.inputs.push([name, type, shape]);
@@ -196,12 +216,13 @@ export class GraphBuilder {
   /** A constant tensor stored in the model (weights). */
   initializer(name: string, tensor: Tensor): string {
     this.initializers.push([name, tensor]);
+    this.initializerNames.add(name);
     return name;
   }
 
   /** A fresh intermediate name. */
   tmp(prefix = 't'): string {
-    return `${prefix}_${this.counter++}`;
+    return `${this.prefix}${prefix}_${this.counter++}`;
   }
 
   constInt64(values: number[], dims: number[] = [values.length]): string {
@@ -250,26 +271,28 @@ export class GraphBuilder {
     w.string(2, options.producer ?? 'maas');
     w.string(3, '0.1.0');
     if (options.doc) w.string(6, options.doc);
-    w.message(7, (g) => {
-      for (const n of this.nodes) {
-        g.message(1, (node) => {
-          for (const i of n.inputs) node.string(1, i);
-          for (const o of n.outputs) node.string(2, o);
-          node.string(3, n.name);
-          node.string(4, n.op);
-          for (const [k, v] of Object.entries(n.attributes)) node.message(5, (a) => writeAttribute(a, k, v));
-          if (n.domain) node.string(7, n.domain);
-        });
-      }
-      g.string(2, this.name);
-      for (const [name, tensor] of this.initializers) g.message(5, (t) => writeTensor(t, name, tensor));
-      for (const [name, type, shape] of this.inputs)
-        g.message(11, (v) => writeValueInfo(v, name, type, shape));
-      for (const [name, type, shape] of this.outputs)
-        g.message(12, (v) => writeValueInfo(v, name, type, shape));
-    });
+    w.message(7, (g) => this.writeGraph(g));
     w.message(8, (opset) => opset.string(1, '').int(2, options.opset ?? 17));
     return w.finish();
+  }
+
+  /** The GraphProto: as a model's graph, or as a node's subgraph attribute. */
+  writeGraph(g: ProtoWriter): void {
+    for (const n of this.nodes) {
+      g.message(1, (node) => {
+        for (const i of n.inputs) node.string(1, i);
+        for (const o of n.outputs) node.string(2, o);
+        node.string(3, n.name);
+        node.string(4, n.op);
+        for (const [k, v] of Object.entries(n.attributes)) node.message(5, (a) => writeAttribute(a, k, v));
+        if (n.domain) node.string(7, n.domain);
+      });
+    }
+    g.string(2, this.name);
+    for (const [name, tensor] of this.initializers) g.message(5, (t) => writeTensor(t, name, tensor));
+    for (const [name, type, shape] of this.inputs) g.message(11, (v) => writeValueInfo(v, name, type, shape));
+    for (const [name, type, shape] of this.outputs)
+      g.message(12, (v) => writeValueInfo(v, name, type, shape));
   }
 }
 

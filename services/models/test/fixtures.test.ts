@@ -10,6 +10,7 @@ import {
   buildBertClassifier,
   buildSentenceEncoder,
   buildTinyGpt2,
+  buildTinyLlama,
   decoderDefaults,
   encoderDefaults,
   positionIdsFromMask,
@@ -276,6 +277,70 @@ describe('tiny-gpt2', () => {
     const s = await ort.InferenceSession.create(tied);
     expect(s.outputNames).toEqual(['logits', 'present.0.key', 'present.0.value']);
     await s.release();
+  });
+});
+
+describe('tiny Llama family', () => {
+  /** Logits of a left-padded batch (past of length 0), as float32. */
+  async function prefill(
+    bytes: Uint8Array,
+    rows: number[][],
+    withPositions: boolean,
+  ): Promise<Float32Array[]> {
+    const s = await ort.InferenceSession.create(bytes);
+    const length = Math.max(...rows.map((r) => r.length));
+    const masks = rows.map((r) => [...Array<number>(length - r.length).fill(0), ...r.map(() => 1)]);
+    const feeds: Record<string, ort.Tensor> = {
+      input_ids: int64(rows.map((r) => [...Array<number>(length - r.length).fill(0), ...r])),
+      attention_mask: int64(masks),
+    };
+    if (withPositions) feeds.position_ids = int64(masks.map(positionIdsFromMask));
+    const meta = s.inputMetadata.filter((m) => m.name.startsWith('past_key_values'));
+    for (const m of meta) {
+      const [, heads, , headDim] = (m as { shape: readonly number[] }).shape;
+      feeds[m.name] = new ort.Tensor('float32', new Float32Array(0), [rows.length, heads!, 0, headDim!]);
+    }
+    const out = await s.run(feeds);
+    expect(out['present.0.key']!.dims).toEqual([rows.length, 2, length, 8]);
+    const logits = out.logits!.data as Float32Array;
+    const vocab = out.logits!.dims[2]!;
+    await s.release();
+    return rows.map((_, b) => logits.slice((b * length + length - 1) * vocab, (b * length + length) * vocab));
+  }
+  const close = (a: Float32Array, b: Float32Array) =>
+    a.forEach((v, i) => expect(Math.abs(v - b[i]!)).toBeLessThan(1e-4));
+
+  it('has grouped key/value heads, and gives a prompt the same logits alone and left-padded', async () => {
+    const bytes = buildTinyLlama({ kvHeads: 2 });
+    const [alone] = await prefill(bytes, [[5, 6, 7]], true);
+    const [padded, longer] = await prefill(
+      bytes,
+      [
+        [5, 6, 7],
+        [9, 8, 7, 6, 5, 4],
+      ],
+      true,
+    );
+    close(padded!, alone!);
+    const [longerAlone] = await prefill(bytes, [[9, 8, 7, 6, 5, 4]], true);
+    close(longer!, longerAlone!);
+  });
+
+  it('without position_ids numbers positions from the mask as the caller would', async () => {
+    const rows = [
+      [5, 6, 7],
+      [9, 8, 7, 6, 5, 4],
+    ];
+    const withIds = await prefill(buildTinyLlama({ kvHeads: 2 }), rows, true);
+    const fromMask = await prefill(buildTinyLlama({ kvHeads: 2, positionIds: false }), rows, false);
+    withIds.forEach((l, b) => close(fromMask[b]!, l));
+  });
+
+  it('depends on positions (rotary): the same tokens in another order give other logits', async () => {
+    const bytes = buildTinyLlama({ kvHeads: 2 });
+    const [a] = await prefill(bytes, [[5, 6, 7]], true);
+    const [b] = await prefill(bytes, [[6, 5, 7]], true);
+    expect(Math.max(...a!.map((v, i) => Math.abs(v - b![i]!)))).toBeGreaterThan(0.01);
   });
 });
 

@@ -152,6 +152,11 @@ export const modelConfigSchema = z
       .object({
         numLayers: int(1),
         numHeads: int(1),
+        /**
+         * Key/value heads, where fewer than numHeads (grouped-query attention: Llama, Mistral,
+         * Qwen2 — num_key_value_heads in Hugging Face's config.json). The cache holds these.
+         */
+        numKeyValueHeads: int(1).optional(),
         headDim: int(1),
         vocabSize: int(1),
         maxContextLength: int(1),

@@ -11,16 +11,49 @@
 import * as ort from 'onnxruntime-node';
 import type { ModelConfig } from '@maas/shared';
 import { cacheTensorNames, newPositionsOutput } from './new-kv-outputs.js';
-import { emptyPast, SlotCache, type KvSource } from './slot-cache.js';
+import { emptyPast, SlotCache, type KvShape, type KvSource } from './slot-cache.js';
+import {
+  kvHeads,
+  readDecoderSignature,
+  USE_CACHE_BRANCH,
+  type DecoderSignature,
+  type GraphInputs,
+} from './decoder-signature.js';
+import { logitsOf } from './logits.js';
 
 type Generation = NonNullable<ModelConfig['generation']>;
 
 /** What a decoder needs of an onnxruntime session. */
-export interface DecoderSession {
-  readonly inputNames: readonly string[];
-  readonly outputNames: readonly string[];
+export interface DecoderSession extends GraphInputs {
   run(feeds: Record<string, ort.Tensor>): Promise<Record<string, ort.OnnxValue>>;
 }
+
+/** The inputs every run feeds besides the cache: positions and the merged decoder's branch, where the graph takes them. */
+export function decoderFeeds(
+  signature: DecoderSignature,
+  ids: BigInt64Array,
+  mask: BigInt64Array,
+  positions: BigInt64Array,
+  [rows, length, total]: [number, number, number],
+  withPast: boolean,
+): Record<string, ort.Tensor> {
+  const feeds: Record<string, ort.Tensor> = {
+    input_ids: new ort.Tensor('int64', ids, [rows, length]),
+    attention_mask: new ort.Tensor('int64', mask, [rows, total]),
+  };
+  if (signature.positionIds) feeds.position_ids = new ort.Tensor('int64', positions, [rows, length]);
+  if (signature.useCacheBranch)
+    feeds[USE_CACHE_BRANCH] = new ort.Tensor('bool', Uint8Array.of(withPast ? 1 : 0), [1]);
+  return feeds;
+}
+
+/** The cache's shape and element type for this graph. */
+export const kvShapeOf = (g: Generation, signature: DecoderSignature): KvShape => ({
+  numLayers: g.numLayers,
+  numHeads: kvHeads(g),
+  headDim: g.headDim,
+  type: signature.kvType,
+});
 
 /** A prefill run over left-padded prompts: [rows, length] each. */
 export interface PrefillInput {
@@ -78,6 +111,8 @@ export interface BatchDecoder {
 
 export class SessionDecoder implements BatchDecoder {
   readonly newPositionsOnly: boolean;
+  private readonly signature: DecoderSignature;
+  private readonly kvShape: KvShape;
   private readonly cache: SlotCache;
   private readonly pastNames: string[];
   /** The outputs that carry new keys/values, per layer key then value. */
@@ -92,31 +127,17 @@ export class SessionDecoder implements BatchDecoder {
   ) {
     const { past, present } = cacheTensorNames(g);
     this.pastNames = past;
-    const inputs = new Set(session.inputNames);
     const outputs = new Set(session.outputNames);
     this.newPositionsOnly = present.every((n) => outputs.has(newPositionsOutput(n)));
     this.kvOutputNames = this.newPositionsOnly ? present.map(newPositionsOutput) : present;
-    const missingIn = ['input_ids', 'attention_mask', 'position_ids', ...past].filter((n) => !inputs.has(n));
-    const missingOut = ['logits', ...this.kvOutputNames].filter((n) => !outputs.has(n));
-    if (missingIn.length > 0 || missingOut.length > 0) {
-      throw new Error(
-        `model ${modelName}: not a KV-cache decoder in the optimum signature; ` +
-          `missing ${[...missingIn.map((n) => `input '${n}'`), ...missingOut.map((n) => `output '${n}'`)].join(', ')}`,
-      );
-    }
-    this.cache = new SlotCache(
-      { numLayers: g.numLayers, numHeads: g.numHeads, headDim: g.headDim },
-      g.maxConcurrentSequences,
-    );
+    this.signature = readDecoderSignature(session, g, past, this.kvOutputNames, modelName);
+    this.kvShape = kvShapeOf(g, this.signature);
+    this.cache = new SlotCache(this.kvShape, g.maxConcurrentSequences);
   }
 
   async prefill({ ids, mask, positions, rows, length }: PrefillInput) {
-    const feeds: Record<string, ort.Tensor> = {
-      input_ids: new ort.Tensor('int64', ids, [rows, length]),
-      attention_mask: new ort.Tensor('int64', mask, [rows, length]),
-      position_ids: new ort.Tensor('int64', positions, [rows, length]),
-    };
-    emptyPast(this.g, rows).forEach((t, i) => (feeds[this.pastNames[i]!] = t));
+    const feeds = decoderFeeds(this.signature, ids, mask, positions, [rows, length, length], false);
+    emptyPast(this.kvShape, rows).forEach((t, i) => (feeds[this.pastNames[i]!] = t));
     const out = await this.session.run(feeds);
     // Past of length 0: the new positions and `present` are the same.
     const group = this.nextGroup++;
@@ -125,12 +146,9 @@ export class SessionDecoder implements BatchDecoder {
       this.kvOutputNames.map((n) => out[n] as ort.Tensor),
     );
     const vocab = this.g.vocabSize;
-    const all = out.logits!.data as Float32Array;
+    const all = out.logits as ort.Tensor;
     const logits = new Float32Array(rows * vocab);
-    for (let b = 0; b < rows; b++) {
-      const last = (b * length + length - 1) * vocab;
-      logits.set(all.subarray(last, last + vocab), b * vocab);
-    }
+    for (let b = 0; b < rows; b++) logits.set(logitsOf(all, b * length + length - 1, vocab), b * vocab);
     return { logits, group, cache: this.counters() };
   }
 
@@ -157,11 +175,14 @@ export class SessionDecoder implements BatchDecoder {
   async step({ ids, positions }: StepInput): Promise<DecoderOutput> {
     const rows = this.cache.rows;
     const capacity = this.cache.capacity;
-    const feeds: Record<string, ort.Tensor> = {
-      input_ids: new ort.Tensor('int64', ids, [rows, 1]),
-      attention_mask: new ort.Tensor('int64', this.cache.mask(), [rows, capacity + 1]),
-      position_ids: new ort.Tensor('int64', positions, [rows, 1]),
-    };
+    const feeds = decoderFeeds(
+      this.signature,
+      ids,
+      this.cache.mask(),
+      positions,
+      [rows, 1, capacity + 1],
+      true,
+    );
     this.cache.past().forEach((t, i) => (feeds[this.pastNames[i]!] = t));
     const out = await this.session.run(feeds);
     // The new position: the only one of the new-positions outputs, the last of `present`.
@@ -169,7 +190,7 @@ export class SessionDecoder implements BatchDecoder {
       this.kvOutputNames.map((n) => out[n] as ort.Tensor),
       this.newPositionsOnly ? 0 : capacity,
     );
-    return { logits: out.logits!.data as Float32Array, cache: this.counters() };
+    return { logits: logitsOf(out.logits as ort.Tensor), cache: this.counters() };
   }
 
   async clear(): Promise<void> {

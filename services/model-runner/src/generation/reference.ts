@@ -6,7 +6,10 @@
  */
 import * as ort from 'onnxruntime-node';
 import type { ModelConfig } from '@maas/shared';
-import type { DecoderSession } from './batch-decoder.js';
+import { decoderFeeds, kvShapeOf, type DecoderSession } from './batch-decoder.js';
+import { readDecoderSignature } from './decoder-signature.js';
+import { logitsOf } from './logits.js';
+import { cacheTensorNames } from './new-kv-outputs.js';
 import { emptyPast } from './slot-cache.js';
 import { argmax } from './sampling.js';
 
@@ -19,23 +22,19 @@ export async function lastLogitsByRecompute(
   ids: readonly number[],
 ): Promise<Float32Array> {
   const n = ids.length;
-  const feeds: Record<string, ort.Tensor> = {
-    input_ids: new ort.Tensor('int64', BigInt64Array.from(ids, BigInt), [1, n]),
-    attention_mask: new ort.Tensor('int64', new BigInt64Array(n).fill(1n), [1, n]),
-    position_ids: new ort.Tensor(
-      'int64',
-      BigInt64Array.from(ids, (_, i) => BigInt(i)),
-      [1, n],
-    ),
-  };
-  emptyPast(g, 1).forEach((tensor, i) => {
-    const layer = String(i >> 1);
-    const pattern = i % 2 === 0 ? g.pastKeyInput : g.pastValueInput;
-    feeds[pattern.replaceAll('{layer}', layer)] = tensor;
-  });
+  const { past } = cacheTensorNames(g);
+  const signature = readDecoderSignature(session, g, past, [], 'reference');
+  const feeds = decoderFeeds(
+    signature,
+    BigInt64Array.from(ids, BigInt),
+    new BigInt64Array(n).fill(1n),
+    BigInt64Array.from(ids, (_, i) => BigInt(i)),
+    [1, n, n],
+    false,
+  );
+  emptyPast(kvShapeOf(g, signature), 1).forEach((tensor, i) => (feeds[past[i]!] = tensor));
   const out = await session.run(feeds);
-  const logits = (out.logits as ort.Tensor).data as Float32Array;
-  return logits.slice((n - 1) * g.vocabSize, n * g.vocabSize);
+  return logitsOf(out.logits as ort.Tensor, n - 1, g.vocabSize).slice();
 }
 
 /** `count` greedy tokens after the prompt (no end-of-sequence handling). */

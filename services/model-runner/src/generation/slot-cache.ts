@@ -24,22 +24,32 @@
  * capacity, so a chunk bounds the masked positions computed per row.
  */
 import * as ort from 'onnxruntime-node';
+import type { KvDatatype } from './decoder-signature.js';
 
 export interface KvShape {
   numLayers: number;
+  /** Key/value heads (fewer than the query heads under grouped-query attention). */
   numHeads: number;
   headDim: number;
+  /** The graph's past/present element type; float16 is held as its bits, in a Uint16Array. */
+  type: KvDatatype;
 }
+
+/** A cache buffer: float32 values, or float16 bits (what onnxruntime-node takes and returns for float16). */
+type KvBuffer = Float32Array | Uint16Array;
+
+const allocate = (type: KvDatatype, length: number): KvBuffer =>
+  type === 'float16' ? new Uint16Array(length) : new Float32Array(length);
 
 /** Positions added or dropped at a time: re-layouts stay rare, masked positions per row stay few. */
 export const CAPACITY_CHUNK = 32;
 
 /** An empty past for `rows` sequences: the first (prefill) run. */
 export function emptyPast(shape: KvShape, rows: number): ort.Tensor[] {
-  const empty = new Float32Array(0);
+  const empty = allocate(shape.type, 0);
   return Array.from(
     { length: 2 * shape.numLayers },
-    () => new ort.Tensor('float32', empty, [rows, shape.numHeads, 0, shape.headDim]),
+    () => new ort.Tensor(shape.type, empty, [rows, shape.numHeads, 0, shape.headDim]),
   );
 }
 
@@ -54,7 +64,7 @@ export interface KvSource {
 
 export class SlotCache {
   /** Per layer key then value. */
-  private buffers: Float32Array[] = [];
+  private buffers: KvBuffer[] = [];
   /** Positions per row in the buffers: the past length a step feeds. */
   capacity = 0;
   /** Tokens cached per row (rows 0..rows-1 are in use). */
@@ -68,7 +78,11 @@ export class SlotCache {
   constructor(
     private readonly shape: KvShape,
     private readonly maxRows: number,
-  ) {}
+  ) {
+    this.elementBytes = shape.type === 'float16' ? 2 : 4;
+  }
+
+  private readonly elementBytes: number;
 
   get rows(): number {
     return this.cached.length;
@@ -88,7 +102,8 @@ export class SlotCache {
     const { numHeads, headDim } = this.shape;
     const size = this.rows * numHeads * this.capacity * headDim;
     return this.buffers.map(
-      (b) => new ort.Tensor('float32', b.subarray(0, size), [this.rows, numHeads, this.capacity, headDim]),
+      (b) =>
+        new ort.Tensor(this.shape.type, b.subarray(0, size), [this.rows, numHeads, this.capacity, headDim]),
     );
   }
 
@@ -152,7 +167,7 @@ export class SlotCache {
     const at = this.cached[row]!;
     const span = from.count * headDim;
     for (let t = 0; t < this.buffers.length; t++) {
-      const src = from.tensors[t]!.data as Float32Array;
+      const src = from.tensors[t]!.data as KvBuffer;
       const dst = this.buffers[t]!;
       for (let h = 0; h < numHeads; h++) {
         const s = ((from.row * numHeads + h) * length + from.start) * headDim;
@@ -160,7 +175,7 @@ export class SlotCache {
       }
     }
     this.cached[row] = at + from.count;
-    this.writtenBytes += this.buffers.length * numHeads * span * 4;
+    this.writtenBytes += this.buffers.length * numHeads * span * this.elementBytes;
   }
 
   private moveRow(from: number, to: number): void {
@@ -173,7 +188,7 @@ export class SlotCache {
       }
     }
     this.cached[to] = this.cached[from]!;
-    this.copiedBytes += this.buffers.length * numHeads * span * 4;
+    this.copiedBytes += this.buffers.length * numHeads * span * this.elementBytes;
   }
 
   /**
@@ -192,9 +207,8 @@ export class SlotCache {
     // After clear() the capacity is 0, below any wanted one: the buffers are allocated again.
     if (capacity === this.capacity) return;
     const { numHeads, headDim } = this.shape;
-    const buffers = Array.from(
-      { length: 2 * this.shape.numLayers },
-      () => new Float32Array(this.maxRows * numHeads * capacity * headDim),
+    const buffers = Array.from({ length: 2 * this.shape.numLayers }, () =>
+      allocate(this.shape.type, this.maxRows * numHeads * capacity * headDim),
     );
     let copied = 0;
     for (let t = 0; t < buffers.length && this.buffers.length > 0; t++) {
@@ -203,7 +217,7 @@ export class SlotCache {
         for (let h = 0; h < numHeads; h++) {
           const s = (row * numHeads + h) * this.capacity * headDim;
           buffers[t]!.set(src.subarray(s, s + n * headDim), (row * numHeads + h) * capacity * headDim);
-          copied += n * headDim * 4;
+          copied += n * headDim * this.elementBytes;
         }
       });
     }
