@@ -57,7 +57,7 @@ import {
   WorkerDecoder,
   SequenceRandom,
 } from '../src/generation/index.js';
-import { greedyByRecompute } from '../src/generation/reference.js';
+import { greedyByRecompute, greedyRequest } from '../src/generation/reference.js';
 
 const list = (value: string) => value.split(',').map(Number);
 const LENGTHS = list(process.env.BENCH_NEW_TOKENS ?? '64,200');
@@ -183,14 +183,7 @@ async function engineRun(
     asks.map(async (promptIds, i) => {
       if (arrivalGapMs > 0) await new Promise((r) => setTimeout(r, i * arrivalGapMs));
       return engine.generate(
-        {
-          promptIds,
-          maxNewTokens: typeof newTokens === 'number' ? newTokens : newTokens(i),
-          sampling: {},
-          stopTokenIds: [],
-          ignoreEos: true,
-          signal: new AbortController().signal,
-        },
+        greedyRequest(promptIds, typeof newTokens === 'number' ? newTokens : newTokens(i)),
         () => undefined,
       );
     }),
@@ -214,6 +207,129 @@ async function engineRun(
     repacks: await histogramCount(registry, 'maas_runner_generation_repack_duration_seconds'),
     repackMs: 1000 * (await histogramMean(registry, 'maas_runner_generation_repack_duration_seconds')),
   };
+}
+
+interface LongPromptPhase {
+  itlP50Ms: number;
+  itlP99Ms: number;
+  itlMaxMs: number;
+  /** The long prompts' mean time to first token, ms (0 when none came). */
+  longTtftMs: number;
+  chunks: number;
+}
+
+const LONG_PROMPT_TOKENS = 200;
+const LONG_PROMPTS = 3;
+
+/**
+ * Chunked prefill as a running batch meets it: 8 streams decode (120 new
+ * tokens each) and, with `longPrompts`, 200-token prompts arrive while they
+ * do (after the first stream's 10th, 40th and 70th token). Inter-token
+ * latency of the 8 running streams, and the long prompts' time to first
+ * token, with the model's prefill budget per turn set to `chunkTokens`.
+ */
+async function longPromptRun(
+  decoder: BatchDecoder,
+  model: BenchModel,
+  chunkTokens: number,
+  longPrompts: boolean,
+): Promise<LongPromptPhase> {
+  const registry = new Registry();
+  const g = { ...model.config.generation!, prefillChunkTokens: chunkTokens };
+  const engine = new GenerationEngine({
+    modelName: model.name,
+    modelVersion: '1',
+    decoder,
+    config: { ...model.config, generation: g },
+    metrics: createGenerationMetrics(registry),
+    logger,
+  });
+  const ask = (promptIds: number[], maxNewTokens: number, onToken: () => void) =>
+    engine.generate(greedyRequest(promptIds, maxNewTokens), onToken);
+  const random = new SequenceRandom(7);
+  const longPrompt = () =>
+    Array.from({ length: LONG_PROMPT_TOKENS }, () => 10 + Math.floor(random.next() * (g.vocabSize - 10)));
+  const gaps: number[] = [];
+  const ttfts: number[] = [];
+  const longRuns: Promise<unknown>[] = [];
+  await Promise.all(
+    prompts(8, g.vocabSize).map((promptIds, stream) => {
+      let last = -1;
+      let count = 0;
+      return ask(promptIds, 120, () => {
+        const now = performance.now();
+        if (last >= 0) gaps.push(now - last);
+        last = now;
+        count++;
+        if (longPrompts && stream === 0 && (count === 10 || count === 40 || count === 70)) {
+          const sent = performance.now();
+          let first = true;
+          longRuns.push(
+            ask(longPrompt(), 8, () => {
+              if (first) ttfts.push(performance.now() - sent);
+              first = false;
+            }),
+          );
+        }
+      });
+    }),
+  );
+  await Promise.all(longRuns);
+  await engine.close();
+  gaps.sort((a, b) => a - b);
+  const at = (p: number) => gaps[Math.min(gaps.length - 1, Math.floor((p / 100) * gaps.length))]!;
+  const values = ((await registry.getMetricsAsJSON()).find(
+    (m) => m.name === 'maas_runner_generation_prefill_chunks_total',
+  )?.values ?? []) as { value: number }[];
+  return {
+    itlP50Ms: at(50),
+    itlP99Ms: at(99),
+    itlMaxMs: gaps.at(-1)!,
+    longTtftMs: ttfts.length ? ttfts.reduce((a, b) => a + b, 0) / ttfts.length : 0,
+    chunks: values.reduce((sum, v) => sum + v.value, 0),
+  };
+}
+
+/** Interleaved rounds of the three ways; the median of each figure. */
+async function chunkedPrefill(decoder: BatchDecoder, model: BenchModel, summary: string[], threads: number) {
+  const chunk = Number(process.env.BENCH_PREFILL_CHUNK ?? model.config.generation!.prefillChunkTokens);
+  const ways = {
+    'no long prompts': () => longPromptRun(decoder, model, chunk, false),
+    [`long prompts, prefilled whole`]: () => longPromptRun(decoder, model, 1_000_000, true),
+    [`long prompts, chunked by ${chunk}`]: () => longPromptRun(decoder, model, chunk, true),
+  };
+  const rounds = new Map<string, LongPromptPhase[]>();
+  for (let round = 0; round < REPEATS; round++) {
+    for (const [name, run] of Object.entries(ways))
+      rounds.set(name, [...(rounds.get(name) ?? []), await run()]);
+  }
+  const median = (phases: LongPromptPhase[], key: keyof LongPromptPhase) => {
+    const sorted = phases.map((p) => p[key]).sort((a, b) => a - b);
+    return sorted[Math.floor(sorted.length / 2)]!;
+  };
+  const figures = new Map<string, LongPromptPhase>();
+  for (const [name, phases] of rounds) {
+    const m = {
+      itlP50Ms: median(phases, 'itlP50Ms'),
+      itlP99Ms: median(phases, 'itlP99Ms'),
+      itlMaxMs: median(phases, 'itlMaxMs'),
+      longTtftMs: median(phases, 'longTtftMs'),
+      chunks: median(phases, 'chunks'),
+    };
+    figures.set(name, m);
+    console.log(
+      `  8 streams decoding, ${name}: inter-token latency p50 ${f(m.itlP50Ms, 2)} ms, p99 ${f(m.itlP99Ms, 2)} ms, max ${f(m.itlMaxMs, 2)} ms` +
+        (m.longTtftMs
+          ? `; ${LONG_PROMPTS} prompts of ${LONG_PROMPT_TOKENS} tokens: TTFT ${f(m.longTtftMs)} ms, ${m.chunks} chunks`
+          : ''),
+    );
+  }
+  const [quiet, whole, chunked] = [...figures.values()];
+  summary.push(
+    `  threads ${threads}: ITL p99 of 8 running streams while ${LONG_PROMPT_TOKENS}-token prompts arrive: ` +
+      `chunked ${f(chunked!.itlP99Ms, 2)} ms vs whole ${f(whole!.itlP99Ms, 2)} ms (${f(whole!.itlP99Ms / chunked!.itlP99Ms, 2)}× lower), ` +
+      `no long prompts ${f(quiet!.itlP99Ms, 2)} ms; the long prompts' TTFT chunked ${f(chunked!.longTtftMs)} ms vs whole ${f(whole!.longTtftMs)} ms (median of ${REPEATS} interleaved rounds)`,
+  );
 }
 
 /** Runs in the client process: `streams` concurrent Generate calls; total tokens/s. */
@@ -331,6 +447,11 @@ async function benchThreads(model: BenchModel, threads: number, summary: string[
   const inThread = new SessionDecoder(session, g, model.name);
   await engineRun(decoder, model, 2, 16); // warm-up
   await engineRun(inThread, model, 2, 16);
+  await chunkedPrefill(decoder, model, summary, threads);
+  if (process.env.BENCH_CHUNKED_ONLY === '1') {
+    await Promise.all([session.release(), decoder.release()]);
+    return;
+  }
 
   const prompt = prompts(1, g.vocabSize)[0]!;
   const recomputeTokens = 100;

@@ -20,6 +20,7 @@ import * as ort from 'onnxruntime-node';
 import { Registry } from 'prom-client';
 import { createLogger, defaultRepositoryPath, type ModelConfig, readModelConfig } from '@maas/shared';
 import { createGenerationMetrics, GenerationEngine, SessionDecoder } from '../src/generation/index.js';
+import { greedyRequest } from '../src/generation/reference.js';
 
 type Provider = 'cpu' | 'webgpu';
 /** GPU_CHECK_ACCELERATOR=cpu runs the whole check CPU against CPU: how the script itself is tried without a GPU. */
@@ -133,17 +134,7 @@ function engineOn(session: ort.InferenceSession, config: ModelConfig): Generatio
 
 async function generateIds(engine: GenerationEngine, promptIds: number[], maxNewTokens: number) {
   const tokens: number[] = [];
-  await engine.generate(
-    {
-      promptIds,
-      maxNewTokens,
-      sampling: {},
-      stopTokenIds: [],
-      ignoreEos: true,
-      signal: new AbortController().signal,
-    },
-    (ids) => tokens.push(...ids),
-  );
+  await engine.generate(greedyRequest(promptIds, maxNewTokens), (ids) => tokens.push(...ids));
   return tokens;
 }
 

@@ -34,7 +34,7 @@ import { SessionDecoder, type BatchDecoder } from '../src/generation/batch-decod
 export type GenerationLimits = Partial<
   Pick<
     NonNullable<ModelConfig['generation']>,
-    'maxConcurrentSequences' | 'maxCachedTokens' | 'maxQueuedSequences' | 'eosTokenId'
+    'maxConcurrentSequences' | 'maxCachedTokens' | 'maxQueuedSequences' | 'eosTokenId' | 'prefillChunkTokens'
   >
 >;
 

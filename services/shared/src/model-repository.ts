@@ -170,6 +170,12 @@ export const modelConfigSchema = z
         maxCachedTokens: int(1).default(16_384),
         maxQueuedSequences: int().default(64),
         /**
+         * Prompt tokens prefilled per scheduler turn while other sequences decode: a longer prompt
+         * is prefilled in chunks of this size between decode steps (chunked prefill), so running
+         * sequences wait at most one chunk's prefill for their next token.
+         */
+        prefillChunkTokens: int(1).default(64),
+        /**
          * A Jinja chat template (as `chat_template` in Hugging Face's tokenizer_config.json): lets
          * the HTTP API's /v1/chat/completions render messages into a prompt for this model.
          */

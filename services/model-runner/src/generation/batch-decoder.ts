@@ -70,12 +70,23 @@ export interface StepInput {
   positions: BigInt64Array;
 }
 
-/** A prefilled prompt to add to the batch: row `row` of prefill `group`, its last `count` positions. */
-export interface JoinEntry {
-  group: number;
-  row: number;
-  count: number;
+/**
+ * A piece of one long prompt (chunked prefill): run with the keys/values of
+ * the pieces before it, which the decoder holds under `sequence` until the
+ * sequence joins the batch or is dropped.
+ */
+export interface ChunkInput {
+  sequence: number;
+  ids: BigInt64Array;
+  positions: BigInt64Array;
 }
+
+/**
+ * A prefilled prompt to add to the batch: row `row` of prefill `group`, its
+ * last `count` positions; or the `count` positions held for a chunked
+ * prefill's `sequence`.
+ */
+export type JoinEntry = { group: number; row: number; count: number } | { sequence: number; count: number };
 
 /** What the batch cache has cost and holds. */
 export interface CacheCounters {
@@ -99,7 +110,11 @@ export interface BatchDecoder {
   readonly newPositionsOnly: boolean;
   /** Runs a prefill; its keys/values are held as `group` until the next join(). */
   prefill(input: PrefillInput): Promise<DecoderOutput & { group: number }>;
-  /** Adds prefilled prompts to the batch, in order (rows rows..rows+n-1), and drops every held prefill. */
+  /** Runs a chunk of a long prompt after its earlier chunks; the logits are the chunk's last position's. */
+  prefillChunk(input: ChunkInput): Promise<DecoderOutput>;
+  /** Drops what a chunked prefill holds (the sequence ended before joining). */
+  dropChunked(sequence: number): Promise<void>;
+  /** Adds prefilled prompts to the batch, in order (rows rows..rows+n-1), and drops every held prefill run. */
   join(entries: JoinEntry[]): Promise<CacheCounters>;
   /** Removes rows from the batch; the last rows move into their places (returned, as the cache moved them). */
   leave(rows: number[]): Promise<{ moves: { from: number; to: number }[]; cache: CacheCounters }>;
@@ -118,6 +133,8 @@ export class SessionDecoder implements BatchDecoder {
   /** The outputs that carry new keys/values, per layer key then value. */
   private readonly kvOutputNames: string[];
   private readonly prefills = new Map<number, ort.Tensor[]>();
+  /** Chunked prefills in progress: each sequence's prompt keys/values so far, in a one-row cache. */
+  private readonly chunked = new Map<number, SlotCache>();
   private nextGroup = 0;
 
   constructor(
@@ -152,9 +169,40 @@ export class SessionDecoder implements BatchDecoder {
     return { logits, group, cache: this.counters() };
   }
 
+  async prefillChunk({ sequence, ids, positions }: ChunkInput): Promise<DecoderOutput> {
+    const length = ids.length;
+    let held = this.chunked.get(sequence);
+    const first = !held;
+    held ??= new SlotCache(this.kvShape, 1);
+    // After the first chunk the held positions are the past, masked beyond what they hold.
+    const capacity = first ? 0 : held.capacity;
+    const mask = first ? new BigInt64Array(length).fill(1n) : held.mask(length);
+    const feeds = decoderFeeds(this.signature, ids, mask, positions, [1, length, capacity + length], !first);
+    (first ? emptyPast(this.kvShape, 1) : held.past()).forEach((t, i) => (feeds[this.pastNames[i]!] = t));
+    const out = await this.session.run(feeds);
+    const kv = this.kvOutputNames.map((n) => out[n] as ort.Tensor);
+    if (first) held.add({ tensors: kv, row: 0, start: 0, count: length });
+    else held.append(kv, this.newPositionsOnly ? 0 : capacity, length);
+    this.chunked.set(sequence, held);
+    const logits = logitsOf(out.logits as ort.Tensor, length - 1, this.g.vocabSize).slice();
+    return { logits, cache: this.counters() };
+  }
+
+  async dropChunked(sequence: number): Promise<void> {
+    this.chunked.delete(sequence);
+  }
+
   async join(entries: JoinEntry[]): Promise<CacheCounters> {
     try {
-      for (const { group, row, count } of entries) {
+      for (const entry of entries) {
+        if ('sequence' in entry) {
+          const held = this.chunked.get(entry.sequence);
+          if (!held) throw new Error(`no chunked prefill of sequence ${entry.sequence} is held`);
+          this.chunked.delete(entry.sequence);
+          this.cache.add({ tensors: held.past(), row: 0, start: 0, count: entry.count });
+          continue;
+        }
+        const { group, row, count } = entry;
         const tensors = this.prefills.get(group);
         if (!tensors) throw new Error(`no prefill ${group} is held`);
         // Left-padded: the prompt is the last `count` positions of its row.
@@ -196,6 +244,7 @@ export class SessionDecoder implements BatchDecoder {
   async clear(): Promise<void> {
     this.cache.clear();
     this.prefills.clear();
+    this.chunked.clear();
   }
 
   private counters(): CacheCounters {

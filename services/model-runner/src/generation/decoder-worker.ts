@@ -53,6 +53,12 @@ async function handle(m: DecoderRequest): Promise<{ ok: unknown; transfer?: Arra
       const logits = spansWholeBuffer(out.logits) ? out.logits : out.logits.slice();
       return { ok: { ...out, logits }, transfer: [logits.buffer as ArrayBuffer] };
     }
+    case 'chunk': {
+      const out = await decoder.prefillChunk(m.input);
+      return { ok: out, transfer: [out.logits.buffer as ArrayBuffer] };
+    }
+    case 'drop-chunked':
+      return { ok: await decoder.dropChunked(m.sequence) };
     case 'join':
       return { ok: await decoder.join(m.entries) };
     case 'leave':

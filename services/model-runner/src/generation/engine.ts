@@ -79,6 +79,8 @@ const PREFILL_LOGITS_PER_RUN = 2 ** 25;
 type SequenceState = 'waiting' | 'prefilling' | 'running' | 'done';
 
 interface Sequence {
+  /** The engine's id: what the decoder holds a chunked prefill under. */
+  id: number;
   request: GenerationRequest;
   onTokens(ids: number[]): void;
   resolve(result: GenerationResult): void;
@@ -116,6 +118,13 @@ export class GenerationEngine {
   private prefillsHeld = false;
   /** Admitted and being prefilled: they hold a slot but are not in the batch yet. */
   private joining: Sequence[] = [];
+  /**
+   * A prompt longer than a turn's prefill budget, prefilled a chunk per turn
+   * between decode steps (one at a time): it holds a slot, and the decoder
+   * holds its keys/values so far.
+   */
+  private chunking: Sequence | undefined;
+  private nextId = 0;
   private reservedTokens = 0;
   private loop: Promise<void> | undefined;
   private closed = false;
@@ -141,7 +150,13 @@ export class GenerationEngine {
     let cachedTokens = 0;
     for (const seq of this.running) cachedTokens += seq.cached;
     for (const seq of this.joining) cachedTokens += seq.cached;
-    return { running: this.running.length + this.joining.length, waiting: this.waiting.length, cachedTokens };
+    cachedTokens += this.chunking?.cached ?? 0;
+    return { running: this.slotsHeld(), waiting: this.waiting.length, cachedTokens };
+  }
+
+  /** Sequences holding a slot: running, being prefilled, or part-way through a chunked prefill. */
+  private slotsHeld(): number {
+    return this.running.length + this.joining.length + (this.chunking ? 1 : 0);
   }
 
   cacheStats(): CacheStats {
@@ -160,6 +175,7 @@ export class GenerationEngine {
     if (refusal) return Promise.reject(refusal);
     return new Promise((resolve, reject) => {
       const seq: Sequence = {
+        id: this.nextId++,
         request,
         onTokens,
         resolve,
@@ -194,7 +210,7 @@ export class GenerationEngine {
       this.release(seq);
       seq.reject(unavailable(`model ${this.labels.model} version ${this.labels.version} is unloading`));
     }
-    if (options.force) for (const seq of [...this.running, ...this.joining]) seq.finish ??= 'cancelled';
+    if (options.force) for (const seq of this.inFlight()) seq.finish ??= 'cancelled';
     this.updateGauges();
     await this.loop;
   }
@@ -221,7 +237,7 @@ export class GenerationEngine {
     }
     // Sequences that arrived since the scheduler last ran wait here too, though free slots will take
     // them at its next turn: count against the queue only those the free slots cannot.
-    const freeSlots = Math.max(0, this.g.maxConcurrentSequences - this.running.length - this.joining.length);
+    const freeSlots = Math.max(0, this.g.maxConcurrentSequences - this.slotsHeld());
     if (this.waiting.length >= this.g.maxQueuedSequences + freeSlots) {
       this.options.metrics.rejected.inc(this.labels);
       return resourceExhausted(
@@ -253,21 +269,30 @@ export class GenerationEngine {
       .catch((error: unknown) => {
         // A bug, not a model error (those fail their run's sequences): fail what is in flight
         // rather than spin on it; waiting sequences get a fresh start.
-        const inFlight = [...this.running, ...this.joining].filter((s) => s.state !== 'done');
+        const inFlight = this.inFlight().filter((s) => s.state !== 'done');
         this.running = [];
         this.joining = [];
+        this.chunking = undefined;
         this.prefillsHeld = false;
         void this.decoder.clear().catch(() => undefined);
         this.fail(inFlight, error, 'scheduling');
       })
       .finally(() => {
         this.loop = undefined;
-        if (this.waiting.length > 0 || this.running.length > 0) this.wake();
+        if (this.hasWork()) this.wake();
       });
   }
 
+  private inFlight(): Sequence[] {
+    return [...this.running, ...this.joining, ...(this.chunking ? [this.chunking] : [])];
+  }
+
+  private hasWork(): boolean {
+    return this.waiting.length > 0 || this.running.length > 0 || this.chunking !== undefined;
+  }
+
   private async schedule(): Promise<void> {
-    while (this.waiting.length > 0 || this.running.length > 0) {
+    while (this.hasWork()) {
       await this.retire();
       await this.join(await this.admit());
       this.updateGauges();
@@ -308,20 +333,36 @@ export class GenerationEngine {
    * Admits waiting sequences in arrival order while the limits allow (no
    * overtaking: a long request at the head is not starved by short ones),
    * prefills them, and returns those that go on to join the batch.
+   *
+   * While a batch decodes, a turn prefills at most prefillChunkTokens prompt
+   * tokens, so running sequences wait at most that much prefill for their
+   * next token: the chunked prefill goes on first, then whole prompts that fit
+   * what is left; a prompt longer than a whole turn's budget becomes the
+   * chunked prefill. With nothing decoding nobody waits on a prefill, and
+   * prompts are prefilled whole.
    */
   private async admit(): Promise<Sequence[]> {
+    const budget = this.running.length > 0 ? this.g.prefillChunkTokens : Infinity;
+    const joined: Sequence[] = [];
+    let used = this.chunking ? await this.prefillChunk(budget, joined) : 0;
     while (this.waiting.length > 0) {
       const seq = this.waiting[0]!;
-      if (this.running.length + this.joining.length >= this.g.maxConcurrentSequences) break;
+      if (this.slotsHeld() >= this.g.maxConcurrentSequences) break;
       if (this.reservedTokens + seq.reserved > this.g.maxCachedTokens) break;
-      this.waiting.shift();
-      this.reservedTokens += seq.reserved;
-      seq.state = 'prefilling';
-      seq.admittedAt = performance.now();
-      this.options.metrics.queueSeconds.observe(this.labels, (seq.admittedAt - seq.arrivedAt) / 1000);
+      const length = seq.request.promptIds.length;
+      if (used + length > budget) {
+        if (length > budget && !this.chunking && used <= budget / 2) {
+          this.take(seq);
+          this.chunking = seq;
+          used += await this.prefillChunk(budget - used, joined);
+        }
+        break;
+      }
+      this.take(seq);
       this.joining.push(seq);
+      used += length;
     }
-    if (this.joining.length === 0) return [];
+    if (this.joining.length === 0) return joined;
     this.updateGauges();
     // Similar lengths together waste less on padding.
     const admitted = [...this.joining].sort(
@@ -338,7 +379,6 @@ export class GenerationEngine {
       start = end;
     }
     // In prefill order: a single group joining an empty batch is then already packed.
-    const joined: Sequence[] = [];
     for (const seq of admitted) {
       if (seq.state !== 'prefilling') continue; // failed
       if (seq.request.signal.aborted) seq.finish ??= 'cancelled';
@@ -347,6 +387,64 @@ export class GenerationEngine {
     }
     this.joining = [];
     return joined;
+  }
+
+  /** Moves the head of the queue to the admitted: it holds a slot and its reservation from now. */
+  private take(seq: Sequence): void {
+    this.waiting.shift();
+    this.reservedTokens += seq.reserved;
+    seq.state = 'prefilling';
+    seq.admittedAt = performance.now();
+    this.options.metrics.queueSeconds.observe(this.labels, (seq.admittedAt - seq.arrivedAt) / 1000);
+    this.updateGauges();
+  }
+
+  /**
+   * The chunked prefill's next chunk, at most `allowance` tokens (all the
+   * rest when unbounded). After its last chunk the sequence has its first
+   * token and goes to `joined`, unless that ended it. Returns the tokens run.
+   */
+  private async prefillChunk(allowance: number, joined: Sequence[]): Promise<number> {
+    const seq = this.chunking!;
+    if (seq.request.signal.aborted) seq.finish ??= 'cancelled';
+    if (seq.finish) {
+      this.chunking = undefined;
+      await this.decoder.dropChunked(seq.id);
+      this.end(seq, seq.finish);
+      return 0;
+    }
+    const prompt = seq.request.promptIds;
+    const start = seq.cached;
+    const count = Math.min(allowance, prompt.length - start);
+    const started = performance.now();
+    let out;
+    try {
+      out = await this.decoder.prefillChunk({
+        sequence: seq.id,
+        ids: BigInt64Array.from(prompt.slice(start, start + count), BigInt),
+        positions: BigInt64Array.from({ length: count }, (_, i) => BigInt(start + i)),
+      });
+    } catch (error) {
+      this.chunking = undefined;
+      await this.decoder.dropChunked(seq.id).catch(() => undefined);
+      this.fail([seq], error, 'prefill');
+      return count;
+    }
+    this.options.metrics.prefillSeconds.observe(this.labels, (performance.now() - started) / 1000);
+    this.options.metrics.prefillChunks.inc(this.labels);
+    this.updateCache(out.cache);
+    seq.cached += count;
+    if (seq.cached < prompt.length) return count;
+    this.chunking = undefined;
+    this.accept(seq, out.logits);
+    if (seq.request.signal.aborted) seq.finish ??= 'cancelled';
+    if (seq.finish) {
+      await this.decoder.dropChunked(seq.id);
+      this.end(seq, seq.finish);
+    } else {
+      joined.push(seq);
+    }
+    return count;
   }
 
   /** Prefills a group; when the group's run fails, each member alone, so one bad prompt fails only itself. */
@@ -398,10 +496,12 @@ export class GenerationEngine {
    * sequences that ended before joining), so it runs after every admission.
    */
   private async join(joined: Sequence[]): Promise<void> {
-    if (!this.prefillsHeld) return;
+    if (!this.prefillsHeld && joined.length === 0) return;
     this.prefillsHeld = false;
     const started = performance.now();
-    const entries = joined.map((seq) => ({ ...seq.prefilled!, count: seq.cached }));
+    const entries = joined.map((seq) =>
+      seq.prefilled ? { ...seq.prefilled, count: seq.cached } : { sequence: seq.id, count: seq.cached },
+    );
     for (const seq of joined) {
       seq.state = 'running';
       seq.prefilled = undefined;

@@ -52,6 +52,10 @@ export function createGenerationMetrics(registry: Registry) {
       "Share of a decode step's cache positions that are left padding (sequences shorter than the longest).",
       [0, 0.1, 0.25, 0.5, 0.75, 0.9],
     ),
+    prefillChunks: counter(
+      'prefill_chunks_total',
+      'Chunks of long prompts prefilled between decode steps (chunked prefill), so running sequences keep their inter-token latency.',
+    ),
     generatedTokens: counter('generated_tokens_total', 'Tokens generated.'),
     promptTokens: counter('prompt_tokens_total', 'Prompt tokens received.'),
     finished: new Counter({

@@ -12,6 +12,7 @@ import { logitsOf } from './logits.js';
 import { cacheTensorNames } from './new-kv-outputs.js';
 import { emptyPast } from './slot-cache.js';
 import { argmax } from './sampling.js';
+import type { GenerationRequest } from './engine.js';
 
 type Generation = NonNullable<ModelConfig['generation']>;
 
@@ -48,3 +49,13 @@ export async function greedyByRecompute(
   for (let k = 0; k < count; k++) ids.push(argmax(await lastLogitsByRecompute(session, g, ids)));
   return ids.slice(prompt.length);
 }
+
+/** A greedy request for exactly `maxNewTokens` tokens (end of sequence ignored): the benchmarks' and the GPU check's. */
+export const greedyRequest = (promptIds: number[], maxNewTokens: number): GenerationRequest => ({
+  promptIds,
+  maxNewTokens,
+  sampling: {},
+  stopTokenIds: [],
+  ignoreEos: true,
+  signal: new AbortController().signal,
+});

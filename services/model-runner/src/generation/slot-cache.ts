@@ -107,13 +107,17 @@ export class SlotCache {
     );
   }
 
-  /** attention_mask of a decode step: each row's cached positions and the new one (position `capacity`). */
-  mask(): BigInt64Array {
-    const total = this.capacity + 1;
+  /**
+   * attention_mask of a run over these rows: each row's cached positions and
+   * `added` new ones (positions `capacity`..; one for a decode step, a chunk
+   * of prompt for a chunked prefill).
+   */
+  mask(added = 1): BigInt64Array {
+    const total = this.capacity + added;
     const mask = new BigInt64Array(this.rows * total);
     this.cached.forEach((n, b) => {
       mask.fill(1n, b * total, b * total + n);
-      mask[b * total + this.capacity] = 1n;
+      mask.fill(1n, b * total + this.capacity, (b + 1) * total);
     });
     return mask;
   }
@@ -127,10 +131,10 @@ export class SlotCache {
     return row;
   }
 
-  /** After a decode step: appends each row's new position, read from position `at` of `tensors`' row. */
-  append(tensors: ort.Tensor[], at: number): void {
-    this.fit(this.rows, Math.max(...this.cached) + 1);
-    for (let row = 0; row < this.rows; row++) this.write(row, { tensors, row, start: at, count: 1 });
+  /** After a run: appends each row's `count` new positions (one per decode step), read from position `at` of `tensors`' row. */
+  append(tensors: ort.Tensor[], at: number, count = 1): void {
+    this.fit(this.rows, Math.max(...this.cached) + count);
+    for (let row = 0; row < this.rows; row++) this.write(row, { tensors, row, start: at, count });
   }
 
   /**

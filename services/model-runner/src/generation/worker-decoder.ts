@@ -15,6 +15,7 @@ import { WorkerChannel } from '../worker-channel.js';
 import type {
   BatchDecoder,
   CacheCounters,
+  ChunkInput,
   DecoderOutput,
   JoinEntry,
   PrefillInput,
@@ -35,6 +36,8 @@ export type DecoderRequest =
     }
   | { kind: 'prefill'; input: PrefillInput }
   | { kind: 'step'; input: StepInput }
+  | { kind: 'chunk'; input: ChunkInput }
+  | { kind: 'drop-chunked'; sequence: number }
   | { kind: 'join'; entries: JoinEntry[] }
   | { kind: 'leave'; rows: number[] }
   | { kind: 'clear' }
@@ -111,6 +114,14 @@ export class WorkerDecoder implements BatchDecoder {
 
   step(input: StepInput): Promise<DecoderOutput> {
     return this.call({ kind: 'step', input }, [input.ids, input.positions]);
+  }
+
+  prefillChunk(input: ChunkInput): Promise<DecoderOutput> {
+    return this.call({ kind: 'chunk', input }, [input.ids, input.positions]);
+  }
+
+  dropChunked(sequence: number): Promise<void> {
+    return this.call({ kind: 'drop-chunked', sequence });
   }
 
   join(entries: JoinEntry[]): Promise<CacheCounters> {
