@@ -6,6 +6,7 @@
 import { status, type ServerDuplexStream, type ServerWritableStream } from '@grpc/grpc-js';
 import {
   failedPrecondition,
+  checkGenerationPriority,
   invalidArgument,
   isServiceError,
   parseUint64Field,
@@ -267,6 +268,7 @@ function generationRequest(
     },
     stopTokenIds: request.stopTokenIds,
     ignoreEos: request.ignoreEos,
+    priority: checkGenerationPriority(request.priority),
     signal,
     requestId: request.requestId || undefined,
   };

@@ -18,6 +18,7 @@ import {
   startEngine,
   tinyDecoder,
   until,
+  withRun,
   type DecoderModel,
 } from './generation-harness';
 
@@ -118,20 +119,13 @@ describe('chunked prefill', () => {
 
   it('fails only the chunked sequence when one of its runs fails', async () => {
     let failChunk = false;
-    const faulty = new Proxy(model.session, {
-      get(target, key) {
-        if (key === 'run')
-          return (feeds: Record<string, ort.Tensor>) => {
-            // A chunk run: one row, more than one new token.
-            if (failChunk && feeds.input_ids!.dims[0] === 1 && feeds.input_ids!.dims[1]! > 1) {
-              failChunk = false;
-              return Promise.reject(new Error('injected chunk failure'));
-            }
-            return target.run(feeds);
-          };
-        const value = Reflect.get(target, key) as unknown;
-        return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
-      },
+    const faulty = withRun(model.session, (feeds, run) => {
+      // A chunk run: one row, more than one new token.
+      if (failChunk && feeds.input_ids!.dims[0] === 1 && feeds.input_ids!.dims[1]! > 1) {
+        failChunk = false;
+        return Promise.reject(new Error('injected chunk failure'));
+      }
+      return run(feeds);
     });
     const { engine } = startEngine(model, { prefillChunkTokens: CHUNK }, faulty);
     let failed: Promise<unknown> | undefined;

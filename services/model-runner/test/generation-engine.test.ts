@@ -3,7 +3,6 @@
  * fixture decoder (random weights, optimum KV-cache signature).
  */
 import { status } from '@grpc/grpc-js';
-import type * as ort from 'onnxruntime-node';
 import { StatusError } from '@maas/shared';
 import { argmax, type GenerationEngine } from '../src/generation/index';
 import { greedyByRecompute, lastLogitsByRecompute } from '../src/generation/reference';
@@ -15,6 +14,7 @@ import {
   TEST_PROMPTS,
   tinyDecoder,
   until,
+  withRun,
   type Ask,
   type DecoderModel,
   type Generated,
@@ -421,19 +421,12 @@ describe('cancellation', () => {
 describe('failures and closing', () => {
   it('an onnxruntime error fails only the sequences of that run; the engine keeps serving', async () => {
     let failNextRun = false;
-    const faulty = new Proxy(model.session, {
-      get(target, key) {
-        if (key === 'run')
-          return (...args: Parameters<ort.InferenceSession['run']>) => {
-            if (failNextRun) {
-              failNextRun = false;
-              return Promise.reject(new Error('injected failure'));
-            }
-            return target.run(...args);
-          };
-        const value = Reflect.get(target, key) as unknown;
-        return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
-      },
+    const faulty = withRun(model.session, (feeds, run) => {
+      if (failNextRun) {
+        failNextRun = false;
+        return Promise.reject(new Error('injected failure'));
+      }
+      return run(feeds);
     });
     const { engine, registry } = startEngine(model, {}, faulty);
     const expected = await alone([askFor(0), askFor(2)]);

@@ -34,7 +34,12 @@ import { SessionDecoder, type BatchDecoder } from '../src/generation/batch-decod
 export type GenerationLimits = Partial<
   Pick<
     NonNullable<ModelConfig['generation']>,
-    'maxConcurrentSequences' | 'maxCachedTokens' | 'maxQueuedSequences' | 'eosTokenId' | 'prefillChunkTokens'
+    | 'maxConcurrentSequences'
+    | 'maxCachedTokens'
+    | 'maxQueuedSequences'
+    | 'eosTokenId'
+    | 'prefillChunkTokens'
+    | 'priorityAgingMs'
   >
 >;
 
@@ -280,4 +285,24 @@ export async function histogram(registry: Registry, name: string, part: 'count' 
   const found = (await registry.getMetricsAsJSON()).find((m) => m.name === name);
   const values = (found?.values ?? []) as { value: number; metricName?: string }[];
   return values.filter((v) => v.metricName === `${name}_${part}`).reduce((s, v) => s + v.value, 0);
+}
+
+/**
+ * The session with its `run` replaced (to delay or fail runs); everything
+ * else is the session's own.
+ */
+export function withRun(
+  session: ort.InferenceSession,
+  run: (
+    feeds: Record<string, ort.Tensor>,
+    real: (feeds: Record<string, ort.Tensor>) => Promise<ort.InferenceSession.OnnxValueMapType>,
+  ) => Promise<ort.InferenceSession.OnnxValueMapType>,
+): ort.InferenceSession {
+  return new Proxy(session, {
+    get(target, key) {
+      if (key === 'run') return (feeds: Record<string, ort.Tensor>) => run(feeds, (f) => target.run(f));
+      const value = Reflect.get(target, key) as unknown;
+      return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
+    },
+  });
 }

@@ -1,5 +1,5 @@
 /** Request checks made before any downstream call, each naming the offending field. */
-import { invalidArgument, parseUint64Field } from '@maas/shared';
+import { checkGenerationPriority, invalidArgument, parseUint64Field } from '@maas/shared';
 import type { ObjectDetectionConfig } from '@maas/shared';
 import type {
   DetectObjectsRequest,
@@ -7,6 +7,7 @@ import type {
   Image,
 } from '@maas/shared/gen/maas/orchestrator/v1/orchestrator';
 import type { CatalogueModel, ModelLimits } from './catalogue.js';
+import type { Principal } from './access/api-keys.js';
 
 export function checkTexts(texts: string[], limits: ModelLimits, maxTexts = limits.maxBatchSize): void {
   if (texts.length === 0) throw invalidArgument('texts', 'must not be empty');
@@ -52,6 +53,11 @@ export function checkDetection(
     iouThreshold: unit('iou_threshold', request.iouThreshold, config.iouThreshold),
     maxDetections: Math.min(request.maxDetections || config.maxDetections, 1000),
   };
+}
+
+/** A Generate call's priority: the request's, else its key's default, else 0 (INVALID_ARGUMENT out of range). */
+export function generationPriority(request: GenerateRequest, principal: Principal): number {
+  return checkGenerationPriority(request.priority ?? principal.priority ?? 0);
 }
 
 export function checkGenerate(request: GenerateRequest, model: CatalogueModel, stopLimits: StopLimits): void {

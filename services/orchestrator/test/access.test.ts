@@ -22,6 +22,7 @@ describe('API keys file', () => {
   key: ${secret}
   models: [lang-id, glove-embed]
   limits: { requests_per_second: 5, tokens_per_minute: 1000, concurrent_streams: 2 }
+  priority: -10
 - id: ops
   key_sha256: ${sha256('another-secret-key-0002').toString('hex').toUpperCase()}
 `;
@@ -33,6 +34,7 @@ describe('API keys file', () => {
     expect(JSON.stringify(keys)).not.toContain(secret);
     expect(keys[0]!.limits).toEqual({ requestsPerSecond: 5, tokensPerMinute: 1000, concurrentStreams: 2 });
     expect(keys[1]!.models).toBe('*');
+    expect([keys[0]!.priority, keys[1]!.priority]).toEqual([-10, undefined]);
     const json = parseKeysFile(JSON.stringify({ keys: [{ id: 'j', key: secret, models: ['*'] }] }), 'k.json');
     expect(json[0]!.models).toBe('*');
   });
@@ -48,6 +50,8 @@ describe('API keys file', () => {
     };
     expect(bad('- id: a\n  key: short')).toMatch(/keys.yaml: 0.key: must be at least 16 characters/);
     expect(bad('- id: a')).toMatch(/0: needs exactly one of key and key_sha256/);
+    expect(bad(`- id: a\n  key: ${secret}\n  priority: 101`)).toMatch(/keys.yaml: 0.priority: .*100/);
+    expect(bad(`- id: a\n  key: ${secret}\n  priority: 1.5`)).toMatch(/keys.yaml: 0.priority: /);
     expect(bad(`- id: a\n  key: ${secret}\n  key_sha256: ${'a'.repeat(64)}`)).toMatch(/exactly one/);
     expect(bad(`- id: a\n  key: ${secret}\n- id: a\n  key: other-secret-key-000003`)).toMatch(
       /'a' is used twice/,

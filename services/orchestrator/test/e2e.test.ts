@@ -345,6 +345,7 @@ describe('generate', () => {
           maxNewTokens,
           stopTokenIds: [],
           ignoreEos: false,
+          priority: 0,
           requestId: '',
         });
         stream.on('data', (m: RunnerResponse) => ids.push(...m.tokenIds));

@@ -30,6 +30,7 @@ export const KEYS = {
   rps: 'two-per-second-key-0123456789',
   tokens: 'thirty-tokens-key-0123456789',
   streams: 'one-stream-key-0123456789',
+  batch: 'batch-priority-key-0123456789',
 };
 
 export const sha256hex = (text: string) =>
@@ -58,6 +59,9 @@ keys:
   - id: streams
     key: ${KEYS.streams}
     limits: { concurrent_streams: 1 }
+  - id: batch
+    key: ${KEYS.batch}
+    priority: 50
 `,
   );
   return path;

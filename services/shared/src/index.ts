@@ -12,3 +12,4 @@ export * from './image-config.js';
 export * from './paths.js';
 export * from './http-server.js';
 export * from './stream-gate.js';
+export * from './generation-priority.js';

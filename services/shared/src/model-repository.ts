@@ -176,6 +176,12 @@ export const modelConfigSchema = z
          */
         prefillChunkTokens: int(1).default(64),
         /**
+         * Waiting sequences are admitted by priority (lower first); each gains a level per this
+         * many milliseconds waited, so a low-priority one is admitted within 200 × this of
+         * arriving however much higher-priority traffic keeps coming.
+         */
+        priorityAgingMs: z.number().positive().default(100),
+        /**
          * A Jinja chat template (as `chat_template` in Hugging Face's tokenizer_config.json): lets
          * the HTTP API's /v1/chat/completions render messages into a prompt for this model.
          */

@@ -26,6 +26,8 @@ export interface GenerationRequest {
   sampling: SamplingOptions;
   stopTokenIds: number[];
   ignoreEos: boolean;
+  /** Lower is admitted first (-100..100, checked by the caller); 0 when left out. */
+  priority?: number;
   /** Aborted when the client cancels or the deadline passes. */
   signal: AbortSignal;
   requestId?: string;
@@ -297,11 +299,12 @@ export class GenerationEngine {
       await this.join(await this.admit());
       this.updateGauges();
       if (this.running.length > 0) await this.step();
-      else if (this.waiting.length > 0 && this.waiting[0]!.reserved > this.g.maxCachedTokens) {
+      else if (this.waiting.length > 0 && this.nextWaiting().reserved > this.g.maxCachedTokens) {
         // Cannot happen while generate() refuses what the budget can never hold; never spin on it.
         // (Any other sequence waiting with nothing running is admitted at the next turn: it may
         // have arrived while this one awaited the decoder.)
-        const seq = this.waiting.shift()!;
+        const seq = this.nextWaiting();
+        this.waiting.splice(this.waiting.indexOf(seq), 1);
         this.release(seq);
         seq.reject(resourceExhausted(`model ${this.labels.model}: sequence does not fit the cache budget`));
       }
@@ -330,8 +333,9 @@ export class GenerationEngine {
   }
 
   /**
-   * Admits waiting sequences in arrival order while the limits allow (no
-   * overtaking: a long request at the head is not starved by short ones),
+   * Admits waiting sequences, the first by priority (nextWaiting) each time,
+   * while the limits allow (no overtaking: when that one does not fit, none
+   * behind it is admitted, so a long request is not starved by short ones),
    * prefills them, and returns those that go on to join the batch.
    *
    * While a batch decodes, a turn prefills at most prefillChunkTokens prompt
@@ -346,7 +350,7 @@ export class GenerationEngine {
     const joined: Sequence[] = [];
     let used = this.chunking ? await this.prefillChunk(budget, joined) : 0;
     while (this.waiting.length > 0) {
-      const seq = this.waiting[0]!;
+      const seq = this.nextWaiting();
       if (this.slotsHeld() >= this.g.maxConcurrentSequences) break;
       if (this.reservedTokens + seq.reserved > this.g.maxCachedTokens) break;
       const length = seq.request.promptIds.length;
@@ -389,9 +393,27 @@ export class GenerationEngine {
     return joined;
   }
 
-  /** Moves the head of the queue to the admitted: it holds a slot and its reservation from now. */
+  /**
+   * The waiting sequence to admit next: the lowest priority after aging (a
+   * level per priorityAgingMs waited), the earliest arrival among equals.
+   * With every priority equal, arrival order.
+   */
+  private nextWaiting(): Sequence {
+    const now = performance.now();
+    const aging = this.g.priorityAgingMs;
+    let best = this.waiting[0]!;
+    let bestRank = Infinity;
+    for (const seq of this.waiting) {
+      const rank = (seq.request.priority ?? 0) - (now - seq.arrivedAt) / aging;
+      // The queue is in arrival order: a later one must rank strictly better.
+      if (rank < bestRank) [best, bestRank] = [seq, rank];
+    }
+    return best;
+  }
+
+  /** Moves a waiting sequence to the admitted: it holds a slot and its reservation from now. */
   private take(seq: Sequence): void {
-    this.waiting.shift();
+    this.waiting.splice(this.waiting.indexOf(seq), 1);
     this.reservedTokens += seq.reserved;
     seq.state = 'prefilling';
     seq.admittedAt = performance.now();

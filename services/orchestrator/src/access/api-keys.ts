@@ -6,7 +6,7 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { status } from '@grpc/grpc-js';
-import { StatusError } from '@maas/shared';
+import { MAX_GENERATION_PRIORITY, MIN_GENERATION_PRIORITY, StatusError } from '@maas/shared';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 
@@ -22,6 +22,8 @@ export interface Principal {
   /** `'*'` for every model. */
   models: '*' | ReadonlySet<string>;
   limits: KeyLimits;
+  /** The generation priority of this key's streams that set none (lower is admitted first); 0 when unset. */
+  priority?: number;
 }
 
 interface StoredKey extends Principal {
@@ -47,6 +49,8 @@ const keySchema = z
       .optional(),
     models: z.array(z.string().min(1)).min(1).default(['*']),
     limits: limitsSchema.default({}),
+    /** Default Generate priority of the key's streams: lower is admitted first (e.g. -10 interactive, 10 batch). */
+    priority: z.number().int().min(MIN_GENERATION_PRIORITY).max(MAX_GENERATION_PRIORITY).optional(),
   })
   .strict()
   .refine((k) => (k.key === undefined) !== (k.key_sha256 === undefined), {
@@ -92,6 +96,7 @@ export function parseKeysFile(text: string, source: string): StoredKey[] {
         tokensPerMinute: entry.limits.tokens_per_minute,
         concurrentStreams: entry.limits.concurrent_streams,
       },
+      ...(entry.priority !== undefined ? { priority: entry.priority } : {}),
     };
   });
 }

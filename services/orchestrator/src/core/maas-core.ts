@@ -54,7 +54,13 @@ import type { GenerationAdmission } from '../pipelines/generation-admission.js';
 import { runGeneration } from '../pipelines/generation.js';
 import { classifyRows, embedRows } from '../pipelines/tasks.js';
 import type { ChatMessage } from '../pipelines/chat-template.js';
-import { checkDetection, checkGenerate, checkImageCount, checkTexts } from '../validation.js';
+import {
+  checkDetection,
+  checkGenerate,
+  checkImageCount,
+  checkTexts,
+  generationPriority,
+} from '../validation.js';
 import { decodeImages, type RgbImage } from '../vision/image-input.js';
 import { classifyImages, detectObjects, readText } from '../vision/pipelines.js';
 import { type Caller, deadlinePassed } from './caller.js';
@@ -323,6 +329,7 @@ export function createMaasCore(deps: MaasDeps): MaasCore {
       maxStopStrings: settings.MAX_STOP_STRINGS,
       maxStopStringCharacters: settings.MAX_STOP_STRING_CHARACTERS,
     });
+    const priority = generationPriority(request, ctx.principal);
     const closeStream = quotas.openStream(ctx.principal);
     let closeAdmission: () => void;
     try {
@@ -341,6 +348,7 @@ export function createMaasCore(deps: MaasDeps): MaasCore {
           sampling: request.sampling,
           maxNewTokens: request.maxNewTokens,
           stop: request.stop,
+          priority,
           // The runner logs it: the trace id leads from its log lines to this request.
           requestId: trace.getActiveSpan()?.spanContext().traceId ?? '',
         },

@@ -5,7 +5,14 @@
  * are refused by name, never ignored), and the use case's results are shaped
  * as OpenAI's responses and stream chunks.
  */
-import { type HttpExchange, HttpRequestError, type HttpRoute, renamingField } from '@maas/shared';
+import {
+  type HttpExchange,
+  HttpRequestError,
+  type HttpRoute,
+  MAX_GENERATION_PRIORITY,
+  MIN_GENERATION_PRIORITY,
+  renamingField,
+} from '@maas/shared';
 import { randomUUID } from 'node:crypto';
 import {
   FinishReason,
@@ -116,6 +123,8 @@ interface GenerationParameters {
   stop: string[];
   stream: boolean;
   includeUsage: boolean;
+  /** vLLM's extension: lower is admitted first; unset, the key's default. */
+  priority: number | undefined;
 }
 
 function generationParameters(body: Json, maxTokensKey: string): GenerationParameters {
@@ -153,6 +162,7 @@ function generationParameters(body: Json, maxTokensKey: string): GenerationParam
     stop,
     stream,
     includeUsage,
+    priority: optionalInteger(body, 'priority', MIN_GENERATION_PRIORITY, MAX_GENERATION_PRIORITY),
   };
 }
 
@@ -310,6 +320,7 @@ async function completions(core: MaasCore, exchange: HttpExchange): Promise<void
           sampling: parameters.sampling,
           maxNewTokens: parameters.maxNewTokens,
           stop: parameters.stop,
+          priority: parameters.priority,
         },
         caller,
         write,
@@ -389,6 +400,7 @@ async function chatCompletions(core: MaasCore, exchange: HttpExchange): Promise<
         sampling: parameters.sampling,
         maxNewTokens: parameters.maxNewTokens,
         stop: parameters.stop,
+        priority: parameters.priority,
       },
       caller,
       write,

@@ -30,6 +30,8 @@ export interface GenerationInput {
   sampling: SamplingParameters | undefined;
   maxNewTokens: number;
   stop: string[];
+  /** Lower is admitted first by the runner (checked already). */
+  priority: number;
   requestId: string;
 }
 
@@ -107,6 +109,7 @@ export async function runGeneration(
           maxNewTokens: input.maxNewTokens,
           stopTokenIds: [],
           ignoreEos: false,
+          priority: input.priority,
           requestId: input.requestId,
         },
       },

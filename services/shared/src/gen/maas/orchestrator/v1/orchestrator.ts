@@ -266,6 +266,13 @@ export interface GenerateRequest {
    * string itself is not returned).
    */
   stop: string[];
+  /**
+   * Scheduling priority among the model's waiting streams, -100..100: lower
+   * is admitted first (as vLLM's `priority`). Unset: the API key's default
+   * (`priority` in the keys file), else 0. A stream that waits gains a level
+   * per the model's `priorityAgingMs`, so none waits forever.
+   */
+  priority?: number | undefined;
 }
 
 export interface GenerateResponse {
@@ -1512,7 +1519,7 @@ export const SamplingParameters: MessageFns<SamplingParameters> = {
 };
 
 function createBaseGenerateRequest(): GenerateRequest {
-  return { model: "", prompt: "", sampling: undefined, maxNewTokens: 0, stop: [] };
+  return { model: "", prompt: "", sampling: undefined, maxNewTokens: 0, stop: [], priority: undefined };
 }
 
 export const GenerateRequest: MessageFns<GenerateRequest> = {
@@ -1531,6 +1538,9 @@ export const GenerateRequest: MessageFns<GenerateRequest> = {
     }
     for (const v of message.stop) {
       writer.uint32(42).string(v!);
+    }
+    if (message.priority !== undefined) {
+      writer.uint32(48).int32(message.priority);
     }
     return writer;
   },
@@ -1588,6 +1598,14 @@ export const GenerateRequest: MessageFns<GenerateRequest> = {
             message.stop.push(reader.string());
             continue;
           }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.priority = reader.int32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1611,6 +1629,7 @@ export const GenerateRequest: MessageFns<GenerateRequest> = {
         ? globalThis.Number(object.max_new_tokens)
         : 0,
       stop: globalThis.Array.isArray(object?.stop) ? object.stop.map((e: any) => globalThis.String(e)) : [],
+      priority: isSet(object.priority) ? globalThis.Number(object.priority) : undefined,
     };
   },
 
@@ -1631,6 +1650,9 @@ export const GenerateRequest: MessageFns<GenerateRequest> = {
     if (message.stop?.length) {
       obj.stop = message.stop;
     }
+    if (message.priority !== undefined) {
+      obj.priority = Math.round(message.priority);
+    }
     return obj;
   },
 
@@ -1646,6 +1668,7 @@ export const GenerateRequest: MessageFns<GenerateRequest> = {
       : undefined;
     message.maxNewTokens = object.maxNewTokens ?? 0;
     message.stop = object.stop?.map((e) => e) || [];
+    message.priority = object.priority ?? undefined;
     return message;
   },
 };

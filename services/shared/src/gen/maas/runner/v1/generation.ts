@@ -123,6 +123,13 @@ export interface GenerateRequest {
   ignoreEos: boolean;
   /** Caller's id for logs and traces. */
   requestId: string;
+  /**
+   * Scheduling priority among waiting sequences, -100..100: lower is
+   * admitted first (as vLLM's `priority`); 0 by default. A waiting sequence
+   * gains a level per the model's `generation.priorityAgingMs`, so none
+   * waits forever.
+   */
+  priority: number;
 }
 
 /** One message of a GenerateStream call. */
@@ -325,6 +332,7 @@ function createBaseGenerateRequest(): GenerateRequest {
     stopTokenIds: [],
     ignoreEos: false,
     requestId: "",
+    priority: 0,
   };
 }
 
@@ -361,6 +369,9 @@ export const GenerateRequest: MessageFns<GenerateRequest> = {
     }
     if (message.requestId !== "") {
       writer.uint32(66).string(message.requestId);
+    }
+    if (message.priority !== 0) {
+      writer.uint32(72).int32(message.priority);
     }
     return writer;
   },
@@ -462,6 +473,14 @@ export const GenerateRequest: MessageFns<GenerateRequest> = {
             message.requestId = reader.string();
             continue;
           }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.priority = reader.int32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -512,6 +531,7 @@ export const GenerateRequest: MessageFns<GenerateRequest> = {
         : isSet(object.request_id)
         ? globalThis.String(object.request_id)
         : "",
+      priority: isSet(object.priority) ? globalThis.Number(object.priority) : 0,
     };
   },
 
@@ -541,6 +561,9 @@ export const GenerateRequest: MessageFns<GenerateRequest> = {
     if (message.requestId !== "") {
       obj.requestId = message.requestId;
     }
+    if (message.priority !== 0) {
+      obj.priority = Math.round(message.priority);
+    }
     return obj;
   },
 
@@ -559,6 +582,7 @@ export const GenerateRequest: MessageFns<GenerateRequest> = {
     message.stopTokenIds = object.stopTokenIds?.map((e) => e) || [];
     message.ignoreEos = object.ignoreEos ?? false;
     message.requestId = object.requestId ?? "";
+    message.priority = object.priority ?? 0;
     return message;
   },
 };
