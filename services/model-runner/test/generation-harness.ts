@@ -40,6 +40,7 @@ export type GenerationLimits = Partial<
     | 'eosTokenId'
     | 'prefillChunkTokens'
     | 'priorityAgingMs'
+    | 'prefixCacheTokens'
   >
 >;
 

@@ -176,6 +176,15 @@ export const modelConfigSchema = z
          */
         prefillChunkTokens: int(1).default(64),
         /**
+         * Prefix caching: prompt tokens whose keys/values are kept after their sequence joins the
+         * batch, so that a later prompt starting the same way (a system prompt, a conversation's
+         * earlier turns, a retry) prefills only the rest. Memory beside maxCachedTokens: this many
+         * tokens × the model's cache bytes per token. 0 turns it off.
+         */
+        prefixCacheTokens: int().default(2048),
+        /** Prefixes are matched and stored in whole blocks of this many tokens (vLLM's default: 16). */
+        prefixBlockTokens: int(1).default(16),
+        /**
          * Waiting sequences are admitted by priority (lower first); each gains a level per this
          * many milliseconds waited, so a low-priority one is admitted within 200 × this of
          * arriving however much higher-priority traffic keeps coming.

@@ -79,6 +79,17 @@ export interface ChunkInput {
   sequence: number;
   ids: BigInt64Array;
   positions: BigInt64Array;
+  /**
+   * On a sequence's first piece: the cached prefix (prefix caching) whose
+   * keys/values are its past — the first `count` positions of that entry.
+   */
+  prefix?: { entry: number; count: number };
+}
+
+/** Keys/values to keep as a prefix-cache entry: the first `count` positions of a joining prompt. */
+export interface KeepPrefix {
+  entry: number;
+  count: number;
 }
 
 /**
@@ -86,7 +97,14 @@ export interface ChunkInput {
  * last `count` positions; or the `count` positions held for a chunked
  * prefill's `sequence`.
  */
-export type JoinEntry = { group: number; row: number; count: number } | { sequence: number; count: number };
+export type JoinEntry = (
+  { group: number; row: number; count: number } | { sequence: number; count: number }
+) & {
+  /** Prefix caching: also keep the prompt's first positions under a new entry. */
+  keep?: KeepPrefix;
+  /** The sequence ended at its first token: only keep its prefix (if `keep`), and drop what is held of it. */
+  keepOnly?: boolean;
+};
 
 /** What the batch cache has cost and holds. */
 export interface CacheCounters {
@@ -114,13 +132,15 @@ export interface BatchDecoder {
   prefillChunk(input: ChunkInput): Promise<DecoderOutput>;
   /** Drops what a chunked prefill holds (the sequence ended before joining). */
   dropChunked(sequence: number): Promise<void>;
-  /** Adds prefilled prompts to the batch, in order (rows rows..rows+n-1), and drops every held prefill run. */
+  /** Drops prefix-cache entries (evicted by the engine's PrefixIndex). */
+  dropPrefixes(entries: number[]): Promise<void>;
+  /** Adds prefilled prompts to the batch, in order (rows rows..rows+n-1; keepOnly ones not), and drops every held prefill run. */
   join(entries: JoinEntry[]): Promise<CacheCounters>;
   /** Removes rows from the batch; the last rows move into their places (returned, as the cache moved them). */
   leave(rows: number[]): Promise<{ moves: { from: number; to: number }[]; cache: CacheCounters }>;
   /** One decode step over the whole batch; the new keys/values are appended to each row. */
   step(input: StepInput): Promise<DecoderOutput>;
-  /** Drops the batch and held prefills (after a failed run). */
+  /** Drops the batch, held prefills and prefix-cache entries (after a failed run). */
   clear(): Promise<void>;
 }
 
@@ -135,6 +155,8 @@ export class SessionDecoder implements BatchDecoder {
   private readonly prefills = new Map<number, ort.Tensor[]>();
   /** Chunked prefills in progress: each sequence's prompt keys/values so far, in a one-row cache. */
   private readonly chunked = new Map<number, SlotCache>();
+  /** Prefix caching: each entry's keys/values, in a one-row cache. */
+  private readonly prefixes = new Map<number, SlotCache>();
   private nextGroup = 0;
 
   constructor(
@@ -169,9 +191,15 @@ export class SessionDecoder implements BatchDecoder {
     return { logits, group, cache: this.counters() };
   }
 
-  async prefillChunk({ sequence, ids, positions }: ChunkInput): Promise<DecoderOutput> {
+  async prefillChunk({ sequence, ids, positions, prefix }: ChunkInput): Promise<DecoderOutput> {
     const length = ids.length;
     let held = this.chunked.get(sequence);
+    if (!held && prefix) {
+      const stored = this.prefixes.get(prefix.entry);
+      if (!stored) throw new Error(`no prefix-cache entry ${prefix.entry} is held`);
+      held = new SlotCache(this.kvShape, 1);
+      held.add({ tensors: stored.past(), row: 0, start: 0, count: prefix.count });
+    }
     const first = !held;
     held ??= new SlotCache(this.kvShape, 1);
     // After the first chunk the held positions are the past, masked beyond what they hold.
@@ -192,6 +220,17 @@ export class SessionDecoder implements BatchDecoder {
     this.chunked.delete(sequence);
   }
 
+  async dropPrefixes(entries: number[]): Promise<void> {
+    for (const entry of entries) this.prefixes.delete(entry);
+  }
+
+  /** Keeps a joining prompt's first positions as a prefix-cache entry. */
+  private keepPrefix(keep: KeepPrefix, source: KvSource): void {
+    const stored = new SlotCache(this.kvShape, 1);
+    stored.add({ ...source, count: keep.count });
+    this.prefixes.set(keep.entry, stored);
+  }
+
   async join(entries: JoinEntry[]): Promise<CacheCounters> {
     try {
       for (const entry of entries) {
@@ -199,7 +238,9 @@ export class SessionDecoder implements BatchDecoder {
           const held = this.chunked.get(entry.sequence);
           if (!held) throw new Error(`no chunked prefill of sequence ${entry.sequence} is held`);
           this.chunked.delete(entry.sequence);
-          this.cache.add({ tensors: held.past(), row: 0, start: 0, count: entry.count });
+          const source: KvSource = { tensors: held.past(), row: 0, start: 0, count: entry.count };
+          if (entry.keep) this.keepPrefix(entry.keep, source);
+          if (!entry.keepOnly) this.cache.add(source);
           continue;
         }
         const { group, row, count } = entry;
@@ -207,7 +248,8 @@ export class SessionDecoder implements BatchDecoder {
         if (!tensors) throw new Error(`no prefill ${group} is held`);
         // Left-padded: the prompt is the last `count` positions of its row.
         const source: KvSource = { tensors, row, start: tensors[0]!.dims[2]! - count, count };
-        this.cache.add(source);
+        if (entry.keep) this.keepPrefix(entry.keep, source);
+        if (!entry.keepOnly) this.cache.add(source);
       }
     } finally {
       this.prefills.clear();
@@ -245,6 +287,7 @@ export class SessionDecoder implements BatchDecoder {
     this.cache.clear();
     this.prefills.clear();
     this.chunked.clear();
+    this.prefixes.clear();
   }
 
   private counters(): CacheCounters {

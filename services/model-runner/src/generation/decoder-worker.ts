@@ -59,6 +59,8 @@ async function handle(m: DecoderRequest): Promise<{ ok: unknown; transfer?: Arra
     }
     case 'drop-chunked':
       return { ok: await decoder.dropChunked(m.sequence) };
+    case 'drop-prefixes':
+      return { ok: await decoder.dropPrefixes(m.entries) };
     case 'join':
       return { ok: await decoder.join(m.entries) };
     case 'leave':

@@ -14,7 +14,8 @@ import { status } from '@grpc/grpc-js';
 import { invalidArgument, resourceExhausted, StatusError, unavailable } from '@maas/shared';
 import type { Logger, ModelConfig } from '@maas/shared';
 import type { GenerationMetrics } from './metrics.js';
-import type { BatchDecoder, CacheCounters } from './batch-decoder.js';
+import type { BatchDecoder, CacheCounters, JoinEntry } from './batch-decoder.js';
+import { PrefixIndex, type PrefixHit } from './prefix-index.js';
 import { randomSeed, SequenceRandom, TokenSampler, type SamplingOptions } from './sampling.js';
 
 export type { SamplingOptions } from './sampling.js';
@@ -38,6 +39,8 @@ export type FinishReason = 'length' | 'eos' | 'stop' | 'cancelled';
 export interface GenerationResult {
   finishReason: FinishReason;
   promptTokens: number;
+  /** Leading prompt tokens whose keys/values came from the prefix cache (not prefilled). */
+  cachedPromptTokens: number;
   generatedTokens: number;
   queueMs: number;
   timeToFirstTokenMs: number;
@@ -80,6 +83,12 @@ const PREFILL_LOGITS_PER_RUN = 2 ** 25;
 
 type SequenceState = 'waiting' | 'prefilling' | 'running' | 'done';
 
+/** A turn's prefilled sequences: those joining the batch, and what the decoder holds of those that ended at their first token. */
+interface Prefilled {
+  joining: Sequence[];
+  ended: JoinEntry[];
+}
+
 interface Sequence {
   /** The engine's id: what the decoder holds a chunked prefill under. */
   id: number;
@@ -98,6 +107,12 @@ interface Sequence {
   cached: number;
   /** Between prefill and joining the batch: its prefill run and row there. */
   prefilled?: { group: number; row: number };
+  /** Prefix caching: the cached prefix its first prompt piece runs after (until that piece runs). */
+  prefix?: PrefixHit;
+  /** Prompt tokens the prefix cache gave it. */
+  cachedPromptTokens: number;
+  /** Prefilled piece by piece: the decoder holds its prompt's keys/values so far under its id. */
+  pieceHeld?: boolean;
   /** The last sampled token: the next step's input. */
   next: number;
   generated: number;
@@ -127,6 +142,10 @@ export class GenerationEngine {
    */
   private chunking: Sequence | undefined;
   private nextId = 0;
+  /** Prefix caching: which prompt prefixes the decoder keeps keys/values of. */
+  private readonly prefixes: PrefixIndex;
+  /** Entries the index evicted that the decoder still holds: dropped after the next join. */
+  private readonly evicted: number[] = [];
   private reservedTokens = 0;
   private loop: Promise<void> | undefined;
   private closed = false;
@@ -142,6 +161,7 @@ export class GenerationEngine {
     this.sampler = new TokenSampler(g.vocabSize);
     this.labels = { model: options.modelName, version: options.modelVersion };
     this.decoder = options.decoder;
+    this.prefixes = new PrefixIndex(g.prefixBlockTokens, g.prefixCacheTokens);
     this.prefillTokensPerRun = Math.max(
       1,
       Math.min(PREFILL_TOKENS_PER_RUN, Math.floor(PREFILL_LOGITS_PER_RUN / g.vocabSize)),
@@ -188,6 +208,7 @@ export class GenerationEngine {
         seen: new Set(request.promptIds),
         reserved: request.promptIds.length + request.maxNewTokens,
         cached: 0,
+        cachedPromptTokens: 0,
         next: -1,
         generated: 0,
         arrivedAt: performance.now(),
@@ -276,6 +297,8 @@ export class GenerationEngine {
         this.joining = [];
         this.chunking = undefined;
         this.prefillsHeld = false;
+        this.prefixes.clear();
+        this.evicted.length = 0;
         void this.decoder.clear().catch(() => undefined);
         this.fail(inFlight, error, 'scheduling');
       })
@@ -298,12 +321,15 @@ export class GenerationEngine {
       await this.retire();
       await this.join(await this.admit());
       this.updateGauges();
-      if (this.running.length > 0) await this.step();
-      else if (this.waiting.length > 0 && this.nextWaiting().reserved > this.g.maxCachedTokens) {
-        // Cannot happen while generate() refuses what the budget can never hold; never spin on it.
-        // (Any other sequence waiting with nothing running is admitted at the next turn: it may
-        // have arrived while this one awaited the decoder.)
-        const seq = this.nextWaiting();
+      if (this.running.length > 0) {
+        await this.step();
+        continue;
+      }
+      // Cannot happen while generate() refuses what the budget can never hold; never spin on it.
+      // (Any other sequence waiting with nothing running is admitted at the next turn: it may
+      // have arrived while this one awaited the decoder.)
+      const seq = this.waiting.length > 0 ? this.nextWaiting() : undefined;
+      if (seq && seq.reserved > this.g.maxCachedTokens) {
         this.waiting.splice(this.waiting.indexOf(seq), 1);
         this.release(seq);
         seq.reject(resourceExhausted(`model ${this.labels.model}: sequence does not fit the cache budget`));
@@ -345,52 +371,85 @@ export class GenerationEngine {
    * chunked prefill. With nothing decoding nobody waits on a prefill, and
    * prompts are prefilled whole.
    */
-  private async admit(): Promise<Sequence[]> {
+  private async admit(): Promise<Prefilled> {
     const budget = this.running.length > 0 ? this.g.prefillChunkTokens : Infinity;
-    const joined: Sequence[] = [];
-    let used = this.chunking ? await this.prefillChunk(budget, joined) : 0;
+    const done: Prefilled = { joining: [], ended: [] };
+    let used = this.chunking ? await this.prefillChunked(budget, done) : 0;
     while (this.waiting.length > 0) {
       const seq = this.nextWaiting();
       if (this.slotsHeld() >= this.g.maxConcurrentSequences) break;
       if (this.reservedTokens + seq.reserved > this.g.maxCachedTokens) break;
-      const length = seq.request.promptIds.length;
+      // A cached prefix is not prefilled again: only the rest counts against the turn's budget.
+      const hit = this.prefixes.lookup(seq.request.promptIds);
+      const length = seq.request.promptIds.length - (hit?.count ?? 0);
       if (used + length > budget) {
         if (length > budget && !this.chunking && used <= budget / 2) {
-          this.take(seq);
+          this.take(seq, hit);
           this.chunking = seq;
-          used += await this.prefillChunk(budget - used, joined);
+          used += await this.prefillChunked(budget - used, done);
         }
         break;
       }
-      this.take(seq);
+      this.take(seq, hit);
       this.joining.push(seq);
       used += length;
     }
-    if (this.joining.length === 0) return joined;
+    if (this.joining.length === 0) return done;
     this.updateGauges();
     // Similar lengths together waste less on padding.
-    const admitted = [...this.joining].sort(
-      (a, b) => a.request.promptIds.length - b.request.promptIds.length,
-    );
-    for (let start = 0; start < admitted.length;) {
+    const whole = this.joining
+      .filter((s) => !s.prefix)
+      .sort((a, b) => a.request.promptIds.length - b.request.promptIds.length);
+    for (let start = 0; start < whole.length;) {
       let end = start + 1;
       while (
-        end < admitted.length &&
-        (end - start + 1) * admitted[end]!.request.promptIds.length <= this.prefillTokensPerRun
+        end < whole.length &&
+        (end - start + 1) * whole[end]!.request.promptIds.length <= this.prefillTokensPerRun
       )
         end++;
-      await this.prefillIsolated(admitted.slice(start, end));
+      await this.prefillIsolated(whole.slice(start, end));
       start = end;
     }
+    // Each prefix hit runs the rest of its prompt after its cached prefix: one run each.
+    const resumed = this.joining.filter((s) => s.prefix);
+    for (const seq of resumed) await this.prefillPiece(seq, Infinity);
     // In prefill order: a single group joining an empty batch is then already packed.
-    for (const seq of admitted) {
-      if (seq.state !== 'prefilling') continue; // failed
-      if (seq.request.signal.aborted) seq.finish ??= 'cancelled';
-      if (seq.finish) this.end(seq, seq.finish);
-      else joined.push(seq);
-    }
+    for (const seq of [...whole, ...resumed]) await this.settle(seq, done);
     this.joining = [];
-    return joined;
+    return done;
+  }
+
+  /**
+   * After its prompt is prefilled: the sequence goes on to join the batch,
+   * unless it ended meanwhile (its first token ended it, or it was
+   * cancelled); its prompt's keys/values may still be kept as a prefix.
+   */
+  private async settle(seq: Sequence, done: Prefilled): Promise<void> {
+    if (seq.state !== 'prefilling') return; // failed, or ended before its prefill
+    if (seq.request.signal.aborted) seq.finish ??= 'cancelled';
+    if (!seq.finish) {
+      done.joining.push(seq);
+      return;
+    }
+    done.ended.push({ ...this.joinEntry(seq), keepOnly: true });
+    // Ended: it no longer holds a slot.
+    this.joining = this.joining.filter((s) => s !== seq);
+    this.end(seq, seq.finish);
+  }
+
+  /**
+   * What the decoder needs to add a prefilled sequence to the batch (or,
+   * keepOnly, to drop what it holds of it) and, with prefix caching, to keep
+   * its prompt's whole blocks for later prompts that start the same way.
+   */
+  private joinEntry(seq: Sequence): JoinEntry {
+    const entry: JoinEntry = seq.prefilled
+      ? { ...seq.prefilled, count: seq.cached }
+      : { sequence: seq.id, count: seq.cached };
+    const kept = this.prefixes.insert(seq.request.promptIds);
+    if (!kept) return entry;
+    this.evicted.push(...kept.evicted);
+    return { ...entry, keep: { entry: kept.entry, count: kept.count } };
   }
 
   /**
@@ -411,29 +470,59 @@ export class GenerationEngine {
     return best;
   }
 
-  /** Moves a waiting sequence to the admitted: it holds a slot and its reservation from now. */
-  private take(seq: Sequence): void {
+  /**
+   * Moves a waiting sequence to the admitted: it holds a slot and its
+   * reservation from now. With a prefix hit its cached prefix counts as
+   * cached: it prefills only the rest.
+   */
+  private take(seq: Sequence, hit: PrefixHit | undefined): void {
     this.waiting.splice(this.waiting.indexOf(seq), 1);
     this.reservedTokens += seq.reserved;
     seq.state = 'prefilling';
     seq.admittedAt = performance.now();
+    if (this.prefixes.enabled) {
+      const m = this.options.metrics;
+      m.prefixCacheQueriedTokens.inc(this.labels, seq.request.promptIds.length);
+      if (hit) m.prefixCacheHitTokens.inc(this.labels, hit.count);
+    }
+    if (hit) {
+      seq.prefix = hit;
+      seq.cached = seq.cachedPromptTokens = hit.count;
+    }
     this.options.metrics.queueSeconds.observe(this.labels, (seq.admittedAt - seq.arrivedAt) / 1000);
     this.updateGauges();
   }
 
   /**
-   * The chunked prefill's next chunk, at most `allowance` tokens (all the
-   * rest when unbounded). After its last chunk the sequence has its first
-   * token and goes to `joined`, unless that ended it. Returns the tokens run.
+   * The chunked prefill's next chunk, at most `allowance` tokens. After its
+   * last chunk the sequence has its first token and goes on to join the
+   * batch, unless that ended it. Returns the tokens run.
    */
-  private async prefillChunk(allowance: number, joined: Sequence[]): Promise<number> {
+  private async prefillChunked(allowance: number, done: Prefilled): Promise<number> {
     const seq = this.chunking!;
+    const { ran, complete } = await this.prefillPiece(seq, allowance);
+    if (ran > 0 && seq.state !== 'done') this.options.metrics.prefillChunks.inc(this.labels);
+    if (complete) {
+      this.chunking = undefined;
+      await this.settle(seq, done);
+    }
+    return ran;
+  }
+
+  /**
+   * Runs the next piece of a sequence's prompt, at most `allowance` tokens
+   * (all the rest when unbounded), with what is cached of it as the past: a
+   * cached prefix, then its earlier pieces, which the decoder holds under the
+   * sequence's id. After its last piece the sequence has its first token.
+   * Returns the tokens run, and whether it is done prefilling (all of it run,
+   * or it ended or failed).
+   */
+  private async prefillPiece(seq: Sequence, allowance: number): Promise<{ ran: number; complete: boolean }> {
     if (seq.request.signal.aborted) seq.finish ??= 'cancelled';
     if (seq.finish) {
-      this.chunking = undefined;
-      await this.decoder.dropChunked(seq.id);
       this.end(seq, seq.finish);
-      return 0;
+      if (seq.pieceHeld) await this.decoder.dropChunked(seq.id);
+      return { ran: 0, complete: true };
     }
     const prompt = seq.request.promptIds;
     const start = seq.cached;
@@ -445,28 +534,21 @@ export class GenerationEngine {
         sequence: seq.id,
         ids: BigInt64Array.from(prompt.slice(start, start + count), BigInt),
         positions: BigInt64Array.from({ length: count }, (_, i) => BigInt(start + i)),
+        prefix: seq.prefix,
       });
     } catch (error) {
-      this.chunking = undefined;
       await this.decoder.dropChunked(seq.id).catch(() => undefined);
       this.fail([seq], error, 'prefill');
-      return count;
+      return { ran: count, complete: true };
     }
+    seq.prefix = undefined;
+    seq.pieceHeld = true;
     this.options.metrics.prefillSeconds.observe(this.labels, (performance.now() - started) / 1000);
-    this.options.metrics.prefillChunks.inc(this.labels);
     this.updateCache(out.cache);
     seq.cached += count;
-    if (seq.cached < prompt.length) return count;
-    this.chunking = undefined;
+    if (seq.cached < prompt.length) return { ran: count, complete: false };
     this.accept(seq, out.logits);
-    if (seq.request.signal.aborted) seq.finish ??= 'cancelled';
-    if (seq.finish) {
-      await this.decoder.dropChunked(seq.id);
-      this.end(seq, seq.finish);
-    } else {
-      joined.push(seq);
-    }
-    return count;
+    return { ran: count, complete: true };
   }
 
   /** Prefills a group; when the group's run fails, each member alone, so one bad prompt fails only itself. */
@@ -517,20 +599,22 @@ export class GenerationEngine {
    * a new row. The decoder then drops every prefill it holds (also those of
    * sequences that ended before joining), so it runs after every admission.
    */
-  private async join(joined: Sequence[]): Promise<void> {
-    if (!this.prefillsHeld && joined.length === 0) return;
+  private async join({ joining, ended }: Prefilled): Promise<void> {
+    if (!this.prefillsHeld && joining.length === 0 && ended.length === 0) return;
     this.prefillsHeld = false;
     const started = performance.now();
-    const entries = joined.map((seq) =>
-      seq.prefilled ? { ...seq.prefilled, count: seq.cached } : { sequence: seq.id, count: seq.cached },
-    );
-    for (const seq of joined) {
+    const entries = [...joining.map((seq) => this.joinEntry(seq)), ...ended];
+    for (const seq of joining) {
       seq.state = 'running';
       seq.prefilled = undefined;
+      seq.pieceHeld = false;
       this.running.push(seq);
     }
     const cache = await this.decoder.join(entries);
-    if (joined.length > 0) this.cacheChanged(started, cache);
+    // After the join: an entry it kept may already be evicted by a later one of it.
+    const evicted = this.evicted.splice(0);
+    if (evicted.length > 0) await this.decoder.dropPrefixes(evicted);
+    if (joining.length > 0) this.cacheChanged(started, cache);
     else this.updateCache(cache);
   }
 
@@ -563,6 +647,8 @@ export class GenerationEngine {
     } catch (error) {
       this.running = [];
       this.prefillsHeld = false;
+      this.prefixes.clear();
+      this.evicted.length = 0;
       await this.decoder.clear().catch(() => undefined);
       this.fail(members, error, 'decode step');
       return;
@@ -632,6 +718,7 @@ export class GenerationEngine {
     const result: GenerationResult = {
       finishReason: reason,
       promptTokens: seq.request.promptIds.length,
+      cachedPromptTokens: seq.cachedPromptTokens,
       generatedTokens: seq.generated,
       queueMs: (seq.admittedAt ?? now) - seq.arrivedAt,
       timeToFirstTokenMs: seq.firstTokenAt !== undefined ? seq.firstTokenAt - seq.arrivedAt : 0,
@@ -675,5 +762,6 @@ export class GenerationEngine {
     m.cachedTokens.set(this.labels, s.cachedTokens);
     m.reservedTokens.set(this.labels, this.reservedTokens);
     m.cacheUsage.set(this.labels, s.cachedTokens / this.g.maxCachedTokens);
+    m.prefixCacheTokens.set(this.labels, this.prefixes.tokens);
   }
 }

@@ -56,6 +56,18 @@ export function createGenerationMetrics(registry: Registry) {
       'prefill_chunks_total',
       'Chunks of long prompts prefilled between decode steps (chunked prefill), so running sequences keep their inter-token latency.',
     ),
+    prefixCacheQueriedTokens: counter(
+      'prefix_cache_queried_tokens_total',
+      'Prompt tokens of admitted sequences looked up in the prefix cache (with prefix caching on): the hit rate is hit_tokens / queried_tokens.',
+    ),
+    prefixCacheHitTokens: counter(
+      'prefix_cache_hit_tokens_total',
+      'Prompt tokens whose keys/values came from the prefix cache instead of a prefill.',
+    ),
+    prefixCacheTokens: gauge(
+      'prefix_cache_tokens',
+      'Prompt tokens whose keys/values the prefix cache holds (at most generation.prefixCacheTokens).',
+    ),
     generatedTokens: counter('generated_tokens_total', 'Tokens generated.'),
     promptTokens: counter('prompt_tokens_total', 'Prompt tokens received.'),
     finished: new Counter({

@@ -38,6 +38,7 @@ export type DecoderRequest =
   | { kind: 'step'; input: StepInput }
   | { kind: 'chunk'; input: ChunkInput }
   | { kind: 'drop-chunked'; sequence: number }
+  | { kind: 'drop-prefixes'; entries: number[] }
   | { kind: 'join'; entries: JoinEntry[] }
   | { kind: 'leave'; rows: number[] }
   | { kind: 'clear' }
@@ -122,6 +123,10 @@ export class WorkerDecoder implements BatchDecoder {
 
   dropChunked(sequence: number): Promise<void> {
     return this.call({ kind: 'drop-chunked', sequence });
+  }
+
+  dropPrefixes(entries: number[]): Promise<void> {
+    return this.call({ kind: 'drop-prefixes', entries });
   }
 
   join(entries: JoinEntry[]): Promise<CacheCounters> {
