@@ -314,6 +314,7 @@ async function runSequence(
           generatedTokens: generated,
           timing: undefined,
           modelVersion,
+          cachedPromptTokens: 0,
         });
     });
     if (call.gone()) return;
@@ -327,6 +328,7 @@ async function runSequence(
       tokenIds: [],
       finishReason: FINISH[result.finishReason],
       promptTokens: result.promptTokens,
+      cachedPromptTokens: result.cachedPromptTokens,
       generatedTokens: result.generatedTokens,
       timing: {
         queueMs: result.queueMs,

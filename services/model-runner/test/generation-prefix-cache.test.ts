@@ -7,6 +7,7 @@
  * used within its budget; the hit rate is in the metrics and each result.
  */
 import { SessionDecoder } from '../src/generation/batch-decoder';
+import { WorkerDecoder } from '../src/generation/worker-decoder';
 import { PrefixIndex } from '../src/generation/prefix-index';
 import { greedyByRecompute } from '../src/generation/reference';
 import {
@@ -16,6 +17,7 @@ import {
   startEngine,
   startEngineOn,
   tinyDecoder,
+  tinyModelBytes,
   until,
   type DecoderModel,
 } from './generation-harness';
@@ -40,23 +42,24 @@ describe('PrefixIndex', () => {
   it('finds the longest stored prefix at a block boundary, extended while the tokens agree', () => {
     const index = new PrefixIndex(4, 100);
     expect(index.lookup(seq(10))).toBeUndefined();
-    expect(index.insert(seq(10))).toEqual({ entry: 0, count: 8, evicted: [] });
-    expect(index.tokens).toBe(8);
+    expect(index.insert(seq(10))).toEqual({ entry: 0, count: 10, evicted: [] });
+    expect(index.tokens).toBe(10);
     // Shares 6 tokens: found at the boundary after 4, extended to 6.
     expect(index.lookup([...seq(6), 99, 98, 97])).toEqual({ entry: 0, count: 6 });
     // Leaves the last token to run, even for the same prompt.
-    expect(index.lookup(seq(8))).toEqual({ entry: 0, count: 7 });
-    expect(index.lookup(seq(12))).toEqual({ entry: 0, count: 8 });
+    expect(index.lookup(seq(10))).toEqual({ entry: 0, count: 9 });
+    expect(index.lookup(seq(12))).toEqual({ entry: 0, count: 10 });
     // Less than a whole block shared: nothing.
     expect(index.lookup([0, 1, 2, 50, 4, 5])).toBeUndefined();
     expect(index.lookup(seq(8, 1))).toBeUndefined();
   });
 
-  it('stores a prompt only when no entry holds all of its whole blocks; a longer one is a new entry', () => {
+  it('stores a prompt of a whole block or more unless an entry holds all of it; a longer one is a new entry', () => {
     const index = new PrefixIndex(4, 100);
-    index.insert(seq(8));
+    index.insert(seq(9));
     expect(index.insert(seq(9))).toBeUndefined();
-    expect(index.insert(seq(3))).toBeUndefined();
+    expect(index.insert(seq(6))).toBeUndefined();
+    expect(index.insert(seq(3, 50))).toBeUndefined();
     expect(index.insert(seq(12))).toEqual({ entry: 1, count: 12, evicted: [] });
     expect(index.lookup(seq(13))).toEqual({ entry: 1, count: 12 });
   });
@@ -108,8 +111,8 @@ describe('prefix caching in the engine', () => {
     const a = await generate(on.engine, ask(SUFFIX_A));
     expect(a.tokens).toEqual(aloneA);
     expect(a.result.cachedPromptTokens).toBe(0);
-    // A's 49 tokens: its 48 in whole blocks are kept.
-    expect(await counters(on)).toEqual({ queried: 49, hit: 0, held: 48 });
+    // A's 49 tokens are kept.
+    expect(await counters(on)).toEqual({ queried: 49, hit: 0, held: 49 });
     const b = await generate(on.engine, ask(SUFFIX_B));
     expect(b.tokens).toEqual(aloneB.tokens);
     // The whole system prompt (40 tokens: past the last shared block boundary, 32).
@@ -118,7 +121,8 @@ describe('prefix caching in the engine', () => {
     const again = await generate(on.engine, ask(SUFFIX_A));
     expect(again.tokens).toEqual(aloneA);
     expect(again.result.cachedPromptTokens).toBe(48);
-    expect(await counters(on)).toEqual({ queried: 49 + 43 + 49, hit: 40 + 48, held: 48 });
+    // B (43 tokens) is kept too.
+    expect(await counters(on)).toEqual({ queried: 49 + 43 + 49, hit: 40 + 48, held: 49 + 43 });
     expect(on.engine.stats()).toEqual({ running: 0, waiting: 0, cachedTokens: 0 });
     await on.engine.close();
   });
@@ -153,19 +157,40 @@ describe('prefix caching in the engine', () => {
   });
 
   it('evicts the least recently used prefix within prefixCacheTokens; evicted, a prompt is prefilled whole', async () => {
-    const on = startEngine(model, { prefixCacheTokens: 48 });
+    const on = startEngine(model, { prefixCacheTokens: 80 });
     const other = Array.from({ length: 40 }, (_, i) => 1600 + i);
     const a = await generate(on.engine, ask(SUFFIX_A));
-    expect((await counters(on)).held).toBe(48);
-    // 32 more tokens do not fit beside A's 48: A is evicted.
+    expect((await counters(on)).held).toBe(49);
+    // 40 more tokens do not fit beside A's 49: A is evicted.
     await generate(on.engine, { promptIds: other, maxNewTokens: 4 });
-    expect((await counters(on)).held).toBe(32);
+    expect((await counters(on)).held).toBe(40);
     const again = await generate(on.engine, ask(SUFFIX_A));
     expect(again.result.cachedPromptTokens).toBe(0);
     expect(again.tokens).toEqual(a.tokens);
     const otherAgain = await generate(on.engine, { promptIds: [...other, 5], maxNewTokens: 4 });
     expect(otherAgain.result.cachedPromptTokens).toBe(0); // evicted in turn by A's return
     await on.engine.close();
+  });
+
+  it("keeps, reuses and evicts entries the same in the runner's worker-thread decoder", async () => {
+    const g = { ...model.config.generation!, prefixCacheTokens: 80 };
+    const worker = await WorkerDecoder.create(tinyModelBytes(), g, { intraOpNumThreads: 1 }, model.name);
+    const on = startEngineOn(worker, model, { prefixCacheTokens: 80 });
+    const off = startEngine(model, { prefixCacheTokens: 0 });
+    const other = Array.from({ length: 40 }, (_, i) => 1600 + i);
+    const asks = [ask(SUFFIX_A), ask(SUFFIX_B), { promptIds: other, maxNewTokens: 4 }, ask(SUFFIX_B)];
+    const cached: number[] = [];
+    for (const a of asks) {
+      const got = await generate(on.engine, a);
+      cached.push(got.result.cachedPromptTokens);
+      expect(got.tokens).toEqual((await generate(off.engine, a)).tokens);
+    }
+    // B reuses A's system prompt, and keeping B evicts A (49 + 43 > 80); the other prompt evicts B in
+    // turn, so B again is prefilled whole.
+    expect(cached).toEqual([0, 40, 0, 0]);
+    await on.engine.close();
+    await off.engine.close();
+    await worker.release();
   });
 
   it('a prefix hit cancelled before its prefill, or failing in it, leaves nothing held', async () => {

@@ -669,7 +669,7 @@ async function passThroughMode([role, portText, tokenizerAddress, runnerAddress,
             : callback(null, {
                 results: [{ labels: [{ label: 'en', score: 0.9, index: 0 }] }],
                 modelVersion: '1',
-                usage: { promptTokens: 12, generatedTokens: 0, totalTokens: 12 },
+                usage: { promptTokens: 12, generatedTokens: 0, totalTokens: 12, cachedPromptTokens: 0 },
               }),
         ),
       embed: (
@@ -683,7 +683,7 @@ async function passThroughMode([role, portText, tokenizerAddress, runnerAddress,
                 embeddings: [{ values: new Array(100).fill(0.1) }],
                 dimensions: 100,
                 modelVersion: '1',
-                usage: { promptTokens: 12, generatedTokens: 0, totalTokens: 12 },
+                usage: { promptTokens: 12, generatedTokens: 0, totalTokens: 12, cachedPromptTokens: 0 },
               }),
         ),
     } as unknown as UntypedServiceImplementation);

@@ -130,6 +130,7 @@ describe('completions', () => {
       prompt_tokens: grpc.last.usage!.promptTokens,
       completion_tokens: grpc.last.usage!.generatedTokens,
       total_tokens: grpc.last.usage!.totalTokens,
+      prompt_tokens_details: { cached_tokens: 0 },
     });
   });
 
@@ -219,7 +220,37 @@ describe('chat completions', () => {
       role: 'assistant',
       content: completion.choices[0]!.text,
     });
-    expect(chat.usage).toEqual(completion.usage);
+    const { prompt_tokens_details: details, ...usage } = completion.usage!;
+    expect(chat.usage).toMatchObject(usage);
+    // The same prompt: the chat call's prompt was kept, and the completion reused all but its last token.
+    expect(chat.usage!.prompt_tokens).toBe(30);
+    expect(details).toEqual({ cached_tokens: 29 });
+  });
+
+  it("reports the prompt tokens the model's prefix cache held, as OpenAI's cached_tokens", async () => {
+    const system = {
+      role: 'system' as const,
+      content: 'You help at a small bookshop; be kind.',
+    };
+    const ask = (content: string) =>
+      openai.chat.completions.create({
+        model: 'tiny-gpt2',
+        messages: [system, { role: 'user', content }],
+        max_tokens: 4,
+        seed: 3,
+      });
+    const first = await ask('When do you open on Sundays?');
+    const second = await ask('Do you take returns?');
+    // The tokens the two prompts share (the system prompt, "User: ": past the first 16-token block)
+    // were not prefilled again.
+    const cached = second.usage!.prompt_tokens_details!.cached_tokens!;
+    expect(first.usage!.prompt_tokens).toBeGreaterThan(32);
+    expect(cached).toBeGreaterThan(16);
+    expect(cached).toBeLessThan(second.usage!.prompt_tokens);
+    // Sent again, all of it but its last token; the same seed gives the same text.
+    const again = await ask('Do you take returns?');
+    expect(again.usage!.prompt_tokens_details!.cached_tokens).toBe(second.usage!.prompt_tokens - 1);
+    expect(again.choices[0]!.message.content).toBe(second.choices[0]!.message.content);
   });
 
   it('streams deltas, the role first', async () => {

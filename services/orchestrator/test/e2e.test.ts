@@ -186,6 +186,7 @@ describe('classify', () => {
       promptTokens: counts.total,
       generatedTokens: 0,
       totalTokens: counts.total,
+      cachedPromptTokens: 0,
     });
   });
 
@@ -387,6 +388,7 @@ describe('generate', () => {
       promptTokens: expected.promptTokens,
       generatedTokens: expected.ids.length,
       totalTokens: expected.promptTokens + expected.ids.length,
+      cachedPromptTokens: 0,
     });
     expect(last.timeToFirstTokenMs).toBeGreaterThan(0);
     expect(last.modelVersion).toBe('1');

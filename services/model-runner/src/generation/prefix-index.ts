@@ -6,11 +6,11 @@
  * As vLLM's automatic prefix caching does, prompts are cut into blocks of
  * `blockTokens`, and block i's key hashes the tokens of blocks 0..i (a chain:
  * a block is the same only under the same prefix). An entry is one stored
- * prefix (a whole number of blocks); each of its block boundaries points at
+ * prompt; each of its block boundaries points at
  * it, so a prompt sharing only a system prompt with a stored one finds it at
  * the last boundary they share. The match is then checked token by token
  * (hashes may collide) and extended past the boundary as far as the two
- * agree — a prompt sent again reuses all of its stored prefix.
+ * agree — a prompt sent again reuses all of it but its last token.
  *
  * Entries are evicted least recently used first, to keep the tokens held
  * within `capacityTokens`. Reuse copies an entry's keys/values into the
@@ -73,14 +73,16 @@ export class PrefixIndex {
   }
 
   /**
-   * Records that the decoder is to keep the keys/values of the prompt's
-   * whole blocks, unless an entry already holds them all. Returns the new
-   * entry's id and how many leading tokens it holds, with the entries evicted
-   * to make room (the decoder drops those); undefined when nothing is stored.
+   * Records that the decoder is to keep the keys/values of the whole prompt
+   * (found by its whole blocks; the tokens after the last one still serve a
+   * prompt sent again, or a conversation's next turn), unless an entry
+   * already holds them all. Returns the new entry's id and how many leading
+   * tokens it holds, with the entries evicted to make room (the decoder drops
+   * those); undefined when nothing is stored.
    */
   insert(prompt: number[]): { entry: number; count: number; evicted: number[] } | undefined {
-    const count = Math.floor(prompt.length / this.blockTokens) * this.blockTokens;
-    if (!this.enabled || count === 0 || count > this.capacityTokens) return undefined;
+    const count = prompt.length;
+    if (!this.enabled || count < this.blockTokens || count > this.capacityTokens) return undefined;
     const keys = this.blockKeys(prompt, count);
     const last = this.byKey.get(keys[keys.length - 1]!);
     if (last && sharedLength(last.tokens, prompt, count) === count) {

@@ -147,6 +147,7 @@ const usageOf = (u: RequestContext['usage']): Usage => ({
   promptTokens: u.promptTokens,
   generatedTokens: u.generatedTokens,
   totalTokens: u.promptTokens + u.generatedTokens,
+  cachedPromptTokens: 0,
 });
 
 const sum = (values: number[]) => values.reduce((a, b) => a + b, 0);

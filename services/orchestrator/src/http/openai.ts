@@ -186,6 +186,8 @@ interface ChoiceState {
   text: string;
   finishReason: string | null;
   promptTokens: number;
+  /** Of the prompt tokens, those the runner's prefix cache held. */
+  cachedTokens: number;
   completionTokens: number;
   modelVersion: string;
   /** Chat streams send the role in a choice's first chunk. */
@@ -207,6 +209,7 @@ async function runChoices(
     text: '',
     finishReason: null as string | null,
     promptTokens: 0,
+    cachedTokens: 0,
     completionTokens: 0,
     modelVersion: '',
     started: false,
@@ -226,6 +229,7 @@ async function runChoices(
           choice.finishReason = FINISH_REASON[message.finishReason] ?? null;
         if (message.usage) {
           choice.promptTokens = message.usage.promptTokens;
+          choice.cachedTokens = message.usage.cachedPromptTokens;
           choice.completionTokens = message.usage.generatedTokens;
         }
         onMessage?.(index, choice, message);
@@ -241,7 +245,14 @@ async function runChoices(
 function usageOf(choices: ChoiceState[]) {
   const prompt = choices.reduce((a, c) => a + c.promptTokens, 0);
   const completion = choices.reduce((a, c) => a + c.completionTokens, 0);
-  return { prompt_tokens: prompt, completion_tokens: completion, total_tokens: prompt + completion };
+  const cached = choices.reduce((a, c) => a + c.cachedTokens, 0);
+  return {
+    prompt_tokens: prompt,
+    completion_tokens: completion,
+    total_tokens: prompt + completion,
+    // As OpenAI reports prompt caching: the prompt tokens that were not processed again.
+    prompt_tokens_details: { cached_tokens: cached },
+  };
 }
 
 const fingerprint = (choices: ChoiceState[]) => `maas-v${choices[0]?.modelVersion ?? ''}`;

@@ -39,6 +39,8 @@ export interface GenerationInput {
 export interface GenerationUsage {
   promptTokens: number;
   generatedTokens: number;
+  /** Of the prompt tokens, those the runner's prefix cache held (known at the end). */
+  cachedPromptTokens?: number;
 }
 
 export interface GenerationIo {
@@ -190,6 +192,7 @@ export async function runGeneration(
             promptTokens: io.usage.promptTokens,
             generatedTokens: io.usage.generatedTokens,
             totalTokens: io.usage.promptTokens + io.usage.generatedTokens,
+            cachedPromptTokens: io.usage.cachedPromptTokens ?? 0,
           },
           modelVersion,
           timeToFirstTokenMs: ttft(),
@@ -221,6 +224,7 @@ export async function runGeneration(
       if (message.finishReason !== FinishReason.FINISH_REASON_UNSPECIFIED) {
         finishReason = message.finishReason as number as FinishReason;
         if (message.promptTokens) io.usage.promptTokens = message.promptTokens;
+        io.usage.cachedPromptTokens = message.cachedPromptTokens;
         io.usage.generatedTokens = message.generatedTokens;
         runnerDone = true;
         // Our side of the call closes too, so the stream ends without a reset from either side.

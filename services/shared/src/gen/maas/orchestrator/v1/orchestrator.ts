@@ -168,6 +168,11 @@ export interface Usage {
   generatedTokens: number;
   /** prompt_tokens + generated_tokens. */
   totalTokens: number;
+  /**
+   * Of prompt_tokens, those a generation model found in its prefix cache
+   * (not prefilled again): OpenAI's prompt_tokens_details.cached_tokens.
+   */
+  cachedPromptTokens: number;
 }
 
 export interface ClassifyRequest {
@@ -572,7 +577,7 @@ export interface ReadTextResponse {
 }
 
 function createBaseUsage(): Usage {
-  return { promptTokens: 0, generatedTokens: 0, totalTokens: 0 };
+  return { promptTokens: 0, generatedTokens: 0, totalTokens: 0, cachedPromptTokens: 0 };
 }
 
 export const Usage: MessageFns<Usage> = {
@@ -585,6 +590,9 @@ export const Usage: MessageFns<Usage> = {
     }
     if (message.totalTokens !== 0) {
       writer.uint32(24).uint32(message.totalTokens);
+    }
+    if (message.cachedPromptTokens !== 0) {
+      writer.uint32(32).uint32(message.cachedPromptTokens);
     }
     return writer;
   },
@@ -626,6 +634,14 @@ export const Usage: MessageFns<Usage> = {
             message.totalTokens = reader.uint32();
             continue;
           }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.cachedPromptTokens = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -655,6 +671,11 @@ export const Usage: MessageFns<Usage> = {
         : isSet(object.total_tokens)
         ? globalThis.Number(object.total_tokens)
         : 0,
+      cachedPromptTokens: isSet(object.cachedPromptTokens)
+        ? globalThis.Number(object.cachedPromptTokens)
+        : isSet(object.cached_prompt_tokens)
+        ? globalThis.Number(object.cached_prompt_tokens)
+        : 0,
     };
   },
 
@@ -669,6 +690,9 @@ export const Usage: MessageFns<Usage> = {
     if (message.totalTokens !== 0) {
       obj.totalTokens = Math.round(message.totalTokens);
     }
+    if (message.cachedPromptTokens !== 0) {
+      obj.cachedPromptTokens = Math.round(message.cachedPromptTokens);
+    }
     return obj;
   },
 
@@ -680,6 +704,7 @@ export const Usage: MessageFns<Usage> = {
     message.promptTokens = object.promptTokens ?? 0;
     message.generatedTokens = object.generatedTokens ?? 0;
     message.totalTokens = object.totalTokens ?? 0;
+    message.cachedPromptTokens = object.cachedPromptTokens ?? 0;
     return message;
   },
 };

@@ -175,6 +175,11 @@ export interface GenerateResponse {
     | undefined;
   /** The model version that served the sequence. */
   modelVersion: string;
+  /**
+   * Leading prompt tokens whose keys/values came from the prefix cache, not
+   * a prefill (set on the last response).
+   */
+  cachedPromptTokens: number;
 }
 
 function createBaseSamplingParameters(): SamplingParameters {
@@ -874,7 +879,15 @@ export const GenerationTiming: MessageFns<GenerationTiming> = {
 };
 
 function createBaseGenerateResponse(): GenerateResponse {
-  return { tokenIds: [], finishReason: 0, promptTokens: 0, generatedTokens: 0, timing: undefined, modelVersion: "" };
+  return {
+    tokenIds: [],
+    finishReason: 0,
+    promptTokens: 0,
+    generatedTokens: 0,
+    timing: undefined,
+    modelVersion: "",
+    cachedPromptTokens: 0,
+  };
 }
 
 export const GenerateResponse: MessageFns<GenerateResponse> = {
@@ -900,6 +913,9 @@ export const GenerateResponse: MessageFns<GenerateResponse> = {
     }
     if (message.modelVersion !== "") {
       writer.uint32(50).string(message.modelVersion);
+    }
+    if (message.cachedPromptTokens !== 0) {
+      writer.uint32(56).uint32(message.cachedPromptTokens);
     }
     return writer;
   },
@@ -975,6 +991,14 @@ export const GenerateResponse: MessageFns<GenerateResponse> = {
             message.modelVersion = reader.string();
             continue;
           }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.cachedPromptTokens = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1015,6 +1039,11 @@ export const GenerateResponse: MessageFns<GenerateResponse> = {
         : isSet(object.model_version)
         ? globalThis.String(object.model_version)
         : "",
+      cachedPromptTokens: isSet(object.cachedPromptTokens)
+        ? globalThis.Number(object.cachedPromptTokens)
+        : isSet(object.cached_prompt_tokens)
+        ? globalThis.Number(object.cached_prompt_tokens)
+        : 0,
     };
   },
 
@@ -1038,6 +1067,9 @@ export const GenerateResponse: MessageFns<GenerateResponse> = {
     if (message.modelVersion !== "") {
       obj.modelVersion = message.modelVersion;
     }
+    if (message.cachedPromptTokens !== 0) {
+      obj.cachedPromptTokens = Math.round(message.cachedPromptTokens);
+    }
     return obj;
   },
 
@@ -1054,6 +1086,7 @@ export const GenerateResponse: MessageFns<GenerateResponse> = {
       ? GenerationTiming.fromPartial(object.timing)
       : undefined;
     message.modelVersion = object.modelVersion ?? "";
+    message.cachedPromptTokens = object.cachedPromptTokens ?? 0;
     return message;
   },
 };
