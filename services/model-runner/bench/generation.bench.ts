@@ -17,6 +17,10 @@
  *    generated token (re-layouts, rows moved on leaving) beside the new
  *    keys/values written, and 16 streams with the graph unedited (the whole
  *    `present` returned every step) for comparison;
+ *  - chunked prefill: 8 streams decoding while 200-token prompts arrive,
+ *    inter-token latency and the long prompts' TTFT, chunked and whole;
+ *  - prefix caching: TTFT of prompts sharing a 192-token system prompt, one
+ *    at a time and while 8 streams decode, with the cache on and off;
  *  - the targets: KV cache vs recompute per token, 16 streams / 1 stream
  *    total tokens/s (≥ 5×), a batch-16 decode step / a batch-1 step (≤ 3×),
  *    gRPC / in-process (≥ 85%), event-loop delay p99 while 16 streams decode
@@ -24,7 +28,9 @@
  * Env: BENCH_NEW_TOKENS (new tokens per stream, a list, default 64,200),
  * BENCH_THREADS (intra-op threads of the session, a list, default 1,2: the
  * runner's default is 1), BENCH_REPEATS (best of, default 3),
- * BENCH_MODEL=fixture to force the fixture.
+ * BENCH_MODEL=fixture to force the fixture; BENCH_CHUNKED_ONLY=1 (chunked
+ * prefill and prefix caching only), BENCH_PREFIX_ONLY=1 (prefix caching
+ * only), BENCH_PREFILL_CHUNK (the chunked prefill phase's budget).
  */
 import { execFile } from 'node:child_process';
 import { loadavg } from 'node:os';
@@ -220,6 +226,8 @@ interface LongPromptPhase {
 
 const LONG_PROMPT_TOKENS = 200;
 const LONG_PROMPTS = 3;
+/** Prefix caching's phases: prompts of LONG_PROMPT_TOKENS whose first this many are a shared system prompt. */
+const SYSTEM_PROMPT_TOKENS = 192;
 
 /**
  * Chunked prefill as a running batch meets it: 8 streams decode (120 new
@@ -233,9 +241,15 @@ async function longPromptRun(
   model: BenchModel,
   chunkTokens: number,
   longPrompts: boolean,
+  /** The long prompts share their first SYSTEM_PROMPT_TOKENS (sent once before, as a system prompt in use is). */
+  shared?: { prefixCacheTokens: number },
 ): Promise<LongPromptPhase> {
   const registry = new Registry();
-  const g = { ...model.config.generation!, prefillChunkTokens: chunkTokens };
+  const g = {
+    ...model.config.generation!,
+    prefillChunkTokens: chunkTokens,
+    ...(shared ? { prefixCacheTokens: shared.prefixCacheTokens } : {}),
+  };
   const engine = new GenerationEngine({
     modelName: model.name,
     modelVersion: '1',
@@ -247,8 +261,12 @@ async function longPromptRun(
   const ask = (promptIds: number[], maxNewTokens: number, onToken: () => void) =>
     engine.generate(greedyRequest(promptIds, maxNewTokens), onToken);
   const random = new SequenceRandom(7);
+  const tokens = (n: number) =>
+    Array.from({ length: n }, () => 10 + Math.floor(random.next() * (g.vocabSize - 10)));
+  const system = tokens(SYSTEM_PROMPT_TOKENS);
   const longPrompt = () =>
-    Array.from({ length: LONG_PROMPT_TOKENS }, () => 10 + Math.floor(random.next() * (g.vocabSize - 10)));
+    shared ? [...system, ...tokens(LONG_PROMPT_TOKENS - SYSTEM_PROMPT_TOKENS)] : tokens(LONG_PROMPT_TOKENS);
+  if (shared) await ask(longPrompt(), 1, () => undefined);
   const gaps: number[] = [];
   const ttfts: number[] = [];
   const longRuns: Promise<unknown>[] = [];
@@ -329,6 +347,92 @@ async function chunkedPrefill(decoder: BatchDecoder, model: BenchModel, summary:
     `  threads ${threads}: ITL p99 of 8 running streams while ${LONG_PROMPT_TOKENS}-token prompts arrive: ` +
       `chunked ${f(chunked!.itlP99Ms, 2)} ms vs whole ${f(whole!.itlP99Ms, 2)} ms (${f(whole!.itlP99Ms / chunked!.itlP99Ms, 2)}× lower), ` +
       `no long prompts ${f(quiet!.itlP99Ms, 2)} ms; the long prompts' TTFT chunked ${f(chunked!.longTtftMs)} ms vs whole ${f(whole!.longTtftMs)} ms (median of ${REPEATS} interleaved rounds)`,
+  );
+}
+
+interface PrefixPhase {
+  /** Median time to first token of the requests after the first, ms. */
+  ttftMs: number;
+  /** Prompt tokens found in the prefix cache / prompt tokens looked up. */
+  hitRate: number;
+}
+
+/**
+ * Requests one at a time, each a shared SYSTEM_PROMPT_TOKENS-token system
+ * prompt and 8 tokens of its own, 4 new tokens: the time to first token of
+ * all but the first (which stores the system prompt) with prefix caching on
+ * and off (prefixCacheTokens 0).
+ */
+async function sharedPrefixRun(
+  decoder: BatchDecoder,
+  model: BenchModel,
+  prefixCacheTokens: number,
+): Promise<PrefixPhase> {
+  const registry = new Registry();
+  const g = { ...model.config.generation!, prefixCacheTokens };
+  const engine = new GenerationEngine({
+    modelName: model.name,
+    modelVersion: '1',
+    decoder,
+    config: { ...model.config, generation: g },
+    metrics: createGenerationMetrics(registry),
+    logger,
+  });
+  const random = new SequenceRandom(11);
+  const tokens = (n: number) =>
+    Array.from({ length: n }, () => 10 + Math.floor(random.next() * (g.vocabSize - 10)));
+  const system = tokens(SYSTEM_PROMPT_TOKENS);
+  const ttfts: number[] = [];
+  for (let i = 0; i < 9; i++) {
+    const sent = performance.now();
+    let first = -1;
+    await engine.generate(greedyRequest([...system, ...tokens(8)], 4), () => {
+      if (first < 0) first = performance.now() - sent;
+    });
+    if (i > 0) ttfts.push(first);
+  }
+  await engine.close();
+  const counter = async (name: string) =>
+    (
+      ((await registry.getMetricsAsJSON()).find((m) => m.name === name)?.values ?? []) as { value: number }[]
+    ).reduce((sum, v) => sum + v.value, 0);
+  const queried = await counter('maas_runner_generation_prefix_cache_queried_tokens_total');
+  const hit = await counter('maas_runner_generation_prefix_cache_hit_tokens_total');
+  ttfts.sort((a, b) => a - b);
+  return { ttftMs: ttfts[Math.floor(ttfts.length / 2)]!, hitRate: queried ? hit / queried : 0 };
+}
+
+/** Prefix caching: TTFT with a shared system prompt, alone and while 8 streams decode; interleaved rounds, medians. */
+async function prefixCaching(decoder: BatchDecoder, model: BenchModel, summary: string[], threads: number) {
+  const budget = model.config.generation!.prefixCacheTokens || 2048;
+  const chunk = model.config.generation!.prefillChunkTokens;
+  const alone = { off: [] as PrefixPhase[], on: [] as PrefixPhase[] };
+  const busy = { off: [] as LongPromptPhase[], on: [] as LongPromptPhase[] };
+  for (let round = 0; round < REPEATS; round++) {
+    alone.off.push(await sharedPrefixRun(decoder, model, 0));
+    alone.on.push(await sharedPrefixRun(decoder, model, budget));
+    busy.off.push(await longPromptRun(decoder, model, chunk, true, { prefixCacheTokens: 0 }));
+    busy.on.push(await longPromptRun(decoder, model, chunk, true, { prefixCacheTokens: budget }));
+  }
+  const median = (values: number[]) => values.sort((a, b) => a - b)[Math.floor(values.length / 2)]!;
+  const ttft = { off: median(alone.off.map((p) => p.ttftMs)), on: median(alone.on.map((p) => p.ttftMs)) };
+  const hitRate = median(alone.on.map((p) => p.hitRate));
+  const longTtft = {
+    off: median(busy.off.map((p) => p.longTtftMs)),
+    on: median(busy.on.map((p) => p.longTtftMs)),
+  };
+  const itl = { off: median(busy.off.map((p) => p.itlP99Ms)), on: median(busy.on.map((p) => p.itlP99Ms)) };
+  console.log(
+    `  prefix caching, one request at a time (${SYSTEM_PROMPT_TOKENS}-token system prompt + 8 tokens): TTFT ${f(ttft.on, 2)} ms with, ${f(ttft.off, 2)} ms without; hit rate ${f(100 * hitRate)}% of prompt tokens`,
+  );
+  console.log(
+    `  prefix caching, ${LONG_PROMPTS} such ${LONG_PROMPT_TOKENS}-token prompts arriving while 8 streams decode: TTFT ${f(longTtft.on, 2)} ms with, ${f(longTtft.off, 2)} ms without; ` +
+      `running streams' ITL p99 ${f(itl.on, 2)} ms with, ${f(itl.off, 2)} ms without`,
+  );
+  summary.push(
+    `  threads ${threads}: prefix caching, TTFT of a prompt sharing a ${SYSTEM_PROMPT_TOKENS}-token system prompt: ${f(ttft.off / ttft.on, 2)}× lower alone ` +
+      `(${f(ttft.on, 2)} vs ${f(ttft.off, 2)} ms, hit rate ${f(100 * hitRate)}%), ${f(longTtft.off / longTtft.on, 2)}× lower while 8 streams decode ` +
+      `(${f(longTtft.on, 2)} vs ${f(longTtft.off, 2)} ms; their ITL p99 ${f(itl.on, 2)} vs ${f(itl.off, 2)} ms) (median of ${REPEATS} interleaved rounds)`,
   );
 }
 
@@ -447,8 +551,9 @@ async function benchThreads(model: BenchModel, threads: number, summary: string[
   const inThread = new SessionDecoder(session, g, model.name);
   await engineRun(decoder, model, 2, 16); // warm-up
   await engineRun(inThread, model, 2, 16);
-  await chunkedPrefill(decoder, model, summary, threads);
-  if (process.env.BENCH_CHUNKED_ONLY === '1') {
+  if (process.env.BENCH_PREFIX_ONLY !== '1') await chunkedPrefill(decoder, model, summary, threads);
+  await prefixCaching(decoder, model, summary, threads);
+  if (process.env.BENCH_CHUNKED_ONLY === '1' || process.env.BENCH_PREFIX_ONLY === '1') {
     await Promise.all([session.release(), decoder.release()]);
     return;
   }
