@@ -416,6 +416,29 @@ describe('cancellation', () => {
     expect(result).toMatchObject({ finishReason: 'cancelled', generatedTokens: 1 });
     expect(engine.stats()).toEqual({ running: 0, waiting: 0, cachedTokens: 0 });
   });
+
+  it("hands a step's tokens to their consumers while the next step computes; the first token at once", async () => {
+    let computing = false;
+    const timed = withRun(model.session, async (feeds, run) => {
+      computing = true;
+      try {
+        return await run(feeds);
+      } finally {
+        computing = false;
+      }
+    });
+    const { engine } = startEngine(model, {}, timed);
+    const duringRun: boolean[] = [];
+    const { tokens } = await generate(engine, { promptIds: [464, 1068], maxNewTokens: 12 }, () =>
+      duringRun.push(computing),
+    );
+    expect(tokens).toEqual(
+      (await generate(startEngine(model).engine, { promptIds: [464, 1068], maxNewTokens: 12 })).tokens,
+    );
+    // The first (from the prefill) and the last (when the sequence ends) have no step to overlap.
+    expect(duringRun).toEqual([false, ...new Array<boolean>(10).fill(true), false]);
+    await engine.close();
+  });
 });
 
 describe('failures and closing', () => {

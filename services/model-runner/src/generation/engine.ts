@@ -115,6 +115,8 @@ interface Sequence {
   pieceHeld?: boolean;
   /** The last sampled token: the next step's input. */
   next: number;
+  /** Sampled, not yet handed to onTokens (send() does, while the next step computes). */
+  unsent: number[];
   generated: number;
   finish?: FinishReason;
   arrivedAt: number;
@@ -210,6 +212,7 @@ export class GenerationEngine {
         cached: 0,
         cachedPromptTokens: 0,
         next: -1,
+        unsent: [],
         generated: 0,
         arrivedAt: performance.now(),
       };
@@ -548,6 +551,8 @@ export class GenerationEngine {
     seq.cached += count;
     if (seq.cached < prompt.length) return { ran: count, complete: false };
     this.accept(seq, out.logits);
+    // The first token at once: nothing computes meanwhile to overlap it with.
+    this.send(seq);
     return { ran: count, complete: true };
   }
 
@@ -591,6 +596,8 @@ export class GenerationEngine {
       seq.cached = seq.request.promptIds.length;
       seq.prefilled = { group: run, row: b };
       this.accept(seq, logits.subarray(b * vocab, (b + 1) * vocab));
+      // The first token at once: nothing computes meanwhile to overlap it with.
+      this.send(seq);
     });
   }
 
@@ -640,10 +647,13 @@ export class GenerationEngine {
     const started = performance.now();
     let out;
     try {
-      out = await this.decoder.step({
+      const computing = this.decoder.step({
         ids: BigInt64Array.from(members, (s) => BigInt(s.next)),
         positions: BigInt64Array.from(members, (s) => BigInt(s.cached)),
       });
+      // The last tokens go out (over gRPC: encoded and written) while the decoder computes the next.
+      for (const seq of members) this.send(seq);
+      out = await computing;
     } catch (error) {
       this.running = [];
       this.prefillsHeld = false;
@@ -667,7 +677,11 @@ export class GenerationEngine {
     });
   }
 
-  /** Samples, emits, and sets `finish` when the sequence is done. */
+  /**
+   * Samples the sequence's next token and sets `finish` when that ends it.
+   * The token is handed to onTokens by send(): at the next decode step's
+   * start (so that delivering it overlaps the step) or when the sequence ends.
+   */
   private accept(seq: Sequence, logits: Float32Array): void {
     if (seq.finish) return;
     if (seq.request.signal.aborted) {
@@ -676,7 +690,40 @@ export class GenerationEngine {
     }
     const { request } = seq;
     const token = this.sampler.sample(logits, request.sampling, seq.seen, seq.random);
-    const now = performance.now();
+    // The end-of-sequence token ends the text; it is not part of it.
+    if (token === this.g.eosTokenId && !request.ignoreEos) {
+      this.delivered(seq, performance.now());
+      seq.finish = 'eos';
+      return;
+    }
+    seq.generated++;
+    seq.seen.add(token);
+    seq.next = token;
+    seq.unsent.push(token);
+    this.options.metrics.generatedTokens.inc(this.labels);
+    if (request.stopTokenIds.includes(token)) seq.finish = 'stop';
+    else if (seq.generated >= request.maxNewTokens) seq.finish = 'length';
+  }
+
+  /** Hands the sequence's sampled tokens to its consumer; one that throws cancels the sequence. */
+  private send(seq: Sequence): void {
+    if (seq.unsent.length === 0) return;
+    const tokens = seq.unsent;
+    seq.unsent = [];
+    this.delivered(seq, performance.now());
+    try {
+      seq.onTokens(tokens);
+    } catch (error) {
+      this.options.logger.warn(
+        { ...this.labels, requestId: seq.request.requestId, err: error },
+        'token consumer failed; cancelling the sequence',
+      );
+      seq.finish = 'cancelled';
+    }
+  }
+
+  /** Time to first token and inter-token latency, as the consumer sees them. */
+  private delivered(seq: Sequence, now: number): void {
     if (seq.firstTokenAt === undefined) {
       seq.firstTokenAt = now;
       this.options.metrics.timeToFirstToken.observe(this.labels, (now - seq.arrivedAt) / 1000);
@@ -684,30 +731,11 @@ export class GenerationEngine {
       this.options.metrics.interTokenLatency.observe(this.labels, (now - seq.lastTokenAt!) / 1000);
     }
     seq.lastTokenAt = now;
-    // The end-of-sequence token ends the text; it is not part of it.
-    if (token === this.g.eosTokenId && !request.ignoreEos) {
-      seq.finish = 'eos';
-      return;
-    }
-    seq.generated++;
-    seq.seen.add(token);
-    seq.next = token;
-    this.options.metrics.generatedTokens.inc(this.labels);
-    try {
-      seq.onTokens([token]);
-    } catch (error) {
-      this.options.logger.warn(
-        { ...this.labels, requestId: request.requestId, err: error },
-        'token consumer failed; cancelling the sequence',
-      );
-      seq.finish = 'cancelled';
-      return;
-    }
-    if (request.stopTokenIds.includes(token)) seq.finish = 'stop';
-    else if (seq.generated >= request.maxNewTokens) seq.finish = 'length';
   }
 
   private end(seq: Sequence, reason: FinishReason): void {
+    // Its last tokens before its result (unless cancelled: its consumer is gone).
+    if (reason !== 'cancelled') this.send(seq);
     this.release(seq);
     const now = performance.now();
     const decodeSeconds = seq.firstTokenAt !== undefined ? (seq.lastTokenAt! - seq.firstTokenAt) / 1000 : 0;
