@@ -9,7 +9,9 @@ const cross = (o: Point, a: Point, b: Point) => (a[0] - o[0]) * (b[1] - o[1]) - 
 
 /** Andrew's monotone chain; counter-clockwise, no repeated points. */
 export function convexHull(points: Point[]): Point[] {
-  const sorted = [...points].sort((a, b) => a[0] - b[0] || a[1] - b[1]);
+  const sorted = [...points]
+    .sort((a, b) => a[0] - b[0] || a[1] - b[1])
+    .filter((p, i, all) => i === 0 || p[0] !== all[i - 1]![0] || p[1] !== all[i - 1]![1]);
   if (sorted.length < 3) return sorted;
   const lower: Point[] = [];
   for (const p of sorted) {
