@@ -30,7 +30,8 @@
  * runner's default is 1), BENCH_REPEATS (best of, default 3),
  * BENCH_MODEL=fixture to force the fixture; BENCH_CHUNKED_ONLY=1 (chunked
  * prefill and prefix caching only), BENCH_PREFIX_ONLY=1 (prefix caching
- * only), BENCH_PREFILL_CHUNK (the chunked prefill phase's budget).
+ * only), BENCH_SCHEDULING=0 (neither), BENCH_PREFILL_CHUNK (the chunked
+ * prefill phase's budget).
  */
 import { execFile } from 'node:child_process';
 import { loadavg } from 'node:os';
@@ -446,35 +447,26 @@ async function grpcStreams(
 ): Promise<number> {
   const client = createClient(GenerationServiceClient, address);
   const asks = prompts(streams, vocab);
-  // Connect first: the timed part is generation, not the channel's handshake.
-  await new Promise<void>((resolve, reject) => {
-    const call = client.generate(
-      GenerateRequest.fromPartial({ modelName, promptIds: [11], maxNewTokens: 1 }),
+  const round = (maxNewTokens: number) =>
+    Promise.all(
+      asks.map(
+        (promptIds) =>
+          new Promise<number>((resolve, reject) => {
+            let tokens = 0;
+            const call = client.generate(
+              GenerateRequest.fromPartial({ modelName, promptIds, maxNewTokens, ignoreEos: true }),
+            );
+            call.on('data', (m: GenerateResponse) => (tokens += m.tokenIds.length));
+            call.on('error', reject);
+            call.on('end', () => resolve(tokens));
+          }),
+      ),
     );
-    call.on('data', () => undefined);
-    call.on('error', reject);
-    call.on('end', resolve);
-  });
+  // An untimed round first, as a long-running client has: the channel connected, and this
+  // process's gRPC and protobuf code compiled (a fresh process runs it interpreted at first).
+  await round(newTokens);
   const started = performance.now();
-  const counts = await Promise.all(
-    asks.map(
-      (promptIds) =>
-        new Promise<number>((resolve, reject) => {
-          let tokens = 0;
-          const call = client.generate(
-            GenerateRequest.fromPartial({
-              modelName,
-              promptIds,
-              maxNewTokens: newTokens,
-              ignoreEos: true,
-            }),
-          );
-          call.on('data', (m: GenerateResponse) => (tokens += m.tokenIds.length));
-          call.on('error', reject);
-          call.on('end', () => resolve(tokens));
-        }),
-    ),
-  );
+  const counts = await round(newTokens);
   const seconds = (performance.now() - started) / 1000;
   client.close();
   return counts.reduce((a, b) => a + b, 0) / seconds;
@@ -551,8 +543,10 @@ async function benchThreads(model: BenchModel, threads: number, summary: string[
   const inThread = new SessionDecoder(session, g, model.name);
   await engineRun(decoder, model, 2, 16); // warm-up
   await engineRun(inThread, model, 2, 16);
-  if (process.env.BENCH_PREFIX_ONLY !== '1') await chunkedPrefill(decoder, model, summary, threads);
-  await prefixCaching(decoder, model, summary, threads);
+  const scheduling = process.env.BENCH_SCHEDULING !== '0';
+  if (scheduling && process.env.BENCH_PREFIX_ONLY !== '1')
+    await chunkedPrefill(decoder, model, summary, threads);
+  if (scheduling) await prefixCaching(decoder, model, summary, threads);
   if (process.env.BENCH_CHUNKED_ONLY === '1' || process.env.BENCH_PREFIX_ONLY === '1') {
     await Promise.all([session.release(), decoder.release()]);
     return;
