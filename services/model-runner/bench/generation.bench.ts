@@ -36,7 +36,7 @@
 import { execFile } from 'node:child_process';
 import { loadavg } from 'node:os';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
-import { existsSync, mkdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { Registry } from 'prom-client';
@@ -65,6 +65,7 @@ import {
   SequenceRandom,
 } from '../src/generation/index.js';
 import { greedyByRecompute, greedyRequest } from '../src/generation/reference.js';
+import { cacheTensorNames, decoderForEngine, exposeNewKeyValues } from '../src/generation/new-kv-outputs.js';
 
 const list = (value: string) => value.split(',').map(Number);
 const LENGTHS = list(process.env.BENCH_NEW_TOKENS ?? '64,200');
@@ -437,6 +438,80 @@ async function prefixCaching(decoder: BatchDecoder, model: BenchModel, summary: 
   );
 }
 
+/**
+ * One decode step in process (session.run), with each layer attending over
+ * its past concatenated with the new position (the graph as new-kv-outputs.ts
+ * leaves it) and split in two (split-attention.ts, what the engine runs):
+ * batch 1 and 16, 96 and 224 positions of past; median of interleaved rounds.
+ */
+async function attentionSplit(model: BenchModel, threads: number, summary: string[]): Promise<void> {
+  const g = model.config.generation!;
+  const bytes = new Uint8Array(readFileSync(model.modelPath));
+  const { past, present } = cacheTensorNames(g);
+  const concatenated = exposeNewKeyValues(
+    bytes,
+    past.map((p, i) => ({ past: p, present: present[i]! })),
+  );
+  const split = decoderForEngine(bytes, g);
+  if ('reason' in concatenated || !split.edited || split.attention !== 'split') {
+    console.log(`  attention split: not applicable to ${model.name}`);
+    return;
+  }
+  const options = { intraOpNumThreads: threads, interOpNumThreads: 1 };
+  const sessions = {
+    concatenated: await ort.InferenceSession.create(concatenated.model, options),
+    split: await ort.InferenceSession.create(split.model, options),
+  };
+  const figures: string[] = [];
+  for (const [rows, positions] of [
+    [1, 96],
+    [16, 96],
+    [1, 224],
+    [16, 224],
+  ] as const) {
+    const feeds: Record<string, ort.Tensor> = {
+      input_ids: new ort.Tensor(
+        'int64',
+        BigInt64Array.from({ length: rows }, (_, i) => BigInt(5 + i)),
+        [rows, 1],
+      ),
+      attention_mask: new ort.Tensor('int64', new BigInt64Array(rows * (positions + 1)).fill(1n), [
+        rows,
+        positions + 1,
+      ]),
+      position_ids: new ort.Tensor('int64', new BigInt64Array(rows).fill(BigInt(positions)), [rows, 1]),
+    };
+    const size = rows * g.numHeads * positions * g.headDim;
+    for (const name of past)
+      feeds[name] = new ort.Tensor(
+        'float32',
+        Float32Array.from({ length: size }, (_, i) => Math.sin(i) / 2),
+        [rows, g.numHeads, positions, g.headDim],
+      );
+    const time = async (session: ort.InferenceSession) => {
+      const started = performance.now();
+      for (let i = 0; i < 100; i++) await session.run(feeds);
+      return (performance.now() - started) / 100;
+    };
+    for (let i = 0; i < 20; i++) for (const s of Object.values(sessions)) await s.run(feeds);
+    const rounds = { concatenated: [] as number[], split: [] as number[] };
+    for (let r = 0; r < 5; r++) {
+      rounds.concatenated.push(await time(sessions.concatenated));
+      rounds.split.push(await time(sessions.split));
+    }
+    const median = (v: number[]) => v.sort((a, b) => a - b)[2]!;
+    const [c, s] = [median(rounds.concatenated), median(rounds.split)];
+    console.log(
+      `  decode step in process (session.run), batch ${rows}, ${positions} positions: attention over the concatenated cache ${f(c, 3)} ms, split ${f(s, 3)} ms (${f(c / s, 2)}× faster)`,
+    );
+    figures.push(`b${rows}/${positions}: ${f(c, 2)} → ${f(s, 2)} ms (${f(c / s, 2)}×)`);
+  }
+  await Promise.all(Object.values(sessions).map((s) => s.release()));
+  summary.push(
+    `  threads ${threads}: decode step, cache concatenated → attention split: ${figures.join(', ')} (median of 5 interleaved rounds)`,
+  );
+}
+
 /** Runs in the client process: `streams` concurrent Generate calls; total tokens/s. */
 async function grpcStreams(
   address: string,
@@ -552,6 +627,7 @@ async function benchThreads(model: BenchModel, threads: number, summary: string[
     return;
   }
 
+  await attentionSplit(model, threads, summary);
   const prompt = prompts(1, g.vocabSize)[0]!;
   const recomputeTokens = 100;
   const recomputeStarted = performance.now();

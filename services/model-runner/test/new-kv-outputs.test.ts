@@ -7,14 +7,19 @@
 import * as ort from 'onnxruntime-node';
 import { GraphBuilder } from '@maas/models';
 import type { ModelConfig } from '@maas/shared';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { readModelConfig } from '@maas/shared';
 import {
   cacheTensorNames,
   decoderForEngine,
   exposeNewKeyValues,
   newPositionsOutput,
 } from '../src/generation/new-kv-outputs';
+import { fields, GRAPH_NODE, MODEL_GRAPH, parseNode } from '../src/generation/onnx-wire';
+import { splitAttention } from '../src/generation/split-attention';
 import { emptyPast } from '../src/generation/slot-cache';
-import { tinyDecoder, tinyModelBytes } from './generation-harness';
+import { austenDir, llamaDecoder, tinyDecoder, tinyModelBytes } from './generation-harness';
 
 type Generation = NonNullable<ModelConfig['generation']>;
 
@@ -41,10 +46,13 @@ describe('exposeNewKeyValues', () => {
   it('the edited decoder gives the same logits, and its new outputs are the last positions of present', async () => {
     const whole = await tinyDecoder({ unedited: true });
     const g = whole.config.generation!;
-    const decoder = decoderForEngine(tinyModelBytes(), g);
-    expect(decoder.edited).toBe(true);
-    const edited = await ort.InferenceSession.create(decoder.model);
-    const { present } = cacheTensorNames(g);
+    const { past: pastNames, present } = cacheTensorNames(g);
+    const edit = exposeNewKeyValues(
+      tinyModelBytes(),
+      pastNames.map((p, i) => ({ past: p, present: present[i]! })),
+    );
+    if ('reason' in edit) throw new Error(edit.reason);
+    const edited = await ort.InferenceSession.create(edit.model);
     expect(edited.outputNames).toEqual(['logits', ...present.map(newPositionsOutput)]);
 
     // Prefill 5 tokens with the exported graph, then one decode step on both graphs.
@@ -119,5 +127,95 @@ describe('exposeNewKeyValues', () => {
     expect(session.outputNames).toEqual(['present.new']);
     expect(Array.from(out['present.new']!.data as Float32Array)).toEqual(Array.from(fresh));
     await session.release();
+  });
+});
+
+/** The graph's nodes. */
+const nodesOf = (model: Uint8Array) =>
+  fields(fields(model).find((f) => f.no === MODEL_GRAPH)!.body!)
+    .filter((f) => f.no === GRAPH_NODE)
+    .map((f) => parseNode(f.body!));
+
+/** Random past keys/values of `length` positions, for one row. */
+function randomPast(g: Generation, length: number, seed: number): ort.Tensor[] {
+  let x = seed;
+  const next = () => ((x = (x * 1103515245 + 12345) % 2 ** 31) / 2 ** 31 - 0.5) * 2;
+  return cacheTensorNames(g).past.map(
+    () =>
+      new ort.Tensor('float32', Float32Array.from({ length: g.numHeads * length * g.headDim }, next), [
+        1,
+        g.numHeads,
+        length,
+        g.headDim,
+      ]),
+  );
+}
+
+describe('splitAttention', () => {
+  it.each([
+    ['the GPT-2 fixture', () => ({ bytes: tinyModelBytes(), g: undefined as Generation | undefined })],
+    [
+      'austen-gpt',
+      () => ({
+        bytes: new Uint8Array(readFileSync(join(austenDir, '1', 'model.onnx'))),
+        g: readModelConfig(austenDir, 'austen-gpt').generation!,
+      }),
+    ],
+  ])('%s attends without concatenating its cache, to the same logits', async (_, load) => {
+    const whole = await tinyDecoder({ unedited: true });
+    const { bytes, g = whole.config.generation! } = load();
+    const decoder = decoderForEngine(bytes, g);
+    expect(decoder).toMatchObject({ edited: true, attention: 'split' });
+    // No Concat reads a past input any more: nothing copies the cache.
+    const { past } = cacheTensorNames(g);
+    expect(
+      nodesOf(decoder.model).filter((n) => n.opType === 'Concat' && past.includes(n.inputs[0]!)),
+    ).toEqual([]);
+    const reference = await ort.InferenceSession.create(bytes);
+    const split = await ort.InferenceSession.create(decoder.model);
+    // A prefill (past of length 0) and decode steps after 7 and 60 positions.
+    for (const [ids, pastLength] of [
+      [[464, 1068, 758, 218, 11], 0],
+      [[99], 7],
+      [[5, 6, 7], 60],
+    ] as [number[], number][]) {
+      const step = feeds(g, ids, randomPast(g, pastLength, 17 + pastLength), pastLength);
+      const want = (await reference.run(step)).logits!.data as Float32Array;
+      const got = (await split.run(step)).logits!.data as Float32Array;
+      expect(got.length).toBe(want.length);
+      // Sums split in two: the last bits of float32 rounding may differ, nothing more.
+      let worst = 0;
+      for (let i = 0; i < want.length; i++) worst = Math.max(worst, Math.abs(got[i]! - want[i]!));
+      expect(worst).toBeLessThan(1e-4);
+    }
+    await Promise.all([reference.release(), split.release(), whole.session.release()]);
+  });
+
+  it('leaves a graph whose keys/values are repeated between the Concat and the MatMul (grouped-query attention) as it is', async () => {
+    const family = await llamaDecoder('llama-gqa', { kvHeads: 2 });
+    const decoder = decoderForEngine(family.bytes, family.config.generation!);
+    expect(decoder).toMatchObject({
+      edited: true,
+      attention: { reason: expect.stringMatching(/not read by one Transpose|not weighted in one MatMul/) },
+    });
+    await Promise.all([family.session.release(), family.unedited.release()]);
+  });
+
+  it('says why for a past read twice or not concatenated', () => {
+    const b = new GraphBuilder('twice');
+    const pastKey = b.input('pk', 'float32', [1, 2, 'p', 4]);
+    const fresh = b.input('nk', 'float32', [1, 2, 1, 4]);
+    const keys = b.node('Concat', [pastKey, fresh], { axis: { i: 2 } });
+    b.node('Identity', [b.node('Relu', [keys])], {}, ['a']);
+    b.node('Identity', [b.node('Sigmoid', [keys])], {}, ['c']);
+    b.output('a', 'float32', [1, 2, 'q', 4]);
+    b.output('c', 'float32', [1, 2, 'q', 4]);
+    const model = b.toBytes();
+    expect(splitAttention(model, [{ pastKey: 'pk', pastValue: 'pv' }])).toEqual({
+      reason: "the keys of 'pk' are not read by one Transpose of the last two axes",
+    });
+    expect(splitAttention(model, [{ pastKey: 'nothing', pastValue: 'pv' }])).toEqual({
+      reason: "'nothing' is not concatenated once with the new keys/values",
+    });
   });
 });

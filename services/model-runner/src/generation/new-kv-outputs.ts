@@ -14,84 +14,27 @@
  * A graph where the pattern is not found is left as it is, with the reason:
  * the engine then reads the new position out of `present`.
  */
-import { BinaryReader, BinaryWriter, WireType } from '@bufbuild/protobuf/wire';
+import { BinaryWriter, WireType } from '@bufbuild/protobuf/wire';
 import { readFileSync } from 'node:fs';
 import * as ort from 'onnxruntime-node';
 import type { Logger, ModelConfig } from '@maas/shared';
-
-/** Field numbers of onnx.proto used here. */
-const MODEL_GRAPH = 7;
-const GRAPH_NODE = 1;
-const GRAPH_INITIALIZER = 5;
-const GRAPH_OUTPUT = 12;
-const NODE_INPUT = 1;
-const NODE_OUTPUT = 2;
-const NODE_OP_TYPE = 4;
-const NODE_ATTRIBUTE = 5;
-const NODE_DOMAIN = 7;
-const ATTRIBUTE_NAME = 1;
-const ATTRIBUTE_I = 3;
-const VALUE_INFO_NAME = 1;
-const VALUE_INFO_TYPE = 2;
-const TENSOR_EXTERNAL_DATA = 13;
-
-interface Field {
-  no: number;
-  /** The whole field, tag included, as it was read. */
-  raw: Uint8Array;
-  /** For length-delimited fields: the contents. */
-  body?: Uint8Array;
-  /** For varint fields: the value. */
-  varint?: number;
-}
-
-function fields(bytes: Uint8Array): Field[] {
-  const reader = new BinaryReader(bytes);
-  const out: Field[] = [];
-  while (reader.pos < reader.len) {
-    const start = reader.pos;
-    const [no, wireType] = reader.tag();
-    let body: Uint8Array | undefined;
-    let varint: number | undefined;
-    if (wireType === WireType.LengthDelimited) body = reader.bytes();
-    else if (wireType === WireType.Varint) varint = Number(reader.int64());
-    else reader.skip(wireType, no);
-    out.push({ no, raw: bytes.subarray(start, reader.pos), body, varint });
-  }
-  return out;
-}
-
-const decoder = new TextDecoder();
-const text = (f: Field) => decoder.decode(f.body);
-
-interface Node {
-  opType: string;
-  domain: string;
-  inputs: string[];
-  outputs: string[];
-  /** Integer attributes by name. */
-  ints: Map<string, number>;
-}
-
-function parseNode(body: Uint8Array): Node {
-  const node: Node = { opType: '', domain: '', inputs: [], outputs: [], ints: new Map() };
-  for (const f of fields(body)) {
-    if (f.no === NODE_INPUT) node.inputs.push(text(f));
-    else if (f.no === NODE_OUTPUT) node.outputs.push(text(f));
-    else if (f.no === NODE_OP_TYPE) node.opType = text(f);
-    else if (f.no === NODE_DOMAIN) node.domain = text(f);
-    else if (f.no === NODE_ATTRIBUTE) {
-      let name = '';
-      let value: number | undefined;
-      for (const a of fields(f.body!)) {
-        if (a.no === ATTRIBUTE_NAME) name = text(a);
-        else if (a.no === ATTRIBUTE_I) value = a.varint;
-      }
-      if (value !== undefined) node.ints.set(name, value);
-    }
-  }
-  return node;
-}
+import {
+  fields,
+  GRAPH_INITIALIZER,
+  GRAPH_NODE,
+  GRAPH_OUTPUT,
+  MODEL_GRAPH,
+  type Node,
+  NODE_INPUT,
+  NODE_OP_TYPE,
+  NODE_OUTPUT,
+  parseNode,
+  TENSOR_EXTERNAL_DATA,
+  text,
+  VALUE_INFO_NAME,
+  VALUE_INFO_TYPE,
+} from './onnx-wire.js';
+import { splitAttention } from './split-attention.js';
 
 export interface KvOutputEdit {
   /** `present` output name → the name of the output that carries only its new positions. */
@@ -211,20 +154,30 @@ export function cacheTensorNames(g: Generation): { past: string[]; present: stri
 
 /**
  * The decoder the engine runs: `model` with each `present` output replaced by
- * its new positions (exposeNewKeyValues), or as it is, with the reason.
+ * its new positions (exposeNewKeyValues), or as it is, with the reason; once
+ * edited, also attending without concatenating the cache where the graph
+ * allows (split-attention.ts; `attention` says whether it did, or why not).
  */
 export function decoderForEngine(
   model: Uint8Array,
   g: Generation,
-): { model: Uint8Array; edited: true } | { model: Uint8Array; edited: false; reason: string } {
+):
+  | { model: Uint8Array; edited: true; attention: 'split' | { reason: string } }
+  | { model: Uint8Array; edited: false; reason: string } {
   const { past, present } = cacheTensorNames(g);
   const edit = exposeNewKeyValues(
     model,
     past.map((p, i) => ({ past: p, present: present[i]! })),
   );
-  return 'reason' in edit
-    ? { model, edited: false, reason: edit.reason }
-    : { model: edit.model, edited: true };
+  if ('reason' in edit) return { model, edited: false, reason: edit.reason };
+  const layers = Array.from({ length: g.numLayers }, (_, l) => ({
+    pastKey: past[2 * l]!,
+    pastValue: past[2 * l + 1]!,
+  }));
+  const split = splitAttention(edit.model, layers);
+  return 'reason' in split
+    ? { model: edit.model, edited: true, attention: split }
+    : { model: split.model, edited: true, attention: 'split' };
 }
 
 /** The warning for a decoder whose graph could not be edited. */

@@ -1,0 +1,142 @@
+/**
+ * Reading and writing ONNX models at the protobuf wire level, for the load-time
+ * edits of decoder graphs (new-kv-outputs.ts, split-attention.ts): fields are
+ * kept as the bytes they were read, so what an edit does not touch is written
+ * back unchanged (weights included) without a full onnx.proto binding.
+ */
+import { BinaryReader, BinaryWriter, WireType } from '@bufbuild/protobuf/wire';
+
+/** Field numbers of onnx.proto used here. */
+export const MODEL_GRAPH = 7;
+export const GRAPH_NODE = 1;
+export const GRAPH_INITIALIZER = 5;
+export const GRAPH_OUTPUT = 12;
+export const NODE_INPUT = 1;
+export const NODE_OUTPUT = 2;
+export const NODE_OP_TYPE = 4;
+export const NODE_ATTRIBUTE = 5;
+export const NODE_DOMAIN = 7;
+export const ATTRIBUTE_NAME = 1;
+export const ATTRIBUTE_I = 3;
+export const ATTRIBUTE_INTS = 8;
+export const ATTRIBUTE_TYPE = 20;
+const ATTRIBUTE_TYPE_INT = 2;
+const ATTRIBUTE_TYPE_INTS = 7;
+const NODE_NAME = 3;
+const TENSOR_DIMS = 1;
+const TENSOR_DATA_TYPE = 2;
+const TENSOR_INT64_DATA = 7;
+const TENSOR_NAME = 8;
+const TENSOR_INT64 = 7;
+export const VALUE_INFO_NAME = 1;
+export const VALUE_INFO_TYPE = 2;
+export const TENSOR_EXTERNAL_DATA = 13;
+
+export interface Field {
+  no: number;
+  /** The whole field, tag included, as it was read. */
+  raw: Uint8Array;
+  /** For length-delimited fields: the contents. */
+  body?: Uint8Array;
+  /** For varint fields: the value. */
+  varint?: number;
+}
+
+export function fields(bytes: Uint8Array): Field[] {
+  const reader = new BinaryReader(bytes);
+  const out: Field[] = [];
+  while (reader.pos < reader.len) {
+    const start = reader.pos;
+    const [no, wireType] = reader.tag();
+    let body: Uint8Array | undefined;
+    let varint: number | undefined;
+    if (wireType === WireType.LengthDelimited) body = reader.bytes();
+    else if (wireType === WireType.Varint) varint = Number(reader.int64());
+    else reader.skip(wireType, no);
+    out.push({ no, raw: bytes.subarray(start, reader.pos), body, varint });
+  }
+  return out;
+}
+
+const decoder = new TextDecoder();
+export const text = (f: Field) => decoder.decode(f.body);
+
+export interface Node {
+  opType: string;
+  domain: string;
+  inputs: string[];
+  outputs: string[];
+  /** Integer attributes by name. */
+  ints: Map<string, number>;
+  /** Integer-list attributes (a Transpose's perm) by name. */
+  lists: Map<string, number[]>;
+}
+
+export function parseNode(body: Uint8Array): Node {
+  const node: Node = { opType: '', domain: '', inputs: [], outputs: [], ints: new Map(), lists: new Map() };
+  for (const f of fields(body)) {
+    if (f.no === NODE_INPUT) node.inputs.push(text(f));
+    else if (f.no === NODE_OUTPUT) node.outputs.push(text(f));
+    else if (f.no === NODE_OP_TYPE) node.opType = text(f);
+    else if (f.no === NODE_DOMAIN) node.domain = text(f);
+    else if (f.no === NODE_ATTRIBUTE) {
+      let name = '';
+      let value: number | undefined;
+      const list: number[] = [];
+      for (const a of fields(f.body!)) {
+        if (a.no === ATTRIBUTE_NAME) name = text(a);
+        else if (a.no === ATTRIBUTE_I) value = a.varint;
+        else if (a.no === ATTRIBUTE_INTS && a.varint !== undefined) list.push(a.varint);
+        else if (a.no === ATTRIBUTE_INTS && a.body) {
+          // Packed.
+          const reader = new BinaryReader(a.body);
+          while (reader.pos < reader.len) list.push(Number(reader.int64()));
+        }
+      }
+      if (value !== undefined) node.ints.set(name, value);
+      if (list.length > 0) node.lists.set(name, list);
+    }
+  }
+  return node;
+}
+
+/** A node to add to a graph: integer attributes as numbers, integer lists as arrays. */
+export interface NewNode {
+  opType: string;
+  name: string;
+  inputs: string[];
+  outputs: string[];
+  attributes?: Record<string, number | number[]>;
+}
+
+/** Writes a NodeProto as a graph's node field. */
+export function writeNode(w: BinaryWriter, node: NewNode): void {
+  w.tag(GRAPH_NODE, WireType.LengthDelimited).fork();
+  for (const input of node.inputs) w.tag(NODE_INPUT, WireType.LengthDelimited).string(input);
+  for (const output of node.outputs) w.tag(NODE_OUTPUT, WireType.LengthDelimited).string(output);
+  w.tag(NODE_NAME, WireType.LengthDelimited).string(node.name);
+  w.tag(NODE_OP_TYPE, WireType.LengthDelimited).string(node.opType);
+  for (const [name, value] of Object.entries(node.attributes ?? {})) {
+    w.tag(NODE_ATTRIBUTE, WireType.LengthDelimited).fork();
+    w.tag(ATTRIBUTE_NAME, WireType.LengthDelimited).string(name);
+    if (typeof value === 'number') {
+      w.tag(ATTRIBUTE_I, WireType.Varint).int64(value);
+      w.tag(ATTRIBUTE_TYPE, WireType.Varint).int32(ATTRIBUTE_TYPE_INT);
+    } else {
+      for (const v of value) w.tag(ATTRIBUTE_INTS, WireType.Varint).int64(v);
+      w.tag(ATTRIBUTE_TYPE, WireType.Varint).int32(ATTRIBUTE_TYPE_INTS);
+    }
+    w.join();
+  }
+  w.join();
+}
+
+/** Writes a 1-D int64 TensorProto as a graph's initializer field. */
+export function writeInt64Initializer(w: BinaryWriter, name: string, values: bigint[]): void {
+  w.tag(GRAPH_INITIALIZER, WireType.LengthDelimited).fork();
+  w.tag(TENSOR_DIMS, WireType.Varint).int64(values.length);
+  w.tag(TENSOR_DATA_TYPE, WireType.Varint).int32(TENSOR_INT64);
+  for (const v of values) w.tag(TENSOR_INT64_DATA, WireType.Varint).int64(v);
+  w.tag(TENSOR_NAME, WireType.LengthDelimited).string(name);
+  w.join();
+}
