@@ -15,8 +15,15 @@ export class InThreadSession implements RunnableSession {
 
   private constructor(private readonly session: ort.InferenceSession) {}
 
-  static async create(path: string, options: ort.InferenceSession.SessionOptions): Promise<InThreadSession> {
-    return new InThreadSession(await ort.InferenceSession.create(path, options));
+  static async create(
+    path: string | Uint8Array,
+    options: ort.InferenceSession.SessionOptions,
+  ): Promise<InThreadSession> {
+    const session =
+      typeof path === 'string'
+        ? await ort.InferenceSession.create(path, options)
+        : await ort.InferenceSession.create(path, options);
+    return new InThreadSession(session);
   }
 
   get inputNames() {

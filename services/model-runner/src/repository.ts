@@ -13,6 +13,7 @@ import { notFound, readLabels, scanModel, unavailable } from '@maas/shared';
 import type { Logger, ModelConfig, ModelVersionFiles, RepositoryModel } from '@maas/shared';
 import { DynamicBatcher } from './batcher.js';
 import { checkAgainstGraph, checkConfig } from './graph-check.js';
+import { servedModel } from './best-class-outputs.js';
 import { GenerationEngine, WorkerDecoder, type GenerationMetrics } from './generation/index.js';
 import { MODEL_STATES, type ModelState, type RunnerMetrics } from './metrics.js';
 import { type CreatedSession, createSession, type SessionOpener, type ThreadDefaults } from './session.js';
@@ -311,7 +312,9 @@ export class ModelRepository {
     model: RepositoryModel,
     files: ModelVersionFiles,
   ): Promise<ModelVersion> {
-    const config = model.config!;
+    // Text recognizers also serve each step's best class and its probability (best-class-outputs.ts):
+    // the served config, and the graph to open, come from servedModel once the file is there.
+    let config = model.config!;
     const mv: ModelVersion = {
       name: model.name,
       version: files.version,
@@ -326,6 +329,8 @@ export class ModelRepository {
     this.setState(mv, 'LOADING');
     try {
       if (!existsSync(files.modelPath)) throw new Error(`${files.modelPath} is missing`);
+      const served = servedModel(files.modelPath, model.config!);
+      mv.config = config = served.config;
       readLabels(config, files.dir);
       const open = this.deps.createSession ?? createSession;
       let fallbackReason = '';
@@ -352,8 +357,9 @@ export class ModelRepository {
         opened(created);
       } else {
         for (let i = 0; i < config.instanceCount; i++) {
-          const opener: SessionOpener<InThreadSession | WorkerSession> =
-            config.sessionThread === 'main' ? InThreadSession.create : WorkerSession.create;
+          const create = config.sessionThread === 'main' ? InThreadSession.create : WorkerSession.create;
+          const opener: SessionOpener<InThreadSession | WorkerSession> = (path, options) =>
+            create(typeof served.model === 'string' ? path : served.model, options);
           const created = await open(files.modelPath, config, this.deps.threads, logger, opener);
           mv.sessions.push(created.session);
           created.session.onFailure = failed;

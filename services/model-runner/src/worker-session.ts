@@ -101,8 +101,11 @@ export class WorkerSession implements RunnableSession {
 
   private constructor() {}
 
-  /** Loads a model in a new worker; rejects with onnxruntime's message when it cannot. */
-  static async create(path: string, options: ort.InferenceSession.SessionOptions): Promise<WorkerSession> {
+  /** Loads a model (a path, or its bytes) in a new worker; rejects with onnxruntime's message when it cannot. */
+  static async create(
+    path: string | Uint8Array,
+    options: ort.InferenceSession.SessionOptions,
+  ): Promise<WorkerSession> {
     const session = new WorkerSession();
     try {
       Object.assign(session, (await session.channel.call({ kind: 'create', path, options })) as SessionInfo);

@@ -16,7 +16,7 @@ import {
   exposeNewKeyValues,
   newPositionsOutput,
 } from '../src/generation/new-kv-outputs';
-import { fields, GRAPH_NODE, MODEL_GRAPH, parseNode } from '../src/generation/onnx-wire';
+import { fields, GRAPH_NODE, MODEL_GRAPH, parseNode } from '../src/onnx-wire';
 import { splitAttention } from '../src/generation/split-attention';
 import { emptyPast } from '../src/generation/slot-cache';
 import { austenDir, llamaDecoder, tinyDecoder, tinyModelBytes } from './generation-harness';

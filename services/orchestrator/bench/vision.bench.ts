@@ -31,6 +31,7 @@ import { join } from 'node:path';
 import { credentials, type ServiceError } from '@grpc/grpc-js';
 import { createSession, loadRunnerConfig } from '@maas/model-runner';
 import { inferResponse, parseInferRequest } from '@maas/model-runner/kserve';
+import { servedModel } from '@maas/model-runner/best-class-outputs';
 import { DATATYPES, datatypeOfOrt, type TensorData } from '@maas/model-runner/tensors';
 import {
   createLogger,
@@ -155,10 +156,16 @@ class InProcessInference {
     const logger = createLogger({ service: 'bench-vision', level: 'warn' });
     const models = new Map<string, LoadedModel>();
     for (const name of names) {
-      const config = readModelConfig(join(root, name), name);
-      const [newest] = selectVersions(join(root, name), config.versionPolicy);
+      const repositoryConfig = readModelConfig(join(root, name), name);
+      const [newest] = selectVersions(join(root, name), repositoryConfig.versionPolicy);
       if (!newest) throw new Error(`${name}: no version in ${root}`);
-      const { session } = await createSession(newest.modelPath, config, defaults, logger);
+      // As the runner serves it (a recognizer with its best-class outputs).
+      const { config, model } = servedModel(newest.modelPath, repositoryConfig);
+      const { session } = await createSession(newest.modelPath, config, defaults, logger, (path, options) =>
+        typeof model === 'string'
+          ? ort.InferenceSession.create(path, options)
+          : ort.InferenceSession.create(model, options),
+      );
       models.set(name, { config, version: newest.version, session, busy: new BusyTime() });
     }
     return new InProcessInference(models);

@@ -7,6 +7,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import {
+  bestClassOutputs,
   IMAGE_TASKS,
   type ImagePreprocess,
   type ImageTask,
@@ -220,6 +221,10 @@ function toVisionModel(
             ];
     } else if (task === 'image_classification') {
       outputs = [outputOf('classification.output', config.classification?.output)];
+    } else if (task === 'text_recognition') {
+      // The best class per step and its probability, which the runner adds to a recognizer's outputs.
+      const { index, probability } = bestClassOutputs(outputOf('outputs', undefined));
+      outputs = [index, probability];
     } else {
       outputs = [outputOf('outputs', undefined)];
     }

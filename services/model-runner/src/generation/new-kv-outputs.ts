@@ -33,7 +33,8 @@ import {
   text,
   VALUE_INFO_NAME,
   VALUE_INFO_TYPE,
-} from './onnx-wire.js';
+  writeGraphOutput,
+} from '../onnx-wire.js';
 import { splitAttention } from './split-attention.js';
 
 export interface KvOutputEdit {
@@ -101,15 +102,7 @@ export function exposeNewKeyValues(
         // Same element type; the shape is left open ([rows, heads, new positions, headDim]).
         const type = info.find((i) => i.no === VALUE_INFO_TYPE);
         const elemType = type && tensorElemType(type.body!);
-        graphOut.tag(GRAPH_OUTPUT, WireType.LengthDelimited).fork();
-        graphOut.tag(VALUE_INFO_NAME, WireType.LengthDelimited).string(newOutputs.get(name)!);
-        if (elemType !== undefined) {
-          graphOut.tag(VALUE_INFO_TYPE, WireType.LengthDelimited).fork();
-          graphOut.tag(1, WireType.LengthDelimited).fork(); // TypeProto.tensor_type
-          graphOut.tag(1, WireType.Varint).int32(elemType); // elem_type
-          graphOut.join().join();
-        }
-        graphOut.join();
+        writeGraphOutput(graphOut, newOutputs.get(name)!, elemType);
         continue;
       }
     }

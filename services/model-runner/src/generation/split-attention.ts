@@ -35,7 +35,7 @@ import {
   GRAPH_OUTPUT,
   VALUE_INFO_NAME,
   text,
-} from './onnx-wire.js';
+} from '../onnx-wire.js';
 
 const PREFIX = 'maas_split_attention';
 const LAST_TWO_SWAPPED = [0, 1, 3, 2];

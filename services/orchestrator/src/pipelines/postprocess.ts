@@ -110,5 +110,11 @@ export function inferOutput(
   const tensor = response.outputs[at];
   const raw = response.rawOutputContents[at];
   if (!tensor || !raw) throw new Error(`model-runner returned no output '${name}' for ${model}`);
-  return { shape: tensor.shape.map(Number), values: float32FromBytes(raw) };
+  const shape = tensor.shape.map(Number);
+  if (tensor.datatype === 'INT64') {
+    // Class indices (ArgMax outputs): exact as float32 below 2^24.
+    const ints = new BigInt64Array(raw.buffer.slice(raw.byteOffset, raw.byteOffset + raw.byteLength));
+    return { shape, values: Float32Array.from(ints, Number) };
+  }
+  return { shape, values: float32FromBytes(raw) };
 }

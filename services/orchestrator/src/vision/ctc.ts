@@ -18,27 +18,46 @@ export function decodeCtc(
   charset: string[],
   realSteps = steps,
 ): DecodedLine {
+  const n = Math.min(steps, realSteps);
+  const best = new Int32Array(n);
+  const bestP = new Float32Array(n);
+  for (let t = 0; t < n; t++) {
+    const base = t * classes;
+    bestP[t] = probs[base]!;
+    for (let c = 1; c < classes; c++) {
+      const p = probs[base + c]!;
+      if (p > bestP[t]!) {
+        bestP[t] = p;
+        best[t] = c;
+      }
+    }
+  }
+  return decodeBestPath(best, bestP, charset);
+}
+
+/**
+ * One line from each step's best class and its probability (what the runner
+ * serves a recognizer's outputs as, or decodeCtc reads off the distribution),
+ * first `realSteps` steps only.
+ */
+export function decodeBestPath(
+  best: ArrayLike<number>,
+  bestP: ArrayLike<number>,
+  charset: string[],
+  realSteps = best.length,
+): DecodedLine {
   let text = '';
   let sum = 0;
   let kept = 0;
   let previous = -1;
-  for (let t = 0; t < Math.min(steps, realSteps); t++) {
-    const base = t * classes;
-    let best = 0;
-    let bestP = probs[base]!;
-    for (let c = 1; c < classes; c++) {
-      const p = probs[base + c]!;
-      if (p > bestP) {
-        bestP = p;
-        best = c;
-      }
-    }
-    if (best !== 0 && best !== previous) {
-      text += charset[best - 1] ?? '';
-      sum += bestP;
+  for (let t = 0; t < Math.min(best.length, realSteps); t++) {
+    const c = best[t]!;
+    if (c !== 0 && c !== previous) {
+      text += charset[c - 1] ?? '';
+      sum += bestP[t]!;
       kept++;
     }
-    previous = best;
+    previous = c;
   }
   return { text, confidence: kept > 0 ? sum / kept : 0 };
 }

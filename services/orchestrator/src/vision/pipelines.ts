@@ -13,7 +13,7 @@ import type { CatalogueModel } from '../catalogue.js';
 import { unaryCall } from '../downstream/clients.js';
 import { inferOutput } from '../pipelines/postprocess.js';
 import { labelScores, labelsOf, type LabelScore } from '../pipelines/tasks.js';
-import { ctcSteps, decodeCtc } from './ctc.js';
+import { ctcSteps, decodeBestPath } from './ctc.js';
 import {
   type Box,
   type DetectionParameters,
@@ -305,13 +305,14 @@ export async function readText(
       runBatches(inference, recognizer, resized, ctx, (a, b) => a.width - b.width).finally(() => span.end()),
     );
     modelVersions.push(`${recognizer.name}:${recognized.modelVersion}`);
-    const out = recognizer.vision!.outputs[0]!;
+    const [index, probability] = recognizer.vision!.outputs as [string, string];
     const minConfidence = detector.config.textDetection!.minLineConfidence;
     lines.forEach((line, i) => {
-      const probs = recognized.outputs[i]!.get(out)!;
-      const [, steps = 0, classes = 0] = probs.shape;
+      const best = recognized.outputs[i]!.get(index)!;
+      const [, steps = 0] = best.shape;
       const realSteps = ctcSteps(steps, resized[i]!.width, recognized.widths[i]!);
-      const decoded = decodeCtc(probs.values, steps, classes, recognizer.vision!.charset!, realSteps);
+      const bestP = recognized.outputs[i]!.get(probability)!.values;
+      const decoded = decodeBestPath(best.values, bestP, recognizer.vision!.charset!, realSteps);
       if (decoded.text.trim() && decoded.confidence >= minConfidence) {
         read.push({
           image: line.image,

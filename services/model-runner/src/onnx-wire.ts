@@ -1,6 +1,7 @@
 /**
  * Reading and writing ONNX models at the protobuf wire level, for the load-time
- * edits of decoder graphs (new-kv-outputs.ts, split-attention.ts): fields are
+ * graph edits (generation/new-kv-outputs.ts, generation/split-attention.ts,
+ * best-class-outputs.ts): fields are
  * kept as the bytes they were read, so what an edit does not touch is written
  * back unchanged (weights included) without a full onnx.proto binding.
  */
@@ -139,4 +140,35 @@ export function writeInt64Initializer(w: BinaryWriter, name: string, values: big
   for (const v of values) w.tag(TENSOR_INT64_DATA, WireType.Varint).int64(v);
   w.tag(TENSOR_NAME, WireType.LengthDelimited).string(name);
   w.join();
+}
+
+/** Writes a graph output (ValueInfoProto) of a tensor with this element type and an open shape. */
+export function writeGraphOutput(w: BinaryWriter, name: string, elemType: number | undefined): void {
+  w.tag(GRAPH_OUTPUT, WireType.LengthDelimited).fork();
+  w.tag(VALUE_INFO_NAME, WireType.LengthDelimited).string(name);
+  if (elemType !== undefined) {
+    w.tag(VALUE_INFO_TYPE, WireType.LengthDelimited).fork();
+    w.tag(1, WireType.LengthDelimited).fork(); // TypeProto.tensor_type
+    w.tag(1, WireType.Varint).int32(elemType); // elem_type
+    w.join().join();
+  }
+  w.join();
+}
+
+/** TensorProto.DataType values used here. */
+export const ELEM_FLOAT = 1;
+export const ELEM_INT64 = 7;
+
+const MODEL_OPSET_IMPORT = 8;
+
+/** The model's opset of the default (ai.onnx) domain. */
+export function opsetVersion(model: Uint8Array): number | undefined {
+  for (const f of fields(model)) {
+    if (f.no !== MODEL_OPSET_IMPORT) continue;
+    const parts = fields(f.body!);
+    const domain = parts.find((p) => p.no === 1);
+    if (!domain || text(domain) === '' || text(domain) === 'ai.onnx')
+      return parts.find((p) => p.no === 2)?.varint;
+  }
+  return undefined;
 }
