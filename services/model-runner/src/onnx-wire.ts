@@ -27,7 +27,7 @@ const NODE_NAME = 3;
 const TENSOR_DIMS = 1;
 const TENSOR_DATA_TYPE = 2;
 const TENSOR_INT64_DATA = 7;
-const TENSOR_NAME = 8;
+export const TENSOR_NAME = 8;
 const TENSOR_INT64 = 7;
 export const VALUE_INFO_NAME = 1;
 export const VALUE_INFO_TYPE = 2;
@@ -171,4 +171,47 @@ export function opsetVersion(model: Uint8Array): number | undefined {
       return parts.find((p) => p.no === 2)?.varint;
   }
   return undefined;
+}
+
+const TENSOR_RAW_DATA = 9;
+const ATTRIBUTE_T = 5;
+
+/** A TensorProto's int64 values, when it is a small int64 tensor (constants: shapes, axes). */
+function int64Values(tensor: Uint8Array): { name: string; values: number[] } | undefined {
+  const parts = fields(tensor);
+  if (parts.find((p) => p.no === TENSOR_DATA_TYPE)?.varint !== TENSOR_INT64) return undefined;
+  const nameField = parts.find((p) => p.no === TENSOR_NAME);
+  const values: number[] = [];
+  for (const p of parts) {
+    if (p.no === TENSOR_INT64_DATA && p.varint !== undefined) values.push(p.varint);
+    else if (p.no === TENSOR_INT64_DATA && p.body) {
+      const reader = new BinaryReader(p.body);
+      while (reader.pos < reader.len) values.push(Number(reader.int64()));
+    } else if (p.no === TENSOR_RAW_DATA && p.body && p.body.length % 8 === 0 && p.body.length <= 64) {
+      const view = new DataView(p.body.buffer, p.body.byteOffset, p.body.byteLength);
+      for (let i = 0; i < p.body.length; i += 8) values.push(Number(view.getBigInt64(i, true)));
+    }
+  }
+  return { name: nameField ? text(nameField) : '', values };
+}
+
+/** The graph's small int64 constants by name: initializers and Constant nodes' values. */
+export function int64Constants(graph: Field[], nodes: Node[]): Map<string, number[]> {
+  const constants = new Map<string, number[]>();
+  for (const f of graph) {
+    if (f.no !== GRAPH_INITIALIZER) continue;
+    const found = int64Values(f.body!);
+    if (found) constants.set(found.name, found.values);
+  }
+  const constantNodes = graph.filter((f) => f.no === GRAPH_NODE);
+  constantNodes.forEach((f, i) => {
+    if (nodes[i]?.opType !== 'Constant') return;
+    for (const a of fields(f.body!)) {
+      if (a.no !== NODE_ATTRIBUTE) continue;
+      const tensor = fields(a.body!).find((x) => x.no === ATTRIBUTE_T);
+      const found = tensor && int64Values(tensor.body!);
+      if (found) constants.set(nodes[i]!.outputs[0]!, found.values);
+    }
+  });
+  return constants;
 }

@@ -36,6 +36,7 @@ import {
   writeGraphOutput,
 } from '../onnx-wire.js';
 import { splitAttention } from './split-attention.js';
+import { kvHeads } from './decoder-signature.js';
 
 export interface KvOutputEdit {
   /** `present` output name → the name of the output that carries only its new positions. */
@@ -167,7 +168,11 @@ export function decoderForEngine(
     pastKey: past[2 * l]!,
     pastValue: past[2 * l + 1]!,
   }));
-  const split = splitAttention(edit.model, layers);
+  const split = splitAttention(edit.model, layers, {
+    query: g.numHeads,
+    keyValue: kvHeads(g),
+    headDim: g.headDim,
+  });
   return 'reason' in split
     ? { model: edit.model, edited: true, attention: split }
     : { model: split.model, edited: true, attention: 'split' };

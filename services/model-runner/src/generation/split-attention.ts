@@ -18,13 +18,22 @@
  * the last bits).
  *
  * The pattern is the one GPT-2-style exports have (Hugging Face's GPT-2 and
- * its optimum export, the fixture, austen-gpt). A graph where a layer
- * differs — grouped-query attention repeats the keys/values between the
- * Concat and the MatMul — is left as it is, with the reason.
+ * its optimum export, the fixture, austen-gpt), and Llama-style ones with
+ * grouped-query attention, which repeat each key/value head over its query
+ * heads between the Concat and the MatMul (repeat_kv: Unsqueeze → Expand →
+ * Reshape, another copy of the whole cache, times heads / kvHeads): there
+ * the repeat goes too, and the queries (and attention weights) of the heads
+ * sharing a key/value head become the rows of one matrix per key/value head,
+ * [B, kvHeads, repeat × L, ·], multiplied by the cache as it is. A graph
+ * where a layer differs (a float16 cache cast back to float32 before
+ * attention, the merged decoder's If) is left as it is, with the reason.
  */
 import { BinaryWriter } from '@bufbuild/protobuf/wire';
 import {
   fields,
+  GRAPH_INITIALIZER,
+  int64Constants,
+  TENSOR_NAME,
   GRAPH_NODE,
   MODEL_GRAPH,
   type NewNode,
@@ -47,6 +56,7 @@ const LAST_TWO_SWAPPED = [0, 1, 3, 2];
 export function splitAttention(
   model: Uint8Array,
   layers: { pastKey: string; pastValue: string }[],
+  heads: { query: number; keyValue: number; headDim: number },
 ): { model: Uint8Array } | { reason: string } {
   const top = fields(model);
   const graphField = top.find((f) => f.no === MODEL_GRAPH);
@@ -65,6 +75,7 @@ export function splitAttention(
       .filter((f) => f.no === GRAPH_OUTPUT)
       .map((f) => text(fields(f.body!).find((i) => i.no === VALUE_INFO_NAME)!)),
   );
+  const constants = int64Constants(graph, nodes);
   const consumers = new Map<string, Node[]>();
   for (const node of nodes)
     for (const input of node.inputs) consumers.set(input, [...(consumers.get(input) ?? []), node]);
@@ -94,13 +105,132 @@ export function splitAttention(
     if (axis !== 2 && axis !== -2) return `'${past}' is not concatenated on the sequence axis`;
     return concat;
   };
+  /** The only reader of a tensor, when it is one node of this op type. */
+  const onlyReader = (tensor: string, opType: string): Node | undefined => {
+    const found = readers(tensor);
+    return typeof found !== 'string' &&
+      found.length === 1 &&
+      found[0]!.opType === opType &&
+      found[0]!.domain === ''
+      ? found[0]
+      : undefined;
+  };
+  /**
+   * Grouped-query attention's repeat of the keys/values over the query heads
+   * (Hugging Face's repeat_kv: Unsqueeze(2) → Expand([1, 1, heads / kvHeads, 1, 1])
+   * → Reshape([0, heads, -1, headDim])) from `tensor`: its nodes and output, or
+   * undefined when the tensor is not read so.
+   */
+  const repeatOf = (tensor: string): { nodes: Node[]; output: string } | undefined => {
+    const unsqueeze = onlyReader(tensor, 'Unsqueeze');
+    if (!unsqueeze) return undefined;
+    const axes = unsqueeze.lists.get('axes') ?? constants.get(unsqueeze.inputs[1] ?? '');
+    const expand = onlyReader(unsqueeze.outputs[0]!, 'Expand');
+    const reshape = expand && onlyReader(expand.outputs[0]!, 'Reshape');
+    if (!expand || !reshape || axes?.join() !== '2') return undefined;
+    const repeat = heads.query / heads.keyValue;
+    if (constants.get(expand.inputs[1]!)?.join() !== [1, 1, repeat, 1, 1].join()) return undefined;
+    const shape = constants.get(reshape.inputs[1]!);
+    if (!shape || shape.length !== 4 || shape[0] !== 0 || shape[1] !== heads.query) return undefined;
+    return { nodes: [unsqueeze, expand, reshape], output: reshape.outputs[0]! };
+  };
   const added: NewNode[] = [];
   const name = (layer: number, what: string) => `${PREFIX}/${layer}/${what}`;
+  // Grouped: the queries (and attention weights) of the heads sharing a key/value head, as rows of
+  // one matrix per key/value head — [B, kvHeads, repeat × L, X] — multiplied by the cache as it is.
+  // The shapes are built from the queries' [B, heads, L, D] and the past's length P: Reshape's -1
+  // cannot size an axis of a tensor with no elements (a prefill's past, P = 0).
+  const shapes = new Map<
+    number,
+    Record<'query' | 'past' | 'new' | 'heads' | 'pastHeads' | 'newHeads', string>
+  >();
+  const groupShapes = (layer: number, query: string, pastLength: string) => {
+    const n = (what: string) => name(layer, `shape_${what}`);
+    const c = (v: string) => `${PREFIX}/${v}`;
+    added.push(
+      { opType: 'Shape', name: n('q'), inputs: [query], outputs: [n('q')] },
+      { opType: 'Slice', name: n('b'), inputs: [n('q'), c('zero'), c('one'), c('zero')], outputs: [n('b')] },
+      {
+        opType: 'Slice',
+        name: n('l'),
+        inputs: [n('q'), c('axis_2'), c('three'), c('zero')],
+        outputs: [n('l')],
+      },
+      { opType: 'Mul', name: n('rows'), inputs: [n('l'), c('repeat')], outputs: [n('rows')] },
+      {
+        opType: 'Concat',
+        name: n('grouped'),
+        inputs: [n('b'), c('kv_heads'), n('rows')],
+        outputs: [n('grouped')],
+        attributes: { axis: 0 },
+      },
+      {
+        opType: 'Concat',
+        name: n('heads3'),
+        inputs: [n('b'), c('heads'), n('l')],
+        outputs: [n('heads3')],
+        attributes: { axis: 0 },
+      },
+    );
+    const shape = (what: string, head: string, last: string) => {
+      added.push({
+        opType: 'Concat',
+        name: n(what),
+        inputs: [n(head), last],
+        outputs: [n(what)],
+        attributes: { axis: 0 },
+      });
+      return n(what);
+    };
+    shapes.set(layer, {
+      query: shape('grouped_d', 'grouped', c('head_dim')),
+      past: shape('grouped_p', 'grouped', pastLength),
+      new: shape('grouped_l', 'grouped', n('l')),
+      heads: shape('heads_d', 'heads3', c('head_dim')),
+      pastHeads: shape('heads_p', 'heads3', pastLength),
+      newHeads: shape('heads_l', 'heads3', n('l')),
+    });
+  };
+  type ShapeOf = keyof NonNullable<ReturnType<typeof shapes.get>>;
+  /** `tensor` [B, heads, L, X] as [B, kvHeads, repeat × L, X] (grouped) or as it is. */
+  const grouping = (
+    layer: number,
+    tensor: string,
+    what: string,
+    grouped: boolean,
+    shape: ShapeOf,
+  ): string => {
+    if (!grouped) return tensor;
+    const out = name(layer, `${what}_grouped`);
+    added.push({ opType: 'Reshape', name: out, inputs: [tensor, shapes.get(layer)![shape]], outputs: [out] });
+    return out;
+  };
+  /** The product of grouped rows back as [B, heads, L, X], written to `output`. */
+  const ungrouping = (
+    layer: number,
+    tensor: string,
+    output: string,
+    grouped: boolean,
+    shape: ShapeOf,
+  ): void => {
+    if (grouped)
+      added.push({
+        opType: 'Reshape',
+        name: `${output}_heads`,
+        inputs: [tensor, shapes.get(layer)![shape]],
+        outputs: [output],
+      });
+  };
+  let anyGrouped = false;
   for (const [layer, { pastKey, pastValue }] of layers.entries()) {
-    // Keys: MatMul(Q, Transpose(Concat(past, new))).
+    // Keys: MatMul(Q, Transpose(Concat(past, new))), the keys repeated over the heads first under GQA.
     const keyConcat = concatOf(pastKey);
     if (typeof keyConcat === 'string') return { reason: keyConcat };
-    const keyReaders = readers(keyConcat.outputs[0]!);
+    const keyRepeat = repeatOf(keyConcat.outputs[0]!);
+    const grouped = keyRepeat !== undefined;
+    anyGrouped ||= grouped;
+    const keys = keyRepeat?.output ?? keyConcat.outputs[0]!;
+    const keyReaders = readers(keys);
     if (typeof keyReaders === 'string') return { reason: keyReaders };
     const transpose = keyReaders[0];
     if (
@@ -115,8 +245,28 @@ export function splitAttention(
     const scores = scoreReaders[0];
     if (scoreReaders.length !== 1 || scores?.opType !== 'MatMul' || scores.inputs[1] !== transpose.outputs[0])
       return { reason: `the keys of '${pastKey}' are not multiplied by the queries in one MatMul` };
-    const query = scores.inputs[0]!;
+    if (grouped) {
+      const keyLength = name(layer, 'past_key_length');
+      added.push(
+        {
+          opType: 'Shape',
+          name: name(layer, 'past_key_shape'),
+          inputs: [pastKey],
+          outputs: [name(layer, 'past_key_shape')],
+        },
+        {
+          opType: 'Gather',
+          name: keyLength,
+          inputs: [name(layer, 'past_key_shape'), `${PREFIX}/axis_2`],
+          outputs: [keyLength],
+          attributes: { axis: 0 },
+        },
+      );
+      groupShapes(layer, scores.inputs[0]!, keyLength);
+    }
+    const query = grouping(layer, scores.inputs[0]!, 'query', grouped, 'query');
     const newKey = keyConcat.inputs[1]!;
+    const scoresOf = (what: string) => (grouped ? name(layer, `${what}_grouped`) : name(layer, what));
     added.push(
       {
         opType: 'Transpose',
@@ -134,40 +284,44 @@ export function splitAttention(
       },
       {
         opType: 'MatMul',
-        name: name(layer, 'past_scores'),
+        name: scoresOf('past_scores'),
         inputs: [query, name(layer, 'past_kT')],
-        outputs: [name(layer, 'past_scores')],
+        outputs: [scoresOf('past_scores')],
       },
       {
         opType: 'MatMul',
-        name: name(layer, 'new_scores'),
+        name: scoresOf('new_scores'),
         inputs: [query, name(layer, 'new_kT')],
-        outputs: [name(layer, 'new_scores')],
-      },
-      {
-        opType: 'Concat',
-        name: name(layer, 'scores'),
-        inputs: [name(layer, 'past_scores'), name(layer, 'new_scores')],
-        outputs: [scores.outputs[0]!],
-        attributes: { axis: -1 },
+        outputs: [scoresOf('new_scores')],
       },
     );
+    ungrouping(layer, scoresOf('past_scores'), name(layer, 'past_scores'), grouped, 'pastHeads');
+    ungrouping(layer, scoresOf('new_scores'), name(layer, 'new_scores'), grouped, 'newHeads');
+    added.push({
+      opType: 'Concat',
+      name: name(layer, 'scores'),
+      inputs: [name(layer, 'past_scores'), name(layer, 'new_scores')],
+      outputs: [scores.outputs[0]!],
+      attributes: { axis: -1 },
+    });
     removed.add(keyConcat).add(transpose).add(scores);
+    for (const node of keyRepeat?.nodes ?? []) removed.add(node);
 
-    // Values: MatMul(A, Concat(past, new)).
+    // Values: MatMul(A, Concat(past, new)), repeated like the keys.
     const valueConcat = concatOf(pastValue);
     if (typeof valueConcat === 'string') return { reason: valueConcat };
-    const valueReaders = readers(valueConcat.outputs[0]!);
+    const valueRepeat = repeatOf(valueConcat.outputs[0]!);
+    if ((valueRepeat !== undefined) !== grouped)
+      return { reason: `the keys and values of layer ${layer} are not repeated alike` };
+    const values = valueRepeat?.output ?? valueConcat.outputs[0]!;
+    const valueReaders = readers(values);
     if (typeof valueReaders === 'string') return { reason: valueReaders };
     const weighted = valueReaders[0];
-    if (
-      valueReaders.length !== 1 ||
-      weighted?.opType !== 'MatMul' ||
-      weighted.inputs[1] !== valueConcat.outputs[0]
-    )
+    if (valueReaders.length !== 1 || weighted?.opType !== 'MatMul' || weighted.inputs[1] !== values)
       return { reason: `the values of '${pastValue}' are not weighted in one MatMul` };
     const weights = weighted.inputs[0]!;
     const pastLength = name(layer, 'past_length');
+    const valuesOut = grouped ? name(layer, 'values_grouped') : weighted.outputs[0]!;
     added.push(
       {
         opType: 'Shape',
@@ -194,36 +348,62 @@ export function splitAttention(
         inputs: [weights, pastLength, `${PREFIX}/end`, `${PREFIX}/last_axis`],
         outputs: [name(layer, 'new_weights')],
       },
+    );
+    const pastWeights = grouping(layer, name(layer, 'past_weights'), 'past_weights', grouped, 'past');
+    const newWeights = grouping(layer, name(layer, 'new_weights'), 'new_weights', grouped, 'new');
+    added.push(
       {
         opType: 'MatMul',
         name: name(layer, 'past_values'),
-        inputs: [name(layer, 'past_weights'), pastValue],
+        inputs: [pastWeights, pastValue],
         outputs: [name(layer, 'past_values')],
       },
       {
         opType: 'MatMul',
         name: name(layer, 'new_values'),
-        inputs: [name(layer, 'new_weights'), valueConcat.inputs[1]!],
+        inputs: [newWeights, valueConcat.inputs[1]!],
         outputs: [name(layer, 'new_values')],
       },
       {
         opType: 'Add',
-        name: name(layer, 'values'),
+        name: valuesOut,
         inputs: [name(layer, 'past_values'), name(layer, 'new_values')],
-        outputs: [weighted.outputs[0]!],
+        outputs: [valuesOut],
       },
     );
+    ungrouping(layer, valuesOut, weighted.outputs[0]!, grouped, 'heads');
     removed.add(valueConcat).add(weighted);
+    for (const node of valueRepeat?.nodes ?? []) removed.add(node);
   }
+  // The constants only the removed nodes read go too (onnxruntime warns of each unused initializer).
+  const stillRead = new Set([...graphOutputs, ...added.flatMap((n) => n.inputs)]);
+  for (const node of nodes) if (!removed.has(node)) for (const input of node.inputs) stillRead.add(input);
+  const unread = (tensor: string) => !stillRead.has(tensor);
+  for (const node of nodes) if (node.opType === 'Constant' && node.outputs.every(unread)) removed.add(node);
   const removedFields = new Set([...removed].map((n) => nodeFields.get(n)!));
+  const readByRemoved = new Set([...removed].flatMap((n) => n.inputs));
   const out = new BinaryWriter();
   graph.forEach((f, i) => {
-    if (!removedFields.has(i)) out.raw(f.raw);
+    if (removedFields.has(i)) return;
+    if (f.no === GRAPH_INITIALIZER) {
+      const tensorName = fields(f.body!).find((t) => t.no === TENSOR_NAME);
+      const initializer = tensorName ? text(tensorName) : '';
+      if (readByRemoved.has(initializer) && unread(initializer)) return;
+    }
+    out.raw(f.raw);
   });
   writeInt64Initializer(out, `${PREFIX}/zero`, [0n]);
   writeInt64Initializer(out, `${PREFIX}/end`, [2n ** 62n]);
   writeInt64Initializer(out, `${PREFIX}/last_axis`, [-1n]);
   writeInt64Initializer(out, `${PREFIX}/axis_2`, [2n]);
+  if (anyGrouped) {
+    writeInt64Initializer(out, `${PREFIX}/one`, [1n]);
+    writeInt64Initializer(out, `${PREFIX}/three`, [3n]);
+    writeInt64Initializer(out, `${PREFIX}/repeat`, [BigInt(heads.query / heads.keyValue)]);
+    writeInt64Initializer(out, `${PREFIX}/kv_heads`, [BigInt(heads.keyValue)]);
+    writeInt64Initializer(out, `${PREFIX}/heads`, [BigInt(heads.query)]);
+    writeInt64Initializer(out, `${PREFIX}/head_dim`, [BigInt(heads.headDim)]);
+  }
   for (const node of added) writeNode(out, node);
   const modelOut = new BinaryWriter();
   for (const f of top) {
