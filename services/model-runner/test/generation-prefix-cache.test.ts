@@ -111,8 +111,8 @@ describe('prefix caching in the engine', () => {
     const a = await generate(on.engine, ask(SUFFIX_A));
     expect(a.tokens).toEqual(aloneA);
     expect(a.result.cachedPromptTokens).toBe(0);
-    // A's 49 tokens are kept.
-    expect(await counters(on)).toEqual({ queried: 49, hit: 0, held: 49 });
+    // A's 49 prompt tokens are kept when it joins, and its turn (49 + the 7 tokens fed back) when it ends.
+    expect(await counters(on)).toEqual({ queried: 49, hit: 0, held: 49 + 56 });
     const b = await generate(on.engine, ask(SUFFIX_B));
     expect(b.tokens).toEqual(aloneB.tokens);
     // The whole system prompt (40 tokens: past the last shared block boundary, 32).
@@ -121,8 +121,9 @@ describe('prefix caching in the engine', () => {
     const again = await generate(on.engine, ask(SUFFIX_A));
     expect(again.tokens).toEqual(aloneA);
     expect(again.result.cachedPromptTokens).toBe(48);
-    // B (43 tokens) is kept too.
-    expect(await counters(on)).toEqual({ queried: 49 + 43 + 49, hit: 40 + 48, held: 49 + 43 });
+    // Kept: each prompt when it joined (A 49, B 43 tokens) and each finished turn, prompt and
+    // generated tokens with keys/values (A 49 + 7, B 43 + 7); A again added nothing new.
+    expect(await counters(on)).toEqual({ queried: 49 + 43 + 49, hit: 40 + 48, held: 49 + 56 + 43 + 50 });
     expect(on.engine.stats()).toEqual({ running: 0, waiting: 0, cachedTokens: 0 });
     await on.engine.close();
   });
@@ -157,17 +158,18 @@ describe('prefix caching in the engine', () => {
   });
 
   it('evicts the least recently used prefix within prefixCacheTokens; evicted, a prompt is prefilled whole', async () => {
+    // One token each: only the prompts are kept (a sequence ending at its first token has no turn).
     const on = startEngine(model, { prefixCacheTokens: 80 });
     const other = Array.from({ length: 40 }, (_, i) => 1600 + i);
-    const a = await generate(on.engine, ask(SUFFIX_A));
+    const a = await generate(on.engine, ask(SUFFIX_A, 1));
     expect((await counters(on)).held).toBe(49);
     // 40 more tokens do not fit beside A's 49: A is evicted.
-    await generate(on.engine, { promptIds: other, maxNewTokens: 4 });
+    await generate(on.engine, { promptIds: other, maxNewTokens: 1 });
     expect((await counters(on)).held).toBe(40);
-    const again = await generate(on.engine, ask(SUFFIX_A));
+    const again = await generate(on.engine, ask(SUFFIX_A, 1));
     expect(again.result.cachedPromptTokens).toBe(0);
     expect(again.tokens).toEqual(a.tokens);
-    const otherAgain = await generate(on.engine, { promptIds: [...other, 5], maxNewTokens: 4 });
+    const otherAgain = await generate(on.engine, { promptIds: [...other, 5], maxNewTokens: 1 });
     expect(otherAgain.result.cachedPromptTokens).toBe(0); // evicted in turn by A's return
     await on.engine.close();
   });
@@ -185,12 +187,40 @@ describe('prefix caching in the engine', () => {
       cached.push(got.result.cachedPromptTokens);
       expect(got.tokens).toEqual((await generate(off.engine, a)).tokens);
     }
-    // B reuses A's system prompt, and keeping B evicts A (49 + 43 > 80); the other prompt evicts B in
-    // turn, so B again is prefilled whole.
+    // B reuses A's system prompt; 80 tokens hold one kept prompt or turn at a time, so each evicts
+    // the one before and B again (after the other prompt) is prefilled whole.
     expect(cached).toEqual([0, 40, 0, 0]);
     await on.engine.close();
     await off.engine.close();
     await worker.release();
+  });
+
+  it("a conversation's next turn reuses the last turn's prompt and answer", async () => {
+    const off = startEngine(model, { prefixCacheTokens: 0 });
+    const on = startEngine(model);
+    const first = await generate(on.engine, ask(SUFFIX_A));
+    expect(first.tokens).toEqual((await generate(off.engine, ask(SUFFIX_A))).tokens);
+    // The next turn: the conversation so far and a new message.
+    const next = { promptIds: [...ask(SUFFIX_A).promptIds, ...first.tokens, 77, 78, 79], maxNewTokens: 8 };
+    const second = await generate(on.engine, next);
+    // The prompt (49) and the 7 generated tokens fed back (the 8th never was) came from the cache.
+    expect(second.result.cachedPromptTokens).toBe(49 + 7);
+    expect(second.tokens).toEqual((await generate(off.engine, next)).tokens);
+    // A cancelled turn is not kept.
+    const controller = new AbortController();
+    const cancelled = await generate(
+      on.engine,
+      { ...ask([501, 502, 503]), signal: controller.signal },
+      (_, n) => {
+        if (n === 3) controller.abort();
+      },
+    );
+    expect(cancelled.result.finishReason).toBe('cancelled');
+    const after = await generate(on.engine, {
+      promptIds: [...ask([501, 502, 503]).promptIds, ...cancelled.tokens, 9],
+    });
+    expect(after.result.cachedPromptTokens).toBe(43); // its prompt, kept when it joined; not its tokens
+    await Promise.all([on.engine.close(), off.engine.close()]);
   });
 
   it('a prefix hit cancelled before its prefill, or failing in it, leaves nothing held', async () => {

@@ -137,7 +137,11 @@ export interface BatchDecoder {
   /** Adds prefilled prompts to the batch, in order (rows rows..rows+n-1; keepOnly ones not), and drops every held prefill run. */
   join(entries: JoinEntry[]): Promise<CacheCounters>;
   /** Removes rows from the batch; the last rows move into their places (returned, as the cache moved them). */
-  leave(rows: number[]): Promise<{ moves: { from: number; to: number }[]; cache: CacheCounters }>;
+  /** `keep`: rows whose first positions to keep as prefix-cache entries first (a finished conversation turn). */
+  leave(
+    rows: number[],
+    keep?: (KeepPrefix & { row: number })[],
+  ): Promise<{ moves: { from: number; to: number }[]; cache: CacheCounters }>;
   /** One decode step over the whole batch; the new keys/values are appended to each row. */
   step(input: StepInput): Promise<DecoderOutput>;
   /** Drops the batch, held prefills and prefix-cache entries (after a failed run). */
@@ -257,7 +261,11 @@ export class SessionDecoder implements BatchDecoder {
     return this.counters();
   }
 
-  async leave(rows: number[]) {
+  async leave(rows: number[], keep: (KeepPrefix & { row: number })[] = []) {
+    if (keep.length > 0) {
+      const tensors = this.cache.past();
+      for (const k of keep) this.keepPrefix(k, { tensors, row: k.row, start: 0, count: k.count });
+    }
     const moves = this.cache.remove(rows);
     return { moves, cache: this.counters() };
   }

@@ -64,7 +64,7 @@ async function handle(m: DecoderRequest): Promise<{ ok: unknown; transfer?: Arra
     case 'join':
       return { ok: await decoder.join(m.entries) };
     case 'leave':
-      return { ok: await decoder.leave(m.rows) };
+      return { ok: await decoder.leave(m.rows, m.keep) };
     case 'clear':
       return { ok: await decoder.clear() };
   }

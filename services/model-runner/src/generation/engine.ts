@@ -117,6 +117,8 @@ interface Sequence {
   next: number;
   /** Sampled, not yet handed to onTokens (send() does, while the next step computes). */
   unsent: number[];
+  /** Every generated token, in order: with the prompt, what a conversation's next turn starts with. */
+  generatedIds: number[];
   generated: number;
   finish?: FinishReason;
   arrivedAt: number;
@@ -213,6 +215,7 @@ export class GenerationEngine {
         cachedPromptTokens: 0,
         next: -1,
         unsent: [],
+        generatedIds: [],
         generated: 0,
         arrivedAt: performance.now(),
       };
@@ -352,13 +355,27 @@ export class GenerationEngine {
     });
     if (leaving.length === 0) return;
     const ended = leaving.map((row) => this.running[row]!);
+    // Prefix caching: a finished sequence's prompt and generated tokens are kept, so that a
+    // conversation's next turn (this prompt, this answer, a new message) prefills only the message.
+    const keep = leaving.flatMap((row) => {
+      const seq = this.running[row]!;
+      if (seq.finish === 'cancelled') return [];
+      // The cache holds the prompt and the generated tokens fed back so far (the last one is not).
+      const tokens = [...seq.request.promptIds, ...seq.generatedIds].slice(0, seq.cached);
+      const kept = this.prefixes.insert(tokens);
+      if (!kept) return [];
+      this.evicted.push(...kept.evicted);
+      return [{ row, entry: kept.entry, count: kept.count }];
+    });
     const started = performance.now();
-    const { moves, cache } = await this.decoder.leave(leaving);
+    const { moves, cache } = await this.decoder.leave(leaving, keep);
     for (const { from, to } of moves) this.running[to] = this.running[from]!;
     this.running.length -= leaving.length;
     this.cacheChanged(started, cache);
     for (const seq of ended) this.end(seq, seq.finish!);
     this.updateGauges();
+    const evicted = this.evicted.splice(0);
+    if (evicted.length > 0) await this.decoder.dropPrefixes(evicted);
   }
 
   /**
@@ -700,6 +717,7 @@ export class GenerationEngine {
     seq.seen.add(token);
     seq.next = token;
     seq.unsent.push(token);
+    seq.generatedIds.push(token);
     this.options.metrics.generatedTokens.inc(this.labels);
     if (request.stopTokenIds.includes(token)) seq.finish = 'stop';
     else if (seq.generated >= request.maxNewTokens) seq.finish = 'length';

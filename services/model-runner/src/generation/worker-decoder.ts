@@ -18,6 +18,7 @@ import type {
   ChunkInput,
   DecoderOutput,
   JoinEntry,
+  KeepPrefix,
   PrefillInput,
   StepInput,
 } from './batch-decoder.js';
@@ -40,7 +41,7 @@ export type DecoderRequest =
   | { kind: 'drop-chunked'; sequence: number }
   | { kind: 'drop-prefixes'; entries: number[] }
   | { kind: 'join'; entries: JoinEntry[] }
-  | { kind: 'leave'; rows: number[] }
+  | { kind: 'leave'; rows: number[]; keep?: (KeepPrefix & { row: number })[] }
   | { kind: 'clear' }
   | { kind: 'release' };
 
@@ -133,8 +134,11 @@ export class WorkerDecoder implements BatchDecoder {
     return this.call({ kind: 'join', entries });
   }
 
-  leave(rows: number[]): Promise<{ moves: { from: number; to: number }[]; cache: CacheCounters }> {
-    return this.call({ kind: 'leave', rows });
+  leave(
+    rows: number[],
+    keep?: (KeepPrefix & { row: number })[],
+  ): Promise<{ moves: { from: number; to: number }[]; cache: CacheCounters }> {
+    return this.call({ kind: 'leave', rows, keep });
   }
 
   clear(): Promise<void> {
