@@ -27,7 +27,8 @@
  *    (≤ 5 ms).
  * Env: BENCH_NEW_TOKENS (new tokens per stream, a list, default 64,200),
  * BENCH_THREADS (intra-op threads of the session, a list, default 1,2: the
- * runner's default is 1), BENCH_REPEATS (best of, default 3),
+ * runner's default is 1), BENCH_REPEATS (rounds, default 3: the engine and
+ * gRPC points are the median of interleaved rounds, the side comparisons best of),
  * BENCH_MODEL=fixture to force the fixture; BENCH_CHUNKED_ONLY=1 (chunked
  * prefill and prefix caching only), BENCH_PREFIX_ONLY=1 (prefix caching
  * only), BENCH_SCHEDULING=0 (neither), BENCH_PREFILL_CHUNK (the chunked
@@ -614,6 +615,11 @@ function grpcRun(address: string, model: BenchModel, streams: number, newTokens:
   });
 }
 
+/** The round with the median tokens/s (its other figures with it). */
+function medianPhase(phases: Phase[]): Phase {
+  return [...phases].sort((a, b) => a.tokensPerSecond - b.tokensPerSecond)[Math.floor(phases.length / 2)]!;
+}
+
 async function best(run: () => Promise<Phase>): Promise<Phase> {
   let top: Phase | undefined;
   for (let i = 0; i < REPEATS; i++) {
@@ -634,7 +640,7 @@ async function main(): Promise<void> {
       .join(
         ' ',
       )}; generation benchmark: ${model.name} (${g.numLayers} layers, ${g.numHeads}×${g.headDim} heads, vocab ${g.vocabSize}, context ${g.maxContextLength}); ` +
-      `greedy, prompts of 16–31 tokens, ${LENGTHS.join(' and ')} new tokens per stream; best of ${REPEATS}`,
+      `greedy, prompts of 16–31 tokens, ${LENGTHS.join(' and ')} new tokens per stream; engine and gRPC points: median of ${REPEATS} interleaved rounds`,
   );
   const summary: string[] = [];
   try {
@@ -685,17 +691,53 @@ async function benchThreads(model: BenchModel, threads: number, summary: string[
     `  recompute (no cache), 1 stream: ${f(recomputeMs, 2)} ms/token (${recomputeTokens} tokens after ${prompt.length})`,
   );
 
+  // The runner over gRPC (clients in a child process), measured in the same interleaved rounds as
+  // the engine in process: the ratios compare figures taken minutes apart on a drifting machine
+  // otherwise.
+  const runner = await startModelRunner(
+    loadRunnerConfig({
+      GRPC_PORT: '0',
+      METRICS_PORT: '0',
+      MODEL_REPOSITORY: model.repository,
+      RUNNER_INTRA_OP_THREADS: String(threads),
+      LOG_LEVEL: 'warn',
+    }),
+    { logger },
+  );
+  const address = `127.0.0.1:${runner.grpcPort}`;
   const engine = new Map<string, Phase>();
+  const grpc = new Map<string, Phase>();
+  try {
+    await grpcRun(address, model, 2, 16); // warm-up
+    for (const newTokens of LENGTHS) {
+      const rounds = new Map<string, Phase[]>();
+      const add = (key: string, phase: Phase) => rounds.set(key, [...(rounds.get(key) ?? []), phase]);
+      for (let round = 0; round < REPEATS; round++) {
+        for (const streams of STREAMS) {
+          add(`engine ${streams}`, await engineRun(decoder, model, streams, newTokens));
+          add(`grpc ${streams}`, await grpcRun(address, model, streams, newTokens));
+        }
+      }
+      for (const streams of STREAMS) {
+        engine.set(`${newTokens}/${streams}`, medianPhase(rounds.get(`engine ${streams}`)!));
+        grpc.set(`${newTokens}/${streams}`, medianPhase(rounds.get(`grpc ${streams}`)!));
+      }
+    }
+  } finally {
+    await runner.stop();
+  }
   for (const newTokens of LENGTHS) {
     for (const streams of STREAMS) {
-      const p = await best(() => engineRun(decoder, model, streams, newTokens));
-      engine.set(`${newTokens}/${streams}`, p);
+      const p = engine.get(`${newTokens}/${streams}`)!;
       console.log(
         `  engine in-process, ${newTokens} tokens × ${streams} stream(s): ${f(p.tokensPerSecond)} tokens/s total ` +
           `(${f(p.tokensPerCpuSecond!)} per CPU-second), ` +
           `${f(1000 / (p.tokensPerSecond / streams), 2)} ms/token per stream; decode step ${f(p.stepMs!, 2)} ms at mean batch ${f(p.batch!)}; ` +
           `event-loop delay p99 ${f(p.loopP99Ms!)} ms, max ${f(p.loopMaxMs!)} ms; ` +
           `cache bytes per token: ${f(p.copiedPerToken! / 1024)} KiB moved, ${f(p.writtenPerToken! / 1024)} KiB new`,
+      );
+      console.log(
+        `  runner over gRPC (clients in another process), ${newTokens} tokens × ${streams} stream(s): ${f(grpc.get(`${newTokens}/${streams}`)!.tokensPerSecond)} tokens/s total`,
       );
     }
   }
@@ -728,33 +770,6 @@ async function benchThreads(model: BenchModel, threads: number, summary: string[
       `cache bytes per token: ${f(mixed.copiedPerToken! / 1024)} KiB moved, ${f(mixed.writtenPerToken! / 1024)} KiB new`,
   );
   await Promise.all([session.release(), decoder.release()]);
-
-  const grpc = new Map<string, Phase>();
-  const runner = await startModelRunner(
-    loadRunnerConfig({
-      GRPC_PORT: '0',
-      METRICS_PORT: '0',
-      MODEL_REPOSITORY: model.repository,
-      RUNNER_INTRA_OP_THREADS: String(threads),
-      LOG_LEVEL: 'warn',
-    }),
-    { logger },
-  );
-  const address = `127.0.0.1:${runner.grpcPort}`;
-  try {
-    await grpcRun(address, model, 2, 16); // warm-up
-    for (const newTokens of LENGTHS) {
-      for (const streams of STREAMS) {
-        const p = await best(() => grpcRun(address, model, streams, newTokens));
-        grpc.set(`${newTokens}/${streams}`, p);
-        console.log(
-          `  runner over gRPC (clients in another process), ${newTokens} tokens × ${streams} stream(s): ${f(p.tokensPerSecond)} tokens/s total`,
-        );
-      }
-    }
-  } finally {
-    await runner.stop();
-  }
 
   const first = LENGTHS[0]!;
   const kvMs = 1000 / engine.get(`${first}/1`)!.tokensPerSecond;
