@@ -215,3 +215,10 @@ export function int64Constants(graph: Field[], nodes: Node[]): Map<string, numbe
   });
   return constants;
 }
+
+/** TypeProto.tensor_type.elem_type. */
+export function tensorElemType(typeProto: Uint8Array): number | undefined {
+  const tensorType = fields(typeProto).find((f) => f.no === 1);
+  const elem = tensorType && fields(tensorType.body!).find((f) => f.no === 1);
+  return elem?.varint;
+}

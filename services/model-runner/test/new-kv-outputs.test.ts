@@ -131,6 +131,43 @@ describe('exposeNewKeyValues', () => {
   });
 });
 
+describe('the merged decoder (present out of an If on use_cache_branch)', () => {
+  it('both branches return the new positions, equal to the end of the exported present', async () => {
+    const family = await llamaDecoder('merged', { merged: true, kvHeads: 2, seed: 17 });
+    const g = family.config.generation!;
+    const { past, present } = cacheTensorNames(g);
+    const edit = exposeNewKeyValues(
+      family.bytes,
+      past.map((p, i) => ({ past: p, present: present[i]! })),
+    );
+    if ('reason' in edit) throw new Error(edit.reason);
+    const edited = await ort.InferenceSession.create(edit.model);
+    expect(edited.outputNames).toEqual(['logits', ...present.map(newPositionsOutput)]);
+    for (const [ids, pastLength] of [
+      [[464, 1068, 758], 0],
+      [[99, 5], 6],
+    ] as [number[], number][]) {
+      const run = runFeeds(family.unedited, g, ids, pastLength);
+      run.use_cache_branch = new ort.Tensor('bool', Uint8Array.of(pastLength > 0 ? 1 : 0), [1]);
+      const a = await family.unedited.run(run);
+      const b = await edited.run(run);
+      expect(Array.from(b.logits!.data as Float32Array)).toEqual(Array.from(a.logits!.data as Float32Array));
+      for (const name of present) {
+        const all = a[name]!;
+        const [, heads, length, headDim] = all.dims as number[];
+        const data = all.data as Float32Array;
+        // The last ids.length positions of each head.
+        const last = Array.from({ length: heads! }, (_, h) =>
+          Array.from(data.subarray((h * length! + pastLength) * headDim!, (h + 1) * length! * headDim!)),
+        ).flat();
+        expect(b[newPositionsOutput(name)]!.dims).toEqual([1, heads, ids.length, headDim]);
+        expect(Array.from(b[newPositionsOutput(name)]!.data as Float32Array)).toEqual(last);
+      }
+    }
+    await Promise.all([edited.release(), family.session.release(), family.unedited.release()]);
+  });
+});
+
 /** The graph's nodes. */
 const nodesOf = (model: Uint8Array) =>
   fields(fields(model).find((f) => f.no === MODEL_GRAPH)!.body!)

@@ -32,10 +32,12 @@ import {
   TENSOR_EXTERNAL_DATA,
   text,
   VALUE_INFO_NAME,
+  tensorElemType,
   VALUE_INFO_TYPE,
   writeGraphOutput,
 } from '../onnx-wire.js';
 import { splitAttention } from './split-attention.js';
+import { exposeMergedNewKeyValues } from './merged-kv-outputs.js';
 import { kvHeads } from './decoder-signature.js';
 
 export interface KvOutputEdit {
@@ -79,6 +81,10 @@ export function exposeNewKeyValues(
     }
     return { name, node: producer.get(name) };
   };
+  // The merged decoder: present comes out of an If on use_cache_branch (merged-kv-outputs.ts).
+  if (source(pairs[0]?.present ?? '').node?.opType === 'If') {
+    return exposeMergedNewKeyValues(model, pairs, newPositionsOutput) ?? { reason: 'no If found' };
+  }
   const newOutputs = new Map<string, string>();
   const newTensors = new Map<string, string>();
   for (const { past, present } of pairs) {
@@ -123,13 +129,6 @@ export function exposeNewKeyValues(
     else modelOut.raw(f.raw);
   }
   return { newOutputs, model: modelOut.finish() };
-}
-
-/** TypeProto.tensor_type.elem_type. */
-function tensorElemType(typeProto: Uint8Array): number | undefined {
-  const tensorType = fields(typeProto).find((f) => f.no === 1);
-  const elem = tensorType && fields(tensorType.body!).find((f) => f.no === 1);
-  return elem?.varint;
 }
 
 type Generation = NonNullable<ModelConfig['generation']>;
