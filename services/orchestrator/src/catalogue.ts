@@ -212,13 +212,21 @@ function toVisionModel(
   try {
     if (task === 'object_detection') {
       const d = config.objectDetection!;
+      if (d.format === 'nanodet' && !d.heads) {
+        throw new Error('objectDetection.heads: required for format "nanodet"');
+      }
       outputs =
         d.format === 'yolov8'
           ? [outputOf('objectDetection.output', d.output)]
-          : [
-              outputOf('objectDetection.boxesOutput', d.boxesOutput),
-              outputOf('objectDetection.scoresOutput', d.scoresOutput ?? config.outputs[1]?.name),
-            ];
+          : d.format === 'nanodet'
+            ? d.heads!.flatMap((h, i) => [
+                outputOf(`objectDetection.heads.${i}.scoresOutput`, h.scoresOutput),
+                outputOf(`objectDetection.heads.${i}.distributionOutput`, h.distributionOutput),
+              ])
+            : [
+                outputOf('objectDetection.boxesOutput', d.boxesOutput),
+                outputOf('objectDetection.scoresOutput', d.scoresOutput ?? config.outputs[1]?.name),
+              ];
     } else if (task === 'image_classification') {
       outputs = [outputOf('classification.output', config.classification?.output)];
     } else if (task === 'text_recognition') {

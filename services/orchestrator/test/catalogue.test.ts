@@ -2,8 +2,8 @@
 import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { writeFixtureRepository } from '@maas/models';
-import { createLogger } from '@maas/shared';
-import { ModelCatalogue } from '../src/catalogue';
+import { createLogger, defaultRepositoryPath, readModelConfig } from '@maas/shared';
+import { ModelCatalogue, toCatalogueModel } from '../src/catalogue';
 import { createDownstream } from '../src/downstream/clients';
 import { EncoderBatchers } from '../src/pipelines/encoder-batchers';
 
@@ -47,5 +47,38 @@ describe('model catalogue', () => {
     catalogue.refresh();
     expect(catalogue.get('sentence-encoder')).toBeUndefined();
     expect(batchers.size).toBe(1);
+  });
+});
+
+describe('object detection outputs', () => {
+  const dir = join(defaultRepositoryPath(), 'nanodet-coco');
+  const config = readModelConfig(dir, 'nanodet-coco');
+  const versions = [{ version: 1, dir: join(dir, '1') }];
+
+  it("a nanodet model's outputs are each head's scores and distribution, in the heads' order; its labels are read", () => {
+    const model = toCatalogueModel('nanodet-coco', config, versions, 100);
+    if (typeof model === 'string') throw new Error(model);
+    expect(model.vision!.outputs).toEqual([
+      'scores_8',
+      'distribution_8',
+      'scores_16',
+      'distribution_16',
+      'scores_32',
+      'distribution_32',
+    ]);
+    expect(model.labelsByVersion.get('1')).toHaveLength(80);
+  });
+
+  it('refuses a nanodet model without heads, or naming an output it does not have', () => {
+    const detection = config.objectDetection!;
+    const withoutHeads = { ...config, objectDetection: { ...detection, heads: undefined } };
+    expect(toCatalogueModel('n', withoutHeads, versions, 100)).toBe(
+      'n: objectDetection.heads: required for format "nanodet"',
+    );
+    const heads = [{ ...detection.heads![0]!, distributionOutput: 'nope' }];
+    const wrongOutput = { ...config, objectDetection: { ...detection, heads } };
+    expect(toCatalogueModel('n', wrongOutput, versions, 100)).toBe(
+      "n: objectDetection.heads.0.distributionOutput 'nope' is not among the model's outputs",
+    );
   });
 });

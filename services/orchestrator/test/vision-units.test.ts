@@ -7,6 +7,7 @@ import { modelConfigSchema, objectDetectionSchema } from '@maas/shared';
 import { ctcSteps, decodeCtc } from '../src/vision/ctc';
 import {
   type Box,
+  nanodetCandidates,
   nonMaximumSuppression,
   ssdCandidates,
   toOriginal,
@@ -789,6 +790,96 @@ describe('detections', () => {
       expect(yoloCandidates({ shape: [1, 8, 5], values: anchorMajor }, undefined, 0.5)).toEqual([
         box(0, 0.75, 16, 28, 24, 32),
       ]);
+    });
+  });
+
+  describe('nanodetCandidates', () => {
+    const LN2 = Math.log(2);
+    // Logits of one side over 3 bins and their expected bin: uniform → 1; [0, 0, ln 2] → p = ¼, ¼, ½ → 1.25;
+    // [1000, 0, 0] → bin 0 (exp(1000) would overflow without subtracting the max); [0, 50, 0] → ≈ 1; [0, 0, 50] → ≈ 2.
+    const uniform = [0, 0, 0];
+    const head = (stride: number, scores: number[][], sides: number[][][]) => ({
+      stride,
+      scores: { shape: [1, scores.length, scores[0]!.length], values: Float32Array.from(scores.flat()) },
+      distribution: { shape: [1, sides.length, 12], values: Float32Array.from(sides.flat(2)) },
+    });
+    const junk = [uniform, uniform, uniform, uniform];
+
+    it('decodes each side as the expected bin × stride from the centre of its cell, one box per class over the threshold', () => {
+      // 8 × 8 input. Stride 4: a 2 × 2 grid, cell i at column i mod 2, row i div 2, centre ((col + ½)·4, (row + ½)·4).
+      const fine = head(
+        4,
+        [
+          [0.125, 0.25], // cell 0: under the threshold
+          [0.75, 0.25], // cell 1, centre (6, 2): class 0
+          [0.5, 0.625], // cell 2, centre (2, 6): both (0.5 is not below 0.5)
+          [0.25, 0.125], // cell 3: under
+        ],
+        [
+          junk,
+          // left: bin 1 → 4; top: bin 0 → 0; right: uniform → 1 → 4; bottom: 1.25 → 5.
+          [[0, 50, 0], [1000, 0, 0], uniform, [0, 0, LN2]],
+          [uniform, uniform, uniform, uniform], // 4 each side
+          junk,
+        ],
+      );
+      // Stride 8: one cell, centre (4, 4): class 1, left bin 2 → 16, the rest 0.
+      const coarse = head(
+        8,
+        [[0.25, 0.875]],
+        [
+          [
+            [0, 0, 50],
+            [50, 0, 0],
+            [50, 0, 0],
+            [50, 0, 0],
+          ],
+        ],
+      );
+      const got = nanodetCandidates([fine, coarse], 3, 8, 8, 0.5);
+      expect(got.map((b) => [b.classIndex, b.score])).toEqual([
+        [0, 0.75],
+        [0, 0.5],
+        [1, 0.625],
+        [1, 0.875],
+      ]);
+      const corners = got.map((b) => [b.xMin, b.yMin, b.xMax, b.yMax].map((v) => Number(v.toFixed(6))));
+      expect(corners).toEqual([
+        [2, 2, 10, 7],
+        [-2, 2, 6, 10],
+        [-2, 2, 6, 10],
+        [-12, 4, 4, 4],
+      ]);
+      expect(nanodetCandidates([fine, coarse], 3, 8, 8, 0.9)).toEqual([]);
+    });
+
+    it('reads cells row by row over ⌈width / stride⌉ columns', () => {
+      // 10 × 8 at stride 4: 3 columns (the last one partial), 2 rows; cell 4 is column 1, row 1 → centre (6, 6).
+      const scores = Array.from({ length: 6 }, (_, i) => [i === 4 ? 0.75 : 0]);
+      const sides = Array.from({ length: 6 }, () => [uniform, uniform, uniform, uniform]);
+      const [only, ...rest] = nanodetCandidates([head(4, scores, sides)], 3, 10, 8, 0.5);
+      expect(rest).toEqual([]);
+      expect([only!.xMin, only!.yMin, only!.xMax, only!.yMax].map((v) => Number(v.toFixed(6)))).toEqual([
+        2, 2, 10, 10,
+      ]);
+    });
+
+    it('rejects heads that do not fit the input grid or the bins', () => {
+      const fourCells = head(4, [[1], [1], [1], [1]], [junk, junk, junk, junk]);
+      // 12 × 8 at stride 4 is a 3 × 2 grid, not 4 cells.
+      expect(() => nanodetCandidates([fourCells], 3, 12, 8, 0.5)).toThrow(/3 × 2 grid/);
+      // 12 values a cell are 4 × 3 bins, not 4 × 4.
+      expect(() => nanodetCandidates([fourCells], 4, 8, 8, 0.5)).toThrow(/4 × 4 bins/);
+    });
+
+    it('is a format of the objectDetection config, its heads validated', () => {
+      const heads = [{ stride: 8, scoresOutput: 's', distributionOutput: 'd' }];
+      const parsed = objectDetectionSchema.parse({ format: 'nanodet', heads });
+      expect([parsed.heads, parsed.bins]).toEqual([heads, 8]);
+      expect(objectDetectionSchema.safeParse({ format: 'nanodet', heads: [{ stride: 8 }] }).success).toBe(
+        false,
+      );
+      expect(objectDetectionSchema.safeParse({ format: 'nanodet', heads, bins: 1 }).success).toBe(false);
     });
   });
 

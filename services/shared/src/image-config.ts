@@ -71,9 +71,10 @@ export const objectDetectionSchema = z
     /**
      * yolov8: one output [1, 4 + classes, anchors] (or transposed), boxes cx, cy, w, h in input
      * pixels, then per-class scores. ssd: a boxes output [1, anchors, 4] and a scores output
-     * [1, anchors, classes].
+     * [1, anchors, classes]. nanodet: per head (stride), class scores [1, cells, classes] and
+     * box-side distributions [1, cells, 4 × bins] over a grid of the input (NanoDet's GFL head).
      */
-    format: z.enum(['yolov8', 'ssd']),
+    format: z.enum(['yolov8', 'ssd', 'nanodet']),
     output: z.string().optional(),
     boxesOutput: z.string().optional(),
     scoresOutput: z.string().optional(),
@@ -81,6 +82,25 @@ export const objectDetectionSchema = z
     boxFormat: z.enum(['xyxy', 'yxyx', 'cxcywh']).default('xyxy'),
     /** An SSD-style model's boxes in [0, 1] of the input rather than in input pixels. */
     normalizedBoxes: z.boolean().default(true),
+    /**
+     * NanoDet's heads: the grid cell of each is stride × stride input pixels, cells row by row;
+     * scores are probabilities (sigmoid applied), distributions logits per side (left, top,
+     * right, bottom), `bins` each over distances 0 … bins − 1 strides from the cell's centre.
+     */
+    heads: z
+      .array(
+        z
+          .object({
+            stride: int(1),
+            scoresOutput: z.string().min(1),
+            distributionOutput: z.string().min(1),
+          })
+          .strict(),
+      )
+      .min(1)
+      .optional(),
+    /** NanoDet: bins per box side (reg_max + 1; NanoDet-Plus has 8, the first NanoDets 11). */
+    bins: int(2).default(8),
     /** A class index that means "no object" (SSD's background), never reported. */
     backgroundClass: int().optional(),
     scoreThreshold: z.number().min(0).max(1).default(0.25),

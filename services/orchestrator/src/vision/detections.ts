@@ -1,7 +1,8 @@
 /**
  * Object detector outputs made into boxes in the original image: YOLOv8's
- * [1, 4 + classes, anchors] and SSD-style boxes/scores pairs, a score
- * threshold, class-wise non-maximum suppression, best first.
+ * [1, 4 + classes, anchors], SSD-style boxes/scores pairs and NanoDet's
+ * per-stride scores and box-side distributions, a score threshold,
+ * class-wise non-maximum suppression, best first.
  */
 import type { ObjectDetectionConfig } from '@maas/shared';
 import type { PreparedImage } from './image-tensor.js';
@@ -92,6 +93,77 @@ export function ssdCandidates(
       const score = scores.values[a * classes + c]!;
       if (score < threshold) continue;
       out.push({ classIndex: c, score, xMin: xMin * sx, yMin: yMin * sy, xMax: xMax * sx, yMax: yMax * sy });
+    }
+  }
+  return out;
+}
+
+export interface NanodetHead {
+  stride: number;
+  /** [1, cells, classes]: probabilities. */
+  scores: OutputTensor;
+  /** [1, cells, 4 × bins]: logits of each side's distance (left, top, right, bottom) in strides. */
+  distribution: OutputTensor;
+}
+
+/**
+ * Candidates in tensor pixels from NanoDet's heads (its generalized focal loss head, as
+ * RangiLyu/nanodet decodes it): cell i of a head is column i mod ⌈width / stride⌉, row
+ * i div it, centred at ((column + ½) · stride, (row + ½) · stride); each side's distance is the
+ * expected value of the softmax over its bins, times the stride. One candidate per class over
+ * the threshold, as SSD's.
+ */
+export function nanodetCandidates(
+  heads: NanodetHead[],
+  bins: number,
+  tensorWidth: number,
+  tensorHeight: number,
+  threshold: number,
+): Box[] {
+  const out: Box[] = [];
+  const distances = new Float64Array(4);
+  for (const { stride, scores, distribution } of heads) {
+    const columns = Math.ceil(tensorWidth / stride);
+    const rows = Math.ceil(tensorHeight / stride);
+    const cells = scores.shape[1] ?? 0;
+    const classes = scores.shape[2] ?? 0;
+    if (cells !== columns * rows || distribution.shape[1] !== cells || distribution.shape[2] !== 4 * bins) {
+      throw new Error(
+        `stride ${stride} on ${tensorWidth} × ${tensorHeight}: scores [${scores.shape.join(', ')}] and ` +
+          `distribution [${distribution.shape.join(', ')}] do not make a ${columns} × ${rows} grid of 4 × ${bins} bins`,
+      );
+    }
+    for (let cell = 0; cell < cells; cell++) {
+      let any = false;
+      for (let c = 0; c < classes && !any; c++) any = scores.values[cell * classes + c]! >= threshold;
+      if (!any) continue;
+      for (let side = 0; side < 4; side++) {
+        const logits = distribution.values.subarray((cell * 4 + side) * bins, (cell * 4 + side + 1) * bins);
+        let max = -Infinity;
+        for (const l of logits) max = Math.max(max, l);
+        let sum = 0;
+        let expected = 0;
+        for (let b = 0; b < bins; b++) {
+          const p = Math.exp(logits[b]! - max);
+          sum += p;
+          expected += p * b;
+        }
+        distances[side] = (expected / sum) * stride;
+      }
+      const cx = ((cell % columns) + 0.5) * stride;
+      const cy = (Math.floor(cell / columns) + 0.5) * stride;
+      for (let c = 0; c < classes; c++) {
+        const score = scores.values[cell * classes + c]!;
+        if (score < threshold) continue;
+        out.push({
+          classIndex: c,
+          score,
+          xMin: cx - distances[0]!,
+          yMin: cy - distances[1]!,
+          xMax: cx + distances[2]!,
+          yMax: cy + distances[3]!,
+        });
+      }
     }
   }
   return out;

@@ -17,6 +17,7 @@ import { ctcSteps, decodeBestPath } from './ctc.js';
 import {
   type Box,
   type DetectionParameters,
+  nanodetCandidates,
   nonMaximumSuppression,
   type OutputTensor,
   ssdCandidates,
@@ -195,14 +196,26 @@ export async function detectObjects(
       const candidates =
         config.format === 'yolov8'
           ? yoloCandidates(o.get(first)!, labels?.length, parameters.scoreThreshold)
-          : ssdCandidates(
-              o.get(first)!,
-              o.get(second!)!,
-              config,
-              p.resized.width,
-              p.resized.height,
-              parameters.scoreThreshold,
-            );
+          : config.format === 'nanodet'
+            ? nanodetCandidates(
+                config.heads!.map((h) => ({
+                  stride: h.stride,
+                  scores: o.get(h.scoresOutput)!,
+                  distribution: o.get(h.distributionOutput)!,
+                })),
+                config.bins,
+                p.resized.width,
+                p.resized.height,
+                parameters.scoreThreshold,
+              )
+            : ssdCandidates(
+                o.get(first)!,
+                o.get(second!)!,
+                config,
+                p.resized.width,
+                p.resized.height,
+                parameters.scoreThreshold,
+              );
       return nonMaximumSuppression(candidates, parameters.iouThreshold, parameters.maxDetections).map(
         (box) => ({
           ...toOriginal(box, p, images[i]!.width, images[i]!.height),
