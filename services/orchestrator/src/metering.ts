@@ -22,6 +22,8 @@ export interface UsageRecord {
   task: Task;
   code: number;
   promptTokens: number;
+  /** Of the prompt tokens, those a generation model's prefix cache held (not prefilled again). */
+  cachedPromptTokens?: number;
   generatedTokens: number;
   durationMs: number;
   /** Image calls: images and their pixels (width × height). */
@@ -59,6 +61,12 @@ export function createUsageMetrics(registry: Registry) {
       labelNames: ['key_id', 'model', 'task'] as const,
       registers: [registry],
     }),
+    cachedPromptTokens: new Counter({
+      name: 'maas_usage_cached_prompt_tokens_total',
+      help: "Of the input tokens, those a generation model's prefix cache held (OpenAI's cached_tokens), by key, model and task.",
+      labelNames: ['key_id', 'model', 'task'] as const,
+      registers: [registry],
+    }),
     generatedTokens: new Counter({
       name: 'maas_usage_generated_tokens_total',
       help: 'Generated tokens by key, model and task.',
@@ -93,6 +101,7 @@ export class UsageMeter {
     const labels = { key_id: usage.keyId, model: usage.model, task: usage.task };
     this.metrics.requests.inc({ ...labels, code });
     if (usage.promptTokens > 0) this.metrics.promptTokens.inc(labels, usage.promptTokens);
+    if (usage.cachedPromptTokens) this.metrics.cachedPromptTokens.inc(labels, usage.cachedPromptTokens);
     if (usage.generatedTokens > 0) this.metrics.generatedTokens.inc(labels, usage.generatedTokens);
     if (usage.images) this.metrics.images.inc(labels, usage.images);
     if (usage.pixels) this.metrics.pixels.inc(labels, usage.pixels);
@@ -104,6 +113,7 @@ export class UsageMeter {
         task: usage.task,
         code,
         prompt_tokens: usage.promptTokens,
+        ...(usage.cachedPromptTokens ? { cached_prompt_tokens: usage.cachedPromptTokens } : {}),
         generated_tokens: usage.generatedTokens,
         ...(usage.images ? { images: usage.images, pixels: usage.pixels } : {}),
         duration_ms: Math.round(usage.durationMs * 1000) / 1000,

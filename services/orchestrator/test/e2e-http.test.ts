@@ -239,6 +239,8 @@ describe('chat completions', () => {
         max_tokens: 4,
         seed: 3,
       });
+    const scrape = () => scrapeMetrics(stack.orchestrator.metricsPort!);
+    const before = await scrape();
     const first = await ask('When do you open on Sundays?');
     const second = await ask('Do you take returns?');
     // The tokens the two prompts share (the system prompt, "User: ": past the first 16-token block)
@@ -251,6 +253,15 @@ describe('chat completions', () => {
     const again = await ask('Do you take returns?');
     expect(again.usage!.prompt_tokens_details!.cached_tokens).toBe(second.usage!.prompt_tokens - 1);
     expect(again.choices[0]!.message.content).toBe(second.choices[0]!.message.content);
+    // Metered too, beside the prompt tokens (billing may price cached tokens lower).
+    const metered = metricValue(await scrape(), 'maas_usage_cached_prompt_tokens_total', {
+      model: 'tiny-gpt2',
+    });
+    expect(
+      metered - metricValue(before, 'maas_usage_cached_prompt_tokens_total', { model: 'tiny-gpt2' }),
+    ).toBe(
+      [first, second, again].reduce((sum, c) => sum + c.usage!.prompt_tokens_details!.cached_tokens!, 0),
+    );
   });
 
   it('streams deltas, the role first', async () => {

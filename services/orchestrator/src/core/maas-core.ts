@@ -127,7 +127,14 @@ interface RequestContext {
   deadline: Date;
   signal: AbortSignal;
   startedAt: number;
-  usage: { promptTokens: number; generatedTokens: number; images: number; pixels: number };
+  usage: {
+    promptTokens: number;
+    generatedTokens: number;
+    /** Generation: of the prompt tokens, those the runner's prefix cache held. */
+    cachedPromptTokens?: number;
+    images: number;
+    pixels: number;
+  };
   /** Tokens charged to the key's tokens-per-minute budget (Tokenize/CountTokens are not). */
   chargeTokens: boolean;
   /** The status to meter when the call ends without an error (a generation the caller cancelled). */
@@ -219,7 +226,7 @@ export function createMaasCore(deps: MaasDeps): MaasCore {
     work: (ctx: RequestContext) => Promise<T>,
   ): Promise<T> {
     const startedAt = performance.now();
-    const usage = { promptTokens: 0, generatedTokens: 0, images: 0, pixels: 0 };
+    const usage: RequestContext['usage'] = { promptTokens: 0, generatedTokens: 0, images: 0, pixels: 0 };
     let ctx: RequestContext | undefined;
     let principal: Principal | undefined;
     let code = status.OK;
@@ -265,6 +272,7 @@ export function createMaasCore(deps: MaasDeps): MaasCore {
         task: options.task,
         code,
         promptTokens: usage.promptTokens,
+        cachedPromptTokens: usage.cachedPromptTokens ?? 0,
         generatedTokens: usage.generatedTokens,
         images: usage.images,
         pixels: usage.pixels,
