@@ -148,7 +148,6 @@ describe('the merged decoder (present out of an If on use_cache_branch)', () => 
       [[99, 5], 6],
     ] as [number[], number][]) {
       const run = runFeeds(family.unedited, g, ids, pastLength);
-      run.use_cache_branch = new ort.Tensor('bool', Uint8Array.of(pastLength > 0 ? 1 : 0), [1]);
       const a = await family.unedited.run(run);
       const b = await edited.run(run);
       expect(Array.from(b.logits!.data as Float32Array)).toEqual(Array.from(a.logits!.data as Float32Array));
@@ -184,6 +183,8 @@ function runFeeds(session: ort.InferenceSession, g: Generation, ids: number[], p
     input_ids: new ort.Tensor('int64', BigInt64Array.from(ids.map(BigInt)), [1, n]),
     attention_mask: new ort.Tensor('int64', new BigInt64Array(pastLength + n).fill(1n), [1, pastLength + n]),
   };
+  if (session.inputNames.includes('use_cache_branch'))
+    f.use_cache_branch = new ort.Tensor('bool', Uint8Array.of(pastLength > 0 ? 1 : 0), [1]);
   if (session.inputNames.includes('position_ids'))
     f.position_ids = new ort.Tensor(
       'int64',
@@ -220,6 +221,8 @@ describe('splitAttention', () => {
     ['mistral (GQA 8 → 2)', llama('mistral', { heads: 8, kvHeads: 2, hidden: 64, seed: 5 })],
     ['phi-3 (fused projections)', llama('phi3', { fused: true, kvHeads: 4, seed: 7 })],
     ['a graph without position_ids', llama('no-position-ids', { positionIds: false, kvHeads: 2, seed: 9 })],
+    // The attention over the past is in the If's then-branch.
+    ['the merged decoder', llama('merged', { merged: true, kvHeads: 2, seed: 17 })],
   ])('%s attends without concatenating or repeating its cache, to the same logits', async (_, load) => {
     const { bytes, g } = await load();
     const decoder = decoderForEngine(bytes, g);

@@ -4,10 +4,12 @@
  * `use_cache_branch`, whose then-branch concatenates the past with the new
  * keys/values and whose else-branch (the first run, no past) returns the
  * new ones as they are. Returned as graph outputs, the whole cache is copied
- * into fresh JS memory every step, as in an unmerged graph. The edit adds
- * to both branches an output carrying only the new positions (the Concat's
- * second input; the else-branch's present itself), adds those outputs to
- * the If, and exposes them as `<present>.new` in place of `present`.
+ * into fresh JS memory every step, as in an unmerged graph. The edit makes
+ * each branch's present output carry only the new positions instead (the
+ * Concat's second input; the else-branch's present itself), renames the
+ * If's outputs to `<present>.new` and exposes those in place of `present`;
+ * the then-branch's Concat then only feeds attention, which
+ * split-attention.ts splits in the branch (editIfBranch).
  */
 import { BinaryWriter, WireType } from '@bufbuild/protobuf/wire';
 import {
@@ -51,8 +53,8 @@ function sourceIn(nodes: Node[], name: string): { name: string; node?: Node } {
 }
 
 /**
- * A branch with an output per `present` index carrying its new positions
- * (named `names[i]`); or why the branch does not have the pattern.
+ * A branch whose output at each `present` index carries its new positions
+ * instead (named `names[i]`); or why the branch does not have the pattern.
  */
 function editBranch(
   branch: Uint8Array,
@@ -63,8 +65,7 @@ function editBranch(
   const graph = fields(branch);
   const nodes = graph.filter((f) => f.no === GRAPH_NODE).map((f) => parseNode(f.body!));
   const outputs = graph.filter((f) => f.no === GRAPH_OUTPUT);
-  const out = new BinaryWriter();
-  for (const f of graph) out.raw(f.raw);
+  const replaced = new Map<Field, { name: string; fresh: string }>();
   for (const [i, index] of indices.entries()) {
     const output = outputs[index];
     if (!output) return { reason: `the If's branch has no output ${index}` };
@@ -85,10 +86,99 @@ function editBranch(
     } else if (nodes.some((n) => n.inputs.includes(pasts[i]!))) {
       return { reason: `a branch reads '${pasts[i]}' but does not concatenate it` };
     }
-    writeNode(out, { opType: 'Identity', name: names[i]!, inputs: [fresh], outputs: [names[i]!] });
-    writeGraphOutput(out, names[i]!, outputType(output));
+    replaced.set(output, { name: names[i]!, fresh });
+  }
+  const out = new BinaryWriter();
+  for (const f of graph) {
+    const replacement = replaced.get(f);
+    if (replacement) writeGraphOutput(out, replacement.name, outputType(f));
+    else out.raw(f.raw);
+  }
+  for (const { name, fresh } of replaced.values())
+    writeNode(out, { opType: 'Identity', name, inputs: [fresh], outputs: [name] });
+  return out.finish();
+}
+
+/** The graph's only If node with then/else branches: its index among the nodes, the node, its field. */
+function findIf(graph: Field[]): { at: number; node: Node; field: Field } | undefined {
+  const nodeFields = graph.filter((f) => f.no === GRAPH_NODE);
+  const found = nodeFields
+    .map((field, at) => ({ at, field, node: parseNode(field.body!) }))
+    .filter((n) => n.node.opType === 'If' && n.node.domain === '');
+  return found.length === 1 ? found[0] : undefined;
+}
+
+/** The branch graphs of an If node, by attribute name. */
+function branchesOf(field: Field): Map<string, Uint8Array> {
+  const branches = new Map<string, Uint8Array>();
+  for (const a of fields(field.body!)) {
+    if (a.no !== NODE_ATTRIBUTE) continue;
+    const parts = fields(a.body!);
+    const g = parts.find((p) => p.no === ATTRIBUTE_G);
+    if (g) branches.set(text(parts.find((p) => p.no === ATTRIBUTE_NAME)!), g.body!);
+  }
+  return branches;
+}
+
+/**
+ * The graph with its If node rewritten: branches replaced as given, outputs renamed as given
+ * (by index).
+ */
+function rewriteIf(
+  graph: Field[],
+  at: number,
+  field: Field,
+  branches: Map<string, Uint8Array>,
+  renamed: Map<number, string> = new Map(),
+): Uint8Array {
+  const node = new BinaryWriter();
+  let output = 0;
+  for (const f of fields(field.body!)) {
+    if (f.no === NODE_OUTPUT) {
+      const name = renamed.get(output++);
+      if (name !== undefined) node.tag(NODE_OUTPUT, WireType.LengthDelimited).string(name);
+      else node.raw(f.raw);
+      continue;
+    }
+    const name = f.no === NODE_ATTRIBUTE ? text(fields(f.body!).find((p) => p.no === ATTRIBUTE_NAME)!) : '';
+    const branch = branches.get(name);
+    if (!branch) {
+      node.raw(f.raw);
+      continue;
+    }
+    node.tag(NODE_ATTRIBUTE, WireType.LengthDelimited).fork();
+    node.tag(ATTRIBUTE_NAME, WireType.LengthDelimited).string(name);
+    node.tag(ATTRIBUTE_G, WireType.LengthDelimited).bytes(branch);
+    node.tag(ATTRIBUTE_TYPE, WireType.Varint).int32(ATTRIBUTE_TYPE_GRAPH);
+    node.join();
+  }
+  const out = new BinaryWriter();
+  let nodeIndex = 0;
+  for (const f of graph) {
+    if (f.no === GRAPH_NODE && nodeIndex++ === at)
+      out.tag(GRAPH_NODE, WireType.LengthDelimited).bytes(node.finish());
+    else out.raw(f.raw);
   }
   return out.finish();
+}
+
+/**
+ * A graph whose only If node's `branch` is edited by `edit` (split-attention.ts
+ * splits the merged decoder's then-branch so); undefined when the graph has
+ * no such If.
+ */
+export function editIfBranch(
+  graphBytes: Uint8Array,
+  branch: 'then_branch' | 'else_branch',
+  edit: (graph: Uint8Array) => { graph: Uint8Array } | { reason: string },
+): { graph: Uint8Array } | { reason: string } | undefined {
+  const graph = fields(graphBytes);
+  const found = findIf(graph);
+  const body = found && branchesOf(found.field).get(branch);
+  if (!found || !body) return undefined;
+  const edited = edit(body);
+  if ('reason' in edited) return edited;
+  return { graph: rewriteIf(graph, found.at, found.field, new Map([[branch, edited.graph]])) };
 }
 
 /**
@@ -103,24 +193,19 @@ export function exposeMergedNewKeyValues(
 ): { model: Uint8Array; newOutputs: Map<string, string> } | { reason: string } | undefined {
   const top = fields(model);
   const graph = fields(top.find((f) => f.no === MODEL_GRAPH)!.body!);
-  const nodeFields = graph.filter((f) => f.no === GRAPH_NODE);
-  const nodes = nodeFields.map((f) => parseNode(f.body!));
-  const at = nodes.findIndex((n) => n.opType === 'If' && n.outputs.includes(pairs[0]!.present));
-  if (at < 0) return undefined;
-  const ifNode = nodes[at]!;
-  const indices = pairs.map((p) => ifNode.outputs.indexOf(p.present));
+  const found = findIf(graph);
+  if (!found || !found.node.outputs.includes(pairs[0]!.present)) return undefined;
+  const indices = pairs.map((p) => found.node.outputs.indexOf(p.present));
   if (indices.some((i) => i < 0)) return { reason: 'the present outputs do not all come from one If' };
   const pasts = pairs.map((p) => p.past);
-  // One output name per present, the same in both branches (each branch's own namespace).
+  const branches = branchesOf(found.field);
+  if (!branches.has('then_branch') || !branches.has('else_branch'))
+    return { reason: 'the If has no then_branch and else_branch graphs' };
   const edited = new Map<string, Uint8Array>();
-  for (const a of fields(nodeFields[at]!.body!)) {
-    if (a.no !== NODE_ATTRIBUTE) continue;
-    const parts = fields(a.body!);
-    const name = text(parts.find((p) => p.no === ATTRIBUTE_NAME)!);
-    const g = parts.find((p) => p.no === ATTRIBUTE_G);
-    if (!g || (name !== 'then_branch' && name !== 'else_branch')) continue;
+  for (const [name, body] of branches) {
+    // Each branch's outputs are its own names; the If's outputs are positional.
     const branch = editBranch(
-      g.body!,
+      body,
       indices,
       pasts,
       pairs.map((p) => `${name}/${newName(p.present)}`),
@@ -128,31 +213,12 @@ export function exposeMergedNewKeyValues(
     if ('reason' in branch) return branch;
     edited.set(name, branch);
   }
-  if (edited.size !== 2) return { reason: 'the If has no then_branch and else_branch graphs' };
-  // The If: its fields as they were, the branches edited, the new outputs appended.
-  const node = new BinaryWriter();
-  for (const f of fields(nodeFields[at]!.body!)) {
-    const name = f.no === NODE_ATTRIBUTE ? text(fields(f.body!).find((p) => p.no === ATTRIBUTE_NAME)!) : '';
-    const branch = edited.get(name);
-    if (!branch) {
-      node.raw(f.raw);
-      continue;
-    }
-    node.tag(NODE_ATTRIBUTE, WireType.LengthDelimited).fork();
-    node.tag(ATTRIBUTE_NAME, WireType.LengthDelimited).string(name);
-    node.tag(ATTRIBUTE_G, WireType.LengthDelimited).bytes(branch);
-    node.tag(ATTRIBUTE_TYPE, WireType.Varint).int32(ATTRIBUTE_TYPE_GRAPH);
-    node.join();
-  }
-  for (const p of pairs) node.tag(NODE_OUTPUT, WireType.LengthDelimited).string(newName(p.present));
   const newOutputs = new Map(pairs.map((p) => [p.present, newName(p.present)]));
+  // The If's present outputs become the new positions: present is no longer computed for anyone.
+  const renamed = new Map(pairs.map((p, i) => [indices[i]!, newName(p.present)]));
+  const rewritten = fields(rewriteIf(graph, found.at, found.field, edited, renamed));
   const graphOut = new BinaryWriter();
-  let nodeIndex = 0;
-  for (const f of graph) {
-    if (f.no === GRAPH_NODE && nodeIndex++ === at) {
-      graphOut.tag(GRAPH_NODE, WireType.LengthDelimited).bytes(node.finish());
-      continue;
-    }
+  for (const f of rewritten) {
     if (f.no === GRAPH_OUTPUT && newOutputs.has(outputName(f))) {
       writeGraphOutput(graphOut, newOutputs.get(outputName(f))!, outputType(f));
       continue;

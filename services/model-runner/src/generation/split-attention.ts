@@ -24,9 +24,11 @@
  * Reshape, another copy of the whole cache, times heads / kvHeads): there
  * the repeat goes too, and the queries (and attention weights) of the heads
  * sharing a key/value head become the rows of one matrix per key/value head,
- * [B, kvHeads, repeat × L, ·], multiplied by the cache as it is. A graph
- * where a layer differs (a float16 cache cast back to float32 before
- * attention, the merged decoder's If) is left as it is, with the reason.
+ * [B, kvHeads, repeat × L, ·], multiplied by the cache as it is. In the
+ * merged decoder the attention over the past is the If's then-branch, split
+ * there (its nodes written in topological order, as a subgraph requires). A
+ * graph where a layer differs (a float16 cache cast back to float32 before
+ * attention) is left as it is, with the reason.
  */
 import { BinaryWriter } from '@bufbuild/protobuf/wire';
 import {
@@ -45,6 +47,7 @@ import {
   VALUE_INFO_NAME,
   text,
 } from '../onnx-wire.js';
+import { editIfBranch } from './merged-kv-outputs.js';
 
 const PREFIX = 'maas_split_attention';
 const LAST_TWO_SWAPPED = [0, 1, 3, 2];
@@ -56,12 +59,40 @@ const LAST_TWO_SWAPPED = [0, 1, 3, 2];
 export function splitAttention(
   model: Uint8Array,
   layers: { pastKey: string; pastValue: string }[],
-  heads: { query: number; keyValue: number; headDim: number },
+  heads: Heads,
 ): { model: Uint8Array } | { reason: string } {
   const top = fields(model);
   const graphField = top.find((f) => f.no === MODEL_GRAPH);
   if (!graphField) return { reason: 'the model has no graph' };
-  const graph = fields(graphField.body!);
+  const topLevel = splitGraph(graphField.body!, layers, heads);
+  let graph: Uint8Array;
+  if (!('reason' in topLevel)) graph = topLevel.graph;
+  else {
+    // The merged decoder: the attention over the past is in the If's then-branch (use_cache_branch).
+    const merged = editIfBranch(graphField.body!, 'then_branch', (branch) =>
+      splitGraph(branch, layers, heads),
+    );
+    if (!merged) return topLevel;
+    if ('reason' in merged) return merged;
+    graph = merged.graph;
+  }
+  const modelOut = new BinaryWriter();
+  for (const f of top) {
+    if (f.no === MODEL_GRAPH) modelOut.tag(MODEL_GRAPH, 2).bytes(graph);
+    else modelOut.raw(f.raw);
+  }
+  return { model: modelOut.finish() };
+}
+
+type Heads = { query: number; keyValue: number; headDim: number };
+
+/** The split applied to one graph (GraphProto bytes), or why not. */
+function splitGraph(
+  graphBytes: Uint8Array,
+  layers: { pastKey: string; pastValue: string }[],
+  heads: Heads,
+): { graph: Uint8Array } | { reason: string } {
+  const graph = fields(graphBytes);
   const nodes: Node[] = [];
   const nodeFields = new Map<Node, number>();
   graph.forEach((f, i) => {
@@ -134,7 +165,11 @@ export function splitAttention(
     if (!shape || shape.length !== 4 || shape[0] !== 0 || shape[1] !== heads.query) return undefined;
     return { nodes: [unsqueeze, expand, reshape], output: reshape.outputs[0]! };
   };
-  const added: NewNode[] = [];
+  // The nodes replacing each removed MatMul, written where it was: a subgraph (the merged decoder's
+  // branch) must list its nodes in topological order, and whatever reads the MatMul's output follows it.
+  const anchored = new Map<Node, NewNode[]>();
+  let added: NewNode[] = [];
+  const anchor = (node: Node) => anchored.set(node, (added = []));
   const name = (layer: number, what: string) => `${PREFIX}/${layer}/${what}`;
   // Grouped: the queries (and attention weights) of the heads sharing a key/value head, as rows of
   // one matrix per key/value head — [B, kvHeads, repeat × L, X] — multiplied by the cache as it is.
@@ -245,6 +280,7 @@ export function splitAttention(
     const scores = scoreReaders[0];
     if (scoreReaders.length !== 1 || scores?.opType !== 'MatMul' || scores.inputs[1] !== transpose.outputs[0])
       return { reason: `the keys of '${pastKey}' are not multiplied by the queries in one MatMul` };
+    anchor(scores);
     if (grouped) {
       const keyLength = name(layer, 'past_key_length');
       added.push(
@@ -319,6 +355,7 @@ export function splitAttention(
     const weighted = valueReaders[0];
     if (valueReaders.length !== 1 || weighted?.opType !== 'MatMul' || weighted.inputs[1] !== values)
       return { reason: `the values of '${pastValue}' are not weighted in one MatMul` };
+    anchor(weighted);
     const weights = weighted.inputs[0]!;
     const pastLength = name(layer, 'past_length');
     const valuesOut = grouped ? name(layer, 'values_grouped') : weighted.outputs[0]!;
@@ -376,14 +413,18 @@ export function splitAttention(
     for (const node of valueRepeat?.nodes ?? []) removed.add(node);
   }
   // The constants only the removed nodes read go too (onnxruntime warns of each unused initializer).
-  const stillRead = new Set([...graphOutputs, ...added.flatMap((n) => n.inputs)]);
+  const allAdded = [...anchored.values()].flat();
+  const stillRead = new Set([...graphOutputs, ...allAdded.flatMap((n) => n.inputs)]);
   for (const node of nodes) if (!removed.has(node)) for (const input of node.inputs) stillRead.add(input);
   const unread = (tensor: string) => !stillRead.has(tensor);
   for (const node of nodes) if (node.opType === 'Constant' && node.outputs.every(unread)) removed.add(node);
   const removedFields = new Set([...removed].map((n) => nodeFields.get(n)!));
+  const replacing = new Map([...anchored].map(([node, replacement]) => [nodeFields.get(node)!, replacement]));
   const readByRemoved = new Set([...removed].flatMap((n) => n.inputs));
   const out = new BinaryWriter();
   graph.forEach((f, i) => {
+    const replacement = replacing.get(i);
+    if (replacement) for (const node of replacement) writeNode(out, node);
     if (removedFields.has(i)) return;
     if (f.no === GRAPH_INITIALIZER) {
       const tensorName = fields(f.body!).find((t) => t.no === TENSOR_NAME);
@@ -404,11 +445,5 @@ export function splitAttention(
     writeInt64Initializer(out, `${PREFIX}/heads`, [BigInt(heads.query)]);
     writeInt64Initializer(out, `${PREFIX}/head_dim`, [BigInt(heads.headDim)]);
   }
-  for (const node of added) writeNode(out, node);
-  const modelOut = new BinaryWriter();
-  for (const f of top) {
-    if (f.no === MODEL_GRAPH) modelOut.tag(MODEL_GRAPH, 2).bytes(out.finish());
-    else modelOut.raw(f.raw);
-  }
-  return { model: modelOut.finish() };
+  return { graph: out.finish() };
 }
