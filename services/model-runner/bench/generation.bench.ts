@@ -32,7 +32,9 @@
  * BENCH_MODEL=fixture to force the fixture; BENCH_CHUNKED_ONLY=1 (chunked
  * prefill and prefix caching only), BENCH_PREFIX_ONLY=1 (prefix caching
  * only), BENCH_SCHEDULING=0 (neither), BENCH_PREFILL_CHUNK (the chunked
- * prefill phase's budget).
+ * prefill phase's budget), BENCH_SERVING=0 (skips serving.ts's phase: TTFT,
+ * TPOT, ITL, E2E, throughput and goodput at concurrency 1, 4, 16 and a
+ * Poisson rate, as vllm bench serve reports them).
  */
 import { execFile } from 'node:child_process';
 import { loadavg } from 'node:os';
@@ -66,6 +68,7 @@ import {
   SequenceRandom,
 } from '../src/generation/index.js';
 import { greedyByRecompute, greedyRequest } from '../src/generation/reference.js';
+import { servingPhase } from './serving.js';
 import { cacheTensorNames, decoderForEngine, exposeNewKeyValues } from '../src/generation/new-kv-outputs.js';
 
 const list = (value: string) => value.split(',').map(Number);
@@ -723,6 +726,8 @@ async function benchThreads(model: BenchModel, threads: number, summary: string[
         grpc.set(`${newTokens}/${streams}`, medianPhase(rounds.get(`grpc ${streams}`)!));
       }
     }
+    if (process.env.BENCH_SERVING !== '0')
+      await servingPhase(address, model.name, g.vocabSize, summary, threads);
   } finally {
     await runner.stop();
   }
