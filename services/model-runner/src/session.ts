@@ -113,6 +113,13 @@ export async function createSession<S = ort.InferenceSession>(
     graphOptimizationLevel: config.sessionOptions.graphOptimizationLevel,
     enableCpuMemArena: config.sessionOptions.enableCpuMemArena,
     executionMode: 'sequential',
+    // onnxruntime's config keys session.intra_op.allow_spinning / session.inter_op.allow_spinning.
+    extra: {
+      session: {
+        intra_op: { allow_spinning: config.sessionOptions.allowSpinning ? '1' : '0' },
+        inter_op: { allow_spinning: config.sessionOptions.allowSpinning ? '1' : '0' },
+      },
+    },
   };
   const problems: string[] = [];
   const providers = config.executionProviders ?? defaults.executionProviders ?? [{ name: 'cpu' }];

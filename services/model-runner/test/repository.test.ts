@@ -385,6 +385,34 @@ describe('load and unload at run time', () => {
   });
 });
 
+describe('session options', () => {
+  it("keeps onnxruntime's threads from spinning between runs unless the config allows it", async () => {
+    const seen: Record<string, unknown>[] = [];
+    const root = testRepository(['bert-classifier']);
+    const spinning = testRepository(['bert-classifier']);
+    editConfig(spinning, 'bert-classifier', (c) => ({ ...c, sessionOptions: { allowSpinning: true } }));
+    for (const repo of [root, spinning]) {
+      const r = await startTestRunner(
+        repo,
+        {},
+        {
+          createSession: async (path, config, defaults, logger, open) =>
+            createSession(path, config, defaults, logger, (p, options) => {
+              seen.push(options.extra as Record<string, unknown>);
+              return open!(p, options);
+            }),
+        },
+      );
+      await r.close();
+    }
+    const flag = (spin: string) => ({
+      session: { intra_op: { allow_spinning: spin }, inter_op: { allow_spinning: spin } },
+    });
+    expect(seen[0]).toEqual(flag('0'));
+    expect(seen.at(-1)).toEqual(flag('1'));
+  });
+});
+
 describe('execution providers', () => {
   function repositoryWithCuda(allowCpuFallback: boolean) {
     const root = testRepository(['bert-classifier']);

@@ -115,6 +115,15 @@ export const modelConfigSchema = z
         interOpNumThreads: int().max(256).default(0),
         graphOptimizationLevel: z.enum(['disabled', 'basic', 'extended', 'all']).default('all'),
         enableCpuMemArena: z.boolean().default(true),
+        /**
+         * Whether onnxruntime's intra-op threads spin, waiting for work, after each run (its own
+         * default). Off by default here: the runner's sessions share the node's cores with each
+         * other, the runner's event loop and other processes, and a spinning thread takes a core
+         * they need — ReadText at 8 calls through the services gave 10% (receipt) and 21% (line)
+         * more images/s with it off in an A/B run of bench:vision, c=1 latency no worse. Worth
+         * turning on only for a model with dedicated cores.
+         */
+        allowSpinning: z.boolean().default(false),
       })
       .prefault({}),
     inputs: z.array(tensorSpecSchema).min(1),
