@@ -6,8 +6,10 @@
  */
 import { GraphBuilder } from '@maas/models';
 import { SessionDecoder, WorkerDecoder, type BatchDecoder } from '../src/generation/index';
+import type { Logger } from '@maas/shared';
 import {
   generate,
+  llamaDecoder,
   startEngineOn,
   tinyDecoder,
   tinyModelBytes,
@@ -96,6 +98,40 @@ describe('WorkerDecoder', () => {
     expect(inThread.timer).toBeGreaterThan(inThread.done);
     const inWorker = await timerDuringPrefill(worker);
     expect(inWorker.timer).toBeLessThan(inWorker.done);
+  });
+
+  it("says at creation when a decoder's attention still copies its cache, and nothing when the edits apply", async () => {
+    const notes: { level: string; fields: object; message: string }[] = [];
+    const logger = Object.fromEntries(
+      ['warn', 'info'].map((level) => [
+        level,
+        (fields: object, message: string) => notes.push({ level, fields, message }),
+      ]),
+    ) as unknown as Logger;
+    const family = await llamaDecoder('fp16-cache', { kvType: 'float16', kvHeads: 2, seed: 13 });
+    const g = family.config.generation!;
+    const edited = await WorkerDecoder.create(
+      tinyModelBytes(),
+      model.config.generation!,
+      {},
+      model.name,
+      logger,
+    );
+    expect(notes).toEqual([]);
+    const unsplit = await WorkerDecoder.create(family.bytes, g, {}, 'fp16-cache', logger);
+    expect(notes).toEqual([
+      {
+        level: 'info',
+        fields: { model: 'fp16-cache', reason: expect.stringContaining('not read by one Transpose') },
+        message: expect.stringContaining('concatenates its whole cache every step'),
+      },
+    ]);
+    await Promise.all([
+      edited.release(),
+      unsplit.release(),
+      family.session.release(),
+      family.unedited.release(),
+    ]);
   });
 
   it('refuses at creation a graph that is not a KV-cache decoder, naming what is missing', async () => {

@@ -8,7 +8,7 @@ import { readFileSync } from 'node:fs';
 import { parentPort } from 'node:worker_threads';
 import * as ort from 'onnxruntime-node';
 import { SessionDecoder, type BatchDecoder } from './batch-decoder.js';
-import { decoderForEngine } from './new-kv-outputs.js';
+import { decoderForEngine, editReasons } from './new-kv-outputs.js';
 import { spansWholeBuffer } from '../worker-channel.js';
 import type { DecoderReply, DecoderRequest } from './worker-decoder.js';
 
@@ -31,7 +31,7 @@ async function handle(m: DecoderRequest): Promise<{ ok: unknown; transfer?: Arra
         inputMetadata: session.inputMetadata,
         outputMetadata: session.outputMetadata,
         newPositionsOnly: decoder.newPositionsOnly,
-        uneditedReason: edit.edited ? '' : edit.reason,
+        ...editReasons(edit),
       },
     };
   }

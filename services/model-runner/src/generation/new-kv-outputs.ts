@@ -177,12 +177,32 @@ export function decoderForEngine(
     : { model: split.model, edited: true, attention: 'split' };
 }
 
-/** The warning for a decoder whose graph could not be edited. */
-export function warnUnedited(logger: Logger, modelName: string, reason: string): void {
-  logger.warn(
-    { model: modelName, reason },
-    'decoder returns the whole cache as present every step; the engine reads its new positions from it',
-  );
+/** Why decoderForEngine left a graph as it was (''), in a form that crosses a thread boundary. */
+export interface DecoderEditReasons {
+  /** `present` is still returned whole every step. */
+  uneditedReason: string;
+  /** Attention still concatenates (copies) the cache every step. */
+  unsplitReason: string;
+}
+
+export const editReasons = (d: ReturnType<typeof decoderForEngine>): DecoderEditReasons => ({
+  uneditedReason: d.edited ? '' : d.reason,
+  unsplitReason: d.edited && d.attention !== 'split' ? d.attention.reason : '',
+});
+
+/** A warning for a decoder whose graph could not be edited, a note for one whose attention still copies its cache. */
+export function logDecoderEdit(logger: Logger, modelName: string, reasons: DecoderEditReasons): void {
+  if (reasons.uneditedReason) {
+    logger.warn(
+      { model: modelName, reason: reasons.uneditedReason },
+      'decoder returns the whole cache as present every step; the engine reads its new positions from it',
+    );
+  } else if (reasons.unsplitReason) {
+    logger.info(
+      { model: modelName, reason: reasons.unsplitReason },
+      "decoder's attention concatenates its whole cache every step (the attention split does not apply)",
+    );
+  }
 }
 
 /**
@@ -198,6 +218,6 @@ export async function openDecoderSession(
   modelName = '',
 ): Promise<ort.InferenceSession> {
   const decoder = decoderForEngine(typeof model === 'string' ? readFileSync(model) : model, g);
-  if (!decoder.edited && logger) warnUnedited(logger, modelName, decoder.reason);
+  if (logger) logDecoderEdit(logger, modelName, editReasons(decoder));
   return ort.InferenceSession.create(decoder.model, options);
 }

@@ -22,7 +22,7 @@ import type {
   PrefillInput,
   StepInput,
 } from './batch-decoder.js';
-import { warnUnedited } from './new-kv-outputs.js';
+import { logDecoderEdit, type DecoderEditReasons } from './new-kv-outputs.js';
 
 type Generation = NonNullable<ModelConfig['generation']>;
 
@@ -53,7 +53,8 @@ interface Opened {
   inputMetadata: ort.InferenceSession.ValueMetadata[];
   outputMetadata: ort.InferenceSession.ValueMetadata[];
   newPositionsOnly: boolean;
-  uneditedReason: string;
+  uneditedReason: DecoderEditReasons['uneditedReason'];
+  unsplitReason: DecoderEditReasons['unsplitReason'];
 }
 
 /**
@@ -100,9 +101,9 @@ export class WorkerDecoder implements BatchDecoder {
     try {
       const request: DecoderRequest = { kind: 'create', model, generation: g, options, modelName };
       const opened = (await decoder.channel.call(request)) as Opened;
-      const { uneditedReason, ...info } = opened;
+      const { uneditedReason, unsplitReason, ...info } = opened;
       Object.assign(decoder, info);
-      if (uneditedReason && logger) warnUnedited(logger, modelName, uneditedReason);
+      if (logger) logDecoderEdit(logger, modelName, { uneditedReason, unsplitReason });
       return decoder;
     } catch (error) {
       await decoder.channel.terminate();
