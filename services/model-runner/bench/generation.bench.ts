@@ -128,10 +128,8 @@ function benchModel(): BenchModel {
 
 /** Prompts of 16–31 pseudo-random ids: speed does not depend on the text. */
 function prompts(count: number, vocab: number): number[][] {
-  const random = new SequenceRandom(2024);
-  return Array.from({ length: count }, (_, i) =>
-    Array.from({ length: 16 + ((i * 7) % 16) }, () => 10 + Math.floor(random.next() * (vocab - 10))),
-  );
+  const tokens = tokenSource(2024, vocab);
+  return Array.from({ length: count }, (_, i) => tokens(16 + ((i * 7) % 16)));
 }
 
 interface Phase {
@@ -169,6 +167,37 @@ const histogramMean = async (registry: Registry, name: string) => {
   return part('sum') / Math.max(1, part('count'));
 };
 
+/** A counter's value, all label sets together. */
+const counterValue = async (registry: Registry, name: string) =>
+  (
+    ((await registry.getMetricsAsJSON()).find((m) => m.name === name)?.values ?? []) as { value: number }[]
+  ).reduce((sum, v) => sum + v.value, 0);
+
+/** An engine over `decoder` for one phase, its generation config overridden, with metrics of its own. */
+function benchEngine(
+  decoder: BatchDecoder,
+  model: BenchModel,
+  overrides: Partial<NonNullable<ModelConfig['generation']>> = {},
+) {
+  const registry = new Registry();
+  const g = { ...model.config.generation!, ...overrides };
+  const engine = new GenerationEngine({
+    modelName: model.name,
+    modelVersion: '1',
+    decoder,
+    config: { ...model.config, generation: g },
+    metrics: createGenerationMetrics(registry),
+    logger,
+  });
+  return { engine, registry, g };
+}
+
+/** Pseudo-random ids below `vocab` (10 and up), seeded: speed does not depend on the text. */
+function tokenSource(seed: number, vocab: number): (n: number) => number[] {
+  const random = new SequenceRandom(seed);
+  return (n) => Array.from({ length: n }, () => 10 + Math.floor(random.next() * (vocab - 10)));
+}
+
 async function engineRun(
   decoder: BatchDecoder,
   model: BenchModel,
@@ -176,15 +205,7 @@ async function engineRun(
   newTokens: number | ((stream: number) => number),
   arrivalGapMs = 0,
 ): Promise<Phase> {
-  const registry = new Registry();
-  const engine = new GenerationEngine({
-    modelName: model.name,
-    modelVersion: '1',
-    decoder,
-    config: model.config,
-    metrics: createGenerationMetrics(registry),
-    logger,
-  });
+  const { engine, registry } = benchEngine(decoder, model);
   const asks = prompts(streams, model.config.generation!.vocabSize);
   const loop = monitorEventLoopDelay({ resolution: 1 });
   loop.enable();
@@ -250,25 +271,13 @@ async function longPromptRun(
   /** The long prompts share their first SYSTEM_PROMPT_TOKENS (sent once before, as a system prompt in use is). */
   shared?: { prefixCacheTokens: number },
 ): Promise<LongPromptPhase> {
-  const registry = new Registry();
-  const g = {
-    ...model.config.generation!,
+  const { engine, registry, g } = benchEngine(decoder, model, {
     prefillChunkTokens: chunkTokens,
     ...(shared ? { prefixCacheTokens: shared.prefixCacheTokens } : {}),
-  };
-  const engine = new GenerationEngine({
-    modelName: model.name,
-    modelVersion: '1',
-    decoder,
-    config: { ...model.config, generation: g },
-    metrics: createGenerationMetrics(registry),
-    logger,
   });
   const ask = (promptIds: number[], maxNewTokens: number, onToken: () => void) =>
     engine.generate(greedyRequest(promptIds, maxNewTokens), onToken);
-  const random = new SequenceRandom(7);
-  const tokens = (n: number) =>
-    Array.from({ length: n }, () => 10 + Math.floor(random.next() * (g.vocabSize - 10)));
+  const tokens = tokenSource(7, g.vocabSize);
   const system = tokens(SYSTEM_PROMPT_TOKENS);
   const longPrompt = () =>
     shared ? [...system, ...tokens(LONG_PROMPT_TOKENS - SYSTEM_PROMPT_TOKENS)] : tokens(LONG_PROMPT_TOKENS);
@@ -302,15 +311,12 @@ async function longPromptRun(
   await engine.close();
   gaps.sort((a, b) => a - b);
   const at = (p: number) => gaps[Math.min(gaps.length - 1, Math.floor((p / 100) * gaps.length))]!;
-  const values = ((await registry.getMetricsAsJSON()).find(
-    (m) => m.name === 'maas_runner_generation_prefill_chunks_total',
-  )?.values ?? []) as { value: number }[];
   return {
     itlP50Ms: at(50),
     itlP99Ms: at(99),
     itlMaxMs: gaps.at(-1)!,
     longTtftMs: ttfts.length ? ttfts.reduce((a, b) => a + b, 0) / ttfts.length : 0,
-    chunks: values.reduce((sum, v) => sum + v.value, 0),
+    chunks: await counterValue(registry, 'maas_runner_generation_prefill_chunks_total'),
   };
 }
 
@@ -374,19 +380,8 @@ async function sharedPrefixRun(
   model: BenchModel,
   prefixCacheTokens: number,
 ): Promise<PrefixPhase> {
-  const registry = new Registry();
-  const g = { ...model.config.generation!, prefixCacheTokens };
-  const engine = new GenerationEngine({
-    modelName: model.name,
-    modelVersion: '1',
-    decoder,
-    config: { ...model.config, generation: g },
-    metrics: createGenerationMetrics(registry),
-    logger,
-  });
-  const random = new SequenceRandom(11);
-  const tokens = (n: number) =>
-    Array.from({ length: n }, () => 10 + Math.floor(random.next() * (g.vocabSize - 10)));
+  const { engine, registry, g } = benchEngine(decoder, model, { prefixCacheTokens });
+  const tokens = tokenSource(11, g.vocabSize);
   const system = tokens(SYSTEM_PROMPT_TOKENS);
   const ttfts: number[] = [];
   for (let i = 0; i < 9; i++) {
@@ -398,12 +393,8 @@ async function sharedPrefixRun(
     if (i > 0) ttfts.push(first);
   }
   await engine.close();
-  const counter = async (name: string) =>
-    (
-      ((await registry.getMetricsAsJSON()).find((m) => m.name === name)?.values ?? []) as { value: number }[]
-    ).reduce((sum, v) => sum + v.value, 0);
-  const queried = await counter('maas_runner_generation_prefix_cache_queried_tokens_total');
-  const hit = await counter('maas_runner_generation_prefix_cache_hit_tokens_total');
+  const queried = await counterValue(registry, 'maas_runner_generation_prefix_cache_queried_tokens_total');
+  const hit = await counterValue(registry, 'maas_runner_generation_prefix_cache_hit_tokens_total');
   ttfts.sort((a, b) => a - b);
   return { ttftMs: ttfts[Math.floor(ttfts.length / 2)]!, hitRate: queried ? hit / queried : 0 };
 }
@@ -418,19 +409,8 @@ async function conversationRun(
   model: BenchModel,
   prefixCacheTokens: number,
 ): Promise<number> {
-  const registry = new Registry();
-  const g = { ...model.config.generation!, prefixCacheTokens };
-  const engine = new GenerationEngine({
-    modelName: model.name,
-    modelVersion: '1',
-    decoder,
-    config: { ...model.config, generation: g },
-    metrics: createGenerationMetrics(registry),
-    logger,
-  });
-  const random = new SequenceRandom(13);
-  const tokens = (n: number) =>
-    Array.from({ length: n }, () => 10 + Math.floor(random.next() * (g.vocabSize - 10)));
+  const { engine, g } = benchEngine(decoder, model, { prefixCacheTokens });
+  const tokens = tokenSource(13, g.vocabSize);
   let prompt = tokens(64);
   const ttfts: number[] = [];
   for (let turn = 0; turn < 6; turn++) {
