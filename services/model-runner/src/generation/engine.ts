@@ -117,9 +117,8 @@ interface Sequence {
   next: number;
   /** Sampled, not yet handed to onTokens (send() does, while the next step computes). */
   unsent: number[];
-  /** Every generated token, in order: with the prompt, what a conversation's next turn starts with. */
+  /** Every generated token, in order (their count: the tokens generated); with the prompt, what a conversation's next turn starts with. */
   generatedIds: number[];
-  generated: number;
   finish?: FinishReason;
   arrivedAt: number;
   admittedAt?: number;
@@ -148,7 +147,7 @@ export class GenerationEngine {
   private nextId = 0;
   /** Prefix caching: which prompt prefixes the decoder keeps keys/values of. */
   private readonly prefixes: PrefixIndex;
-  /** Entries the index evicted that the decoder still holds: dropped after the next join. */
+  /** Entries the index evicted that the decoder still holds: dropped after the next join or leave. */
   private readonly evicted: number[] = [];
   private reservedTokens = 0;
   private loop: Promise<void> | undefined;
@@ -216,7 +215,6 @@ export class GenerationEngine {
         next: -1,
         unsent: [],
         generatedIds: [],
-        generated: 0,
         arrivedAt: performance.now(),
       };
       this.options.metrics.promptTokens.inc(this.labels, request.promptIds.length);
@@ -302,10 +300,7 @@ export class GenerationEngine {
         this.running = [];
         this.joining = [];
         this.chunking = undefined;
-        this.prefillsHeld = false;
-        this.prefixes.clear();
-        this.evicted.length = 0;
-        void this.decoder.clear().catch(() => undefined);
+        void this.clearDecoder();
         this.fail(inFlight, error, 'scheduling');
       })
       .finally(() => {
@@ -374,6 +369,19 @@ export class GenerationEngine {
     this.cacheChanged(started, cache);
     for (const seq of ended) this.end(seq, seq.finish!);
     this.updateGauges();
+    await this.dropEvicted();
+  }
+
+  /** After the cache is cleared (a failed run): nothing the decoder held is known to be there. */
+  private async clearDecoder(): Promise<void> {
+    this.prefillsHeld = false;
+    this.prefixes.clear();
+    this.evicted.length = 0;
+    await this.decoder.clear().catch(() => undefined);
+  }
+
+  /** Drops the entries the index evicted, once the decoder no longer needs them (after a join or leave that kept others). */
+  private async dropEvicted(): Promise<void> {
     const evicted = this.evicted.splice(0);
     if (evicted.length > 0) await this.decoder.dropPrefixes(evicted);
   }
@@ -434,7 +442,7 @@ export class GenerationEngine {
     const resumed = this.joining.filter((s) => s.prefix);
     for (const seq of resumed) await this.prefillPiece(seq, Infinity);
     // In prefill order: a single group joining an empty batch is then already packed.
-    for (const seq of [...whole, ...resumed]) await this.settle(seq, done);
+    for (const seq of [...whole, ...resumed]) this.settle(seq, done);
     this.joining = [];
     return done;
   }
@@ -444,7 +452,7 @@ export class GenerationEngine {
    * unless it ended meanwhile (its first token ended it, or it was
    * cancelled); its prompt's keys/values may still be kept as a prefix.
    */
-  private async settle(seq: Sequence, done: Prefilled): Promise<void> {
+  private settle(seq: Sequence, done: Prefilled): void {
     if (seq.state !== 'prefilling') return; // failed, or ended before its prefill
     if (seq.request.signal.aborted) seq.finish ??= 'cancelled';
     if (!seq.finish) {
@@ -460,7 +468,7 @@ export class GenerationEngine {
   /**
    * What the decoder needs to add a prefilled sequence to the batch (or,
    * keepOnly, to drop what it holds of it) and, with prefix caching, to keep
-   * its prompt's whole blocks for later prompts that start the same way.
+   * its prompt's keys/values for later prompts that start the same way.
    */
   private joinEntry(seq: Sequence): JoinEntry {
     const entry: JoinEntry = seq.prefilled
@@ -524,7 +532,7 @@ export class GenerationEngine {
     if (ran > 0 && seq.state !== 'done') this.options.metrics.prefillChunks.inc(this.labels);
     if (complete) {
       this.chunking = undefined;
-      await this.settle(seq, done);
+      this.settle(seq, done);
     }
     return ran;
   }
@@ -636,8 +644,7 @@ export class GenerationEngine {
     }
     const cache = await this.decoder.join(entries);
     // After the join: an entry it kept may already be evicted by a later one of it.
-    const evicted = this.evicted.splice(0);
-    if (evicted.length > 0) await this.decoder.dropPrefixes(evicted);
+    await this.dropEvicted();
     if (joining.length > 0) this.cacheChanged(started, cache);
     else this.updateCache(cache);
   }
@@ -673,10 +680,7 @@ export class GenerationEngine {
       out = await computing;
     } catch (error) {
       this.running = [];
-      this.prefillsHeld = false;
-      this.prefixes.clear();
-      this.evicted.length = 0;
-      await this.decoder.clear().catch(() => undefined);
+      await this.clearDecoder();
       this.fail(members, error, 'decode step');
       return;
     }
@@ -713,14 +717,13 @@ export class GenerationEngine {
       seq.finish = 'eos';
       return;
     }
-    seq.generated++;
     seq.seen.add(token);
     seq.next = token;
     seq.unsent.push(token);
     seq.generatedIds.push(token);
     this.options.metrics.generatedTokens.inc(this.labels);
     if (request.stopTokenIds.includes(token)) seq.finish = 'stop';
-    else if (seq.generated >= request.maxNewTokens) seq.finish = 'length';
+    else if (seq.generatedIds.length >= request.maxNewTokens) seq.finish = 'length';
   }
 
   /** Hands the sequence's sampled tokens to its consumer; one that throws cancels the sequence. */
@@ -760,16 +763,17 @@ export class GenerationEngine {
     const m = this.options.metrics;
     m.finished.inc({ ...this.labels, reason });
     m.requestSeconds.observe(this.labels, (now - seq.arrivedAt) / 1000);
-    if (seq.generated > 1) m.timePerOutputToken.observe(this.labels, decodeSeconds / (seq.generated - 1));
+    const generated = seq.generatedIds.length;
+    if (generated > 1) m.timePerOutputToken.observe(this.labels, decodeSeconds / (generated - 1));
     const result: GenerationResult = {
       finishReason: reason,
       promptTokens: seq.request.promptIds.length,
       cachedPromptTokens: seq.cachedPromptTokens,
-      generatedTokens: seq.generated,
+      generatedTokens: generated,
       queueMs: (seq.admittedAt ?? now) - seq.arrivedAt,
       timeToFirstTokenMs: seq.firstTokenAt !== undefined ? seq.firstTokenAt - seq.arrivedAt : 0,
       totalMs: now - seq.arrivedAt,
-      decodeTokensPerSecond: decodeSeconds > 0 ? (seq.generated - 1) / decodeSeconds : 0,
+      decodeTokensPerSecond: decodeSeconds > 0 ? (generated - 1) / decodeSeconds : 0,
     };
     this.options.logger.debug(
       { ...this.labels, requestId: seq.request.requestId, ...result },
