@@ -18,11 +18,11 @@ import {
   GRAPH_OUTPUT,
   MODEL_GRAPH,
   opsetVersion,
-  text,
-  VALUE_INFO_NAME,
   writeGraphOutput,
   writeInt64Initializer,
   writeNode,
+  valueInfoName,
+  withGraph,
 } from './onnx-wire.js';
 
 /** The recognizer's output the edit reads: its only FP32 output. */
@@ -57,9 +57,7 @@ export function addBestClassOutputs(model: Uint8Array, config: ModelConfig): Uin
   const graphField = top.find((f) => f.no === MODEL_GRAPH);
   if (!graphField) return { reason: 'the model has no graph' };
   const graph = fields(graphField.body!);
-  const outputs = graph
-    .filter((f) => f.no === GRAPH_OUTPUT)
-    .map((f) => text(fields(f.body!).find((i) => i.no === VALUE_INFO_NAME)!));
+  const outputs = graph.filter((f) => f.no === GRAPH_OUTPUT).map(valueInfoName);
   if (!outputs.includes(output)) return { reason: `the graph has no output '${output}'` };
   const opset = opsetVersion(model) ?? 0;
   const { index, probability } = bestClassOutputs(output);
@@ -94,12 +92,7 @@ export function addBestClassOutputs(model: Uint8Array, config: ModelConfig): Uin
   }
   writeGraphOutput(out, index, ELEM_INT64);
   writeGraphOutput(out, probability, ELEM_FLOAT);
-  const modelOut = new BinaryWriter();
-  for (const f of top) {
-    if (f.no === MODEL_GRAPH) modelOut.tag(MODEL_GRAPH, 2).bytes(out.finish());
-    else modelOut.raw(f.raw);
-  }
-  return modelOut.finish();
+  return withGraph(top, out.finish());
 }
 
 /**

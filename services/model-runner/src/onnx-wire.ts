@@ -222,3 +222,29 @@ export function tensorElemType(typeProto: Uint8Array): number | undefined {
   const elem = tensorType && fields(tensorType.body!).find((f) => f.no === 1);
   return elem?.varint;
 }
+
+/** A ValueInfoProto's name (a graph input's or output's). */
+export const valueInfoName = (f: Field) => text(fields(f.body!).find((i) => i.no === VALUE_INFO_NAME)!);
+
+/** The model with its graph replaced (every other field as it was read). */
+export function withGraph(top: Field[], graph: Uint8Array): Uint8Array {
+  const out = new BinaryWriter();
+  for (const f of top) {
+    if (f.no === MODEL_GRAPH) out.tag(MODEL_GRAPH, WireType.LengthDelimited).bytes(graph);
+    else out.raw(f.raw);
+  }
+  return out.finish();
+}
+
+/** Where each tensor of these nodes is computed, following Identity nodes back. */
+export function identitySource(nodes: Node[]): (name: string) => { name: string; node?: Node } {
+  const producer = new Map<string, Node>();
+  for (const node of nodes) for (const output of node.outputs) producer.set(output, node);
+  return (name) => {
+    for (let node = producer.get(name); node?.opType === 'Identity' && node.domain === '';) {
+      name = node.inputs[0]!;
+      node = producer.get(name);
+    }
+    return { name, node: producer.get(name) };
+  };
+}

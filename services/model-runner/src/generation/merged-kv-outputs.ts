@@ -26,31 +26,22 @@ import {
   parseNode,
   tensorElemType,
   text,
-  VALUE_INFO_NAME,
   VALUE_INFO_TYPE,
   writeGraphOutput,
   writeNode,
+  valueInfoName,
+  identitySource,
+  withGraph,
 } from '../onnx-wire.js';
 
 const ATTRIBUTE_G = 6;
 const ATTRIBUTE_TYPE_GRAPH = 5;
 
-const outputName = (f: Field) => text(fields(f.body!).find((i) => i.no === VALUE_INFO_NAME)!);
+const outputName = valueInfoName;
 const outputType = (f: Field) => {
   const type = fields(f.body!).find((i) => i.no === VALUE_INFO_TYPE);
   return type && tensorElemType(type.body!);
 };
-
-/** Follows Identity nodes back to where a tensor is computed, in one graph. */
-function sourceIn(nodes: Node[], name: string): { name: string; node?: Node } {
-  const producer = new Map<string, Node>();
-  for (const node of nodes) for (const output of node.outputs) producer.set(output, node);
-  for (let node = producer.get(name); node?.opType === 'Identity' && node.domain === '';) {
-    name = node.inputs[0]!;
-    node = producer.get(name);
-  }
-  return { name, node: producer.get(name) };
-}
 
 /**
  * A branch whose output at each `present` index carries its new positions
@@ -64,19 +55,20 @@ function editBranch(
 ): Uint8Array | { reason: string } {
   const graph = fields(branch);
   const nodes = graph.filter((f) => f.no === GRAPH_NODE).map((f) => parseNode(f.body!));
+  const sourceOf = identitySource(nodes);
   const outputs = graph.filter((f) => f.no === GRAPH_OUTPUT);
   const replaced = new Map<Field, { name: string; fresh: string }>();
   for (const [i, index] of indices.entries()) {
     const output = outputs[index];
     if (!output) return { reason: `the If's branch has no output ${index}` };
-    const { name, node } = sourceIn(nodes, outputName(output));
+    const { name, node } = sourceOf(outputName(output));
     let fresh = name;
     if (node?.opType === 'Concat' && node.domain === '') {
       // The branch with a past: what is appended to it.
       const axis = node.ints.get('axis');
       if (
         node.inputs.length !== 2 ||
-        sourceIn(nodes, node.inputs[0]!).name !== pasts[i] ||
+        sourceOf(node.inputs[0]!).name !== pasts[i] ||
         (axis !== 2 && axis !== -2)
       )
         return {
@@ -225,10 +217,5 @@ export function exposeMergedNewKeyValues(
     }
     graphOut.raw(f.raw);
   }
-  const modelOut = new BinaryWriter();
-  for (const f of top) {
-    if (f.no === MODEL_GRAPH) modelOut.tag(MODEL_GRAPH, WireType.LengthDelimited).bytes(graphOut.finish());
-    else modelOut.raw(f.raw);
-  }
-  return { model: modelOut.finish(), newOutputs };
+  return { model: withGraph(top, graphOut.finish()), newOutputs };
 }

@@ -14,7 +14,7 @@
  * A graph where the pattern is not found is left as it is, with the reason:
  * the engine then reads the new position out of `present`.
  */
-import { BinaryWriter, WireType } from '@bufbuild/protobuf/wire';
+import { BinaryWriter } from '@bufbuild/protobuf/wire';
 import { readFileSync } from 'node:fs';
 import * as ort from 'onnxruntime-node';
 import type { Logger, ModelConfig } from '@maas/shared';
@@ -24,17 +24,15 @@ import {
   GRAPH_NODE,
   GRAPH_OUTPUT,
   MODEL_GRAPH,
-  type Node,
-  NODE_INPUT,
-  NODE_OP_TYPE,
-  NODE_OUTPUT,
   parseNode,
   TENSOR_EXTERNAL_DATA,
-  text,
-  VALUE_INFO_NAME,
   tensorElemType,
   VALUE_INFO_TYPE,
   writeGraphOutput,
+  identitySource,
+  valueInfoName,
+  withGraph,
+  writeNode,
 } from '../onnx-wire.js';
 import { splitAttention } from './split-attention.js';
 import { exposeMergedNewKeyValues } from './merged-kv-outputs.js';
@@ -67,20 +65,7 @@ export function exposeNewKeyValues(
   );
   // A model loaded from memory cannot find weights kept in files beside it.
   if (external) return { reason: 'its weights are external data' };
-  const producer = new Map<string, Node>();
-  for (const f of graph) {
-    if (f.no !== GRAPH_NODE) continue;
-    const node = parseNode(f.body!);
-    for (const output of node.outputs) producer.set(output, node);
-  }
-  /** Follows Identity nodes back to where a tensor is computed. */
-  const source = (name: string): { name: string; node?: Node } => {
-    for (let node = producer.get(name); node?.opType === 'Identity' && node.domain === '';) {
-      name = node.inputs[0]!;
-      node = producer.get(name);
-    }
-    return { name, node: producer.get(name) };
-  };
+  const source = identitySource(graph.filter((f) => f.no === GRAPH_NODE).map((f) => parseNode(f.body!)));
   // The merged decoder: present comes out of an If on use_cache_branch (merged-kv-outputs.ts).
   if (source(pairs[0]?.present ?? '').node?.opType === 'If') {
     return exposeMergedNewKeyValues(model, pairs, newPositionsOutput) ?? { reason: 'no If found' };
@@ -104,7 +89,7 @@ export function exposeNewKeyValues(
   for (const f of graph) {
     if (f.no === GRAPH_OUTPUT) {
       const info = fields(f.body!);
-      const name = text(info.find((i) => i.no === VALUE_INFO_NAME)!);
+      const name = valueInfoName(f);
       if (presentNames.has(name)) {
         // Same element type; the shape is left open ([rows, heads, new positions, headDim]).
         const type = info.find((i) => i.no === VALUE_INFO_TYPE);
@@ -116,19 +101,9 @@ export function exposeNewKeyValues(
     graphOut.raw(f.raw);
   }
   // The new output as an Identity of the tensor the Concat appends.
-  for (const [output, tensor] of newTensors) {
-    graphOut.tag(GRAPH_NODE, WireType.LengthDelimited).fork();
-    graphOut.tag(NODE_INPUT, WireType.LengthDelimited).string(tensor);
-    graphOut.tag(NODE_OUTPUT, WireType.LengthDelimited).string(output);
-    graphOut.tag(NODE_OP_TYPE, WireType.LengthDelimited).string('Identity');
-    graphOut.join();
-  }
-  const modelOut = new BinaryWriter();
-  for (const f of top) {
-    if (f.no === MODEL_GRAPH) modelOut.tag(MODEL_GRAPH, WireType.LengthDelimited).bytes(graphOut.finish());
-    else modelOut.raw(f.raw);
-  }
-  return { newOutputs, model: modelOut.finish() };
+  for (const [output, tensor] of newTensors)
+    writeNode(graphOut, { opType: 'Identity', name: output, inputs: [tensor], outputs: [output] });
+  return { newOutputs, model: withGraph(top, graphOut.finish()) };
 }
 
 type Generation = NonNullable<ModelConfig['generation']>;

@@ -44,8 +44,9 @@ import {
   writeInt64Initializer,
   writeNode,
   GRAPH_OUTPUT,
-  VALUE_INFO_NAME,
   text,
+  withGraph,
+  valueInfoName,
 } from '../onnx-wire.js';
 import { editIfBranch } from './merged-kv-outputs.js';
 
@@ -76,12 +77,7 @@ export function splitAttention(
     if ('reason' in merged) return merged;
     graph = merged.graph;
   }
-  const modelOut = new BinaryWriter();
-  for (const f of top) {
-    if (f.no === MODEL_GRAPH) modelOut.tag(MODEL_GRAPH, 2).bytes(graph);
-    else modelOut.raw(f.raw);
-  }
-  return { model: modelOut.finish() };
+  return { model: withGraph(top, graph) };
 }
 
 type Heads = { query: number; keyValue: number; headDim: number };
@@ -101,11 +97,7 @@ function splitGraph(
     nodes.push(node);
     nodeFields.set(node, i);
   });
-  const graphOutputs = new Set(
-    graph
-      .filter((f) => f.no === GRAPH_OUTPUT)
-      .map((f) => text(fields(f.body!).find((i) => i.no === VALUE_INFO_NAME)!)),
-  );
+  const graphOutputs = new Set(graph.filter((f) => f.no === GRAPH_OUTPUT).map(valueInfoName));
   const constants = int64Constants(graph, nodes);
   const consumers = new Map<string, Node[]>();
   for (const node of nodes)
