@@ -68,7 +68,7 @@ import {
   SequenceRandom,
 } from '../src/generation/index.js';
 import { greedyByRecompute, greedyRequest } from '../src/generation/reference.js';
-import { servingPhase } from './serving.js';
+import { percentiles, servingPhase } from './serving.js';
 import { cacheTensorNames, decoderForEngine, exposeNewKeyValues } from '../src/generation/new-kv-outputs.js';
 
 const list = (value: string) => value.split(',').map(Number);
@@ -309,12 +309,11 @@ async function longPromptRun(
   );
   await Promise.all(longRuns);
   await engine.close();
-  gaps.sort((a, b) => a - b);
-  const at = (p: number) => gaps[Math.min(gaps.length - 1, Math.floor((p / 100) * gaps.length))]!;
+  const [itlP50Ms, itlP99Ms] = percentiles(gaps);
   return {
-    itlP50Ms: at(50),
-    itlP99Ms: at(99),
-    itlMaxMs: gaps.at(-1)!,
+    itlP50Ms,
+    itlP99Ms,
+    itlMaxMs: Math.max(...gaps),
     longTtftMs: ttfts.length ? ttfts.reduce((a, b) => a + b, 0) / ttfts.length : 0,
     chunks: await counterValue(registry, 'maas_runner_generation_prefill_chunks_total'),
   };

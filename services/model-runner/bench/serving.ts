@@ -15,6 +15,7 @@ import {
   GenerationServiceClient,
   type GenerateResponse,
 } from '@maas/shared/gen/maas/runner/v1/generation';
+import { SequenceRandom } from '../src/generation/sampling.js';
 
 export interface ServingLoad {
   /** Streams in flight at once, or (with `rate`) unbounded. */
@@ -37,18 +38,21 @@ export interface ServingStats {
 
 export const SLO = { ttftMs: 500, tpotMs: 50 };
 
-const percentiles = (values: number[]): [number, number] => {
+/** p50 and p99 of `values`. */
+export const percentiles = (values: number[]): [number, number] => {
   const sorted = [...values].sort((a, b) => a - b);
   const at = (p: number) => sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? 0;
   return [at(50), at(99)];
 };
 
-/** A seeded generator of prompts of 16–48 tokens (the same ones each run). */
+/** Prompts of 16–48 seeded pseudo-random ids (the same ones each run). */
 function promptsFor(count: number, vocab: number): number[][] {
-  let x = 12345;
-  const next = () => (x = (x * 1103515245 + 12345) % 2 ** 31) / 2 ** 31;
+  const random = new SequenceRandom(12345);
   return Array.from({ length: count }, () =>
-    Array.from({ length: 16 + Math.floor(next() * 33) }, () => 10 + Math.floor(next() * (vocab - 10))),
+    Array.from(
+      { length: 16 + Math.floor(random.next() * 33) },
+      () => 10 + Math.floor(random.next() * (vocab - 10)),
+    ),
   );
 }
 
@@ -87,9 +91,9 @@ async function runLoad(
   const results: Awaited<ReturnType<typeof stream>>[] = [];
   const started = performance.now();
   if (load.rate) {
-    // Poisson arrivals: exponential gaps of mean 1 / rate, seeded.
-    let x = 777;
-    const uniform = () => ((x = (x * 1103515245 + 12345) % 2 ** 31) + 1) / (2 ** 31 + 1);
+    // Poisson arrivals: exponential gaps of mean 1 / rate, seeded (1 − next() is in (0, 1]).
+    const random = new SequenceRandom(777);
+    const uniform = () => 1 - random.next();
     const pending: Promise<void>[] = [];
     for (const prompt of prompts) {
       pending.push(stream(prompt, load.newTokens).then((r) => void results.push(r)));
