@@ -86,7 +86,7 @@ export interface ChunkInput {
   prefix?: { entry: number; count: number };
 }
 
-/** Keys/values to keep as a prefix-cache entry: the first `count` positions of a joining prompt. */
+/** Keys/values to keep as a prefix-cache entry: the first `count` positions of a joining prompt or a finished turn's row. */
 export interface KeepPrefix {
   entry: number;
   count: number;

@@ -9,7 +9,11 @@ export interface DecodedLine {
 /**
  * One line from `probs` [steps, classes]; class 0 is the blank and class
  * i + 1 is charset[i]. Only the first `realSteps` steps are read (a line
- * padded to the batch's widest has fewer real steps).
+ * padded to the batch's widest has fewer real steps). ReadText does not call
+ * it: the runner serves each step's best class (ArgMax in the graph, the
+ * first maximum as here) and the pipeline decodes that with decodeBestPath;
+ * this is the same decoding from the distribution a client may still ask for,
+ * and what the unit tests pin greedy decoding to.
  */
 export function decodeCtc(
   probs: Float32Array,
